@@ -1,0 +1,389 @@
+//! Errors, and the protocol steps they happen in.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::handover::SchemaInfo;
+
+/// The numbered steps of a handover, as PROTOCOL.md describes them.
+///
+/// Every error that happens during a handover names the step it happened in,
+/// so that a log line says how far the handover got.
+///
+/// ```
+/// assert_eq!(mitosis::Step::State.to_string(), "step 5 (state transfer)");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Step {
+    /// Step 1: the old process starts the new binary.
+    Spawn,
+    /// Step 2: the new process connects back over loopback TCP.
+    Connect,
+    /// Step 3: both sides prove the secret and agree on a protocol version.
+    Hello,
+    /// Step 4: the new process says which schemas it accepts; the old one
+    /// answers with the schema it will send, or a rejection.
+    Offer,
+    /// Step 5: the encoded state streams over TCP.
+    State,
+    /// Step 6: the file descriptors travel over the Unix fd channel.
+    Fds,
+    /// Step 7: the new process decodes the state and commits (or aborts).
+    Commit,
+    /// Step 8: the old process acknowledges the commit; ownership passes.
+    Ack,
+}
+
+impl Step {
+    /// The step's number in PROTOCOL.md.
+    ///
+    /// ```
+    /// assert_eq!(mitosis::Step::Spawn.number(), 1);
+    /// ```
+    pub fn number(self) -> u8 {
+        match self {
+            Step::Spawn => 1,
+            Step::Connect => 2,
+            Step::Hello => 3,
+            Step::Offer => 4,
+            Step::State => 5,
+            Step::Fds => 6,
+            Step::Commit => 7,
+            Step::Ack => 8,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Step::Spawn => "spawn",
+            Step::Connect => "connect",
+            Step::Hello => "hello",
+            Step::Offer => "schema offer",
+            Step::State => "state transfer",
+            Step::Fds => "fd transfer",
+            Step::Commit => "commit",
+            Step::Ack => "commit acknowledgement",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {} ({})", self.number(), self.title())
+    }
+}
+
+/// Everything that can go wrong in [`init`](crate::init) or
+/// [`split`](crate::split).
+///
+/// The `Display` text says what happened and what to do about it.
+///
+/// ```
+/// let err = mitosis::Error::SplitInFlight;
+/// assert!(err.to_string().contains("already in progress"));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The `--mitosis` flag on the command line is malformed.
+    BadFlag {
+        /// The offending argument(s), as given.
+        arg: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The process was started with `--mitosis` but without the environment
+    /// that [`split`](crate::split) passes along with it.
+    MissingEnvironment {
+        /// The variable that is missing or malformed.
+        var: &'static str,
+    },
+    /// The old process could not start the new binary.
+    Spawn {
+        /// The binary it tried to run.
+        binary: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Another split from this process has not produced its outcome yet.
+    SplitInFlight,
+    /// An I/O error on one of the handover's sockets.
+    Io {
+        /// Where in the handover it happened.
+        step: Step,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The other process closed the connection or went away.
+    PeerGone {
+        /// Where in the handover it happened.
+        step: Step,
+    },
+    /// The new process exited before committing.
+    ChildExited {
+        /// Where in the handover it happened.
+        step: Step,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// The handover did not complete in time.
+    Timeout {
+        /// Where in the handover the time ran out.
+        step: Step,
+        /// The configured commit timeout.
+        after: Duration,
+    },
+    /// The two sides speak no common protocol version.
+    ProtocolVersion {
+        /// The versions this process speaks, lowest and highest.
+        ours: (u16, u16),
+        /// The versions the other process speaks, lowest and highest.
+        theirs: (u16, u16),
+    },
+    /// The old process's state type is not one the new process accepts.
+    SchemaMismatch {
+        /// The schema the old process has.
+        sent: SchemaInfo,
+        /// The schemas the new process accepts.
+        accepted: Vec<SchemaInfo>,
+    },
+    /// A frame exceeded its size limit.
+    FrameTooLarge {
+        /// Where in the handover it happened.
+        step: Step,
+        /// The frame's kind, as named in PROTOCOL.md.
+        kind: &'static str,
+        /// The size announced or reached.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The other side broke the protocol.
+    Protocol {
+        /// Where in the handover it happened.
+        step: Step,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The other side gave up, and said why.
+    Aborted {
+        /// Where in the handover it happened.
+        step: Step,
+        /// The reason it sent.
+        reason: String,
+    },
+    /// The state could not be encoded or decoded.
+    Codec {
+        /// What went wrong, from postcard or from a `Handover` impl.
+        detail: String,
+    },
+    /// The state's `Handover::encode` panicked; the state was kept.
+    EncodePanicked {
+        /// The panic message, if it was a string.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The protocol step the error happened in, if it happened during a
+    /// handover.
+    ///
+    /// ```
+    /// use mitosis::{Error, Step};
+    /// let err = Error::PeerGone { step: Step::Fds };
+    /// assert_eq!(err.step(), Some(Step::Fds));
+    /// ```
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            Error::Spawn { .. } => Some(Step::Spawn),
+            Error::Io { step, .. }
+            | Error::PeerGone { step }
+            | Error::ChildExited { step, .. }
+            | Error::Timeout { step, .. }
+            | Error::FrameTooLarge { step, .. }
+            | Error::Protocol { step, .. }
+            | Error::Aborted { step, .. } => Some(*step),
+            Error::ProtocolVersion { .. } => Some(Step::Hello),
+            Error::SchemaMismatch { .. } => Some(Step::Offer),
+            Error::Codec { .. } => Some(Step::Commit),
+            Error::EncodePanicked { .. } => Some(Step::State),
+            Error::BadFlag { .. } | Error::MissingEnvironment { .. } | Error::SplitInFlight => None,
+        }
+    }
+
+    pub(crate) fn io(step: Step) -> impl FnOnce(io::Error) -> Error {
+        move |source| match source.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => Error::PeerGone { step },
+            _ => Error::Io { step, source },
+        }
+    }
+
+    pub(crate) fn protocol(step: Step, detail: impl Into<String>) -> Error {
+        Error::Protocol {
+            step,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn list_schemas(f: &mut fmt::Formatter<'_>, schemas: &[SchemaInfo]) -> fmt::Result {
+    for (i, schema) in schemas.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{schema}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadFlag { arg, reason } => write!(
+                f,
+                "bad mitosis flag `{arg}`: {reason}; the flag is `--mitosis=<port>` with a port \
+                 from 1 to 65535, and only mitosis::split should pass it"
+            ),
+            Error::MissingEnvironment { var } => write!(
+                f,
+                "started with --mitosis but the environment variable {var} is missing or \
+                 malformed; the flag only works for a process started by mitosis::split, so \
+                 start the program without it"
+            ),
+            Error::Spawn { binary, source } => write!(
+                f,
+                "could not start the new binary {}: {source}; check that it exists and is \
+                 executable (the build may have failed), or set SplitOptions::binary",
+                binary.display()
+            ),
+            Error::SplitInFlight => f.write_str(
+                "a split is already in progress in this process; wait for its outcome before \
+                 splitting again",
+            ),
+            Error::Io { step, source } => write!(f, "I/O error in {step}: {source}"),
+            Error::PeerGone { step } => write!(
+                f,
+                "the other process closed the connection in {step}; it probably exited or \
+                 crashed, see its own error output"
+            ),
+            Error::ChildExited { step, status } => write!(
+                f,
+                "the new process exited ({status}) in {step}, before taking over; see its error \
+                 output, fix it and split again"
+            ),
+            Error::Timeout { step, after } => write!(
+                f,
+                "the handover did not complete within {after:?} (stuck in {step}); the new \
+                 process was killed. Raise SplitOptions::commit_timeout if it needs longer to \
+                 start, or check that it calls mitosis::init early in main"
+            ),
+            Error::ProtocolVersion { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: this process speaks versions {}..={} and the other \
+                 speaks {}..={}; build both with compatible versions of mitosis",
+                ours.0, ours.1, theirs.0, theirs.1
+            ),
+            Error::SchemaMismatch { sent, accepted } => {
+                write!(f, "state schema mismatch: the old process has {sent}, the new process accepts ")?;
+                list_schemas(f, accepted)?;
+                f.write_str("; nothing was decoded and the old process keeps its state. Add a migration from the old schema, or keep the version")
+            }
+            Error::FrameTooLarge {
+                step,
+                kind,
+                len,
+                max,
+            } => write!(
+                f,
+                "{kind} frame of {len} bytes exceeds the limit of {max} bytes in {step}"
+            ),
+            Error::Protocol { step, detail } => {
+                write!(f, "protocol error in {step}: {detail}")
+            }
+            Error::Aborted { step, reason } => {
+                write!(f, "the other process gave up in {step}: {reason}")
+            }
+            Error::Codec { detail } => write!(
+                f,
+                "could not decode the handed-over state: {detail}; the two binaries disagree on \
+                 the state's encoding, so bump its schema version"
+            ),
+            Error::EncodePanicked { message } => write!(
+                f,
+                "encoding the state panicked: {message}; the state was kept and the new process \
+                 was stopped"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Spawn { source, .. } | Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// [`split`](crate::split) failed before the new process was started; the
+/// state comes back untouched.
+///
+/// ```no_run
+/// # fn main() {
+/// # let state = 7u32;
+/// match mitosis::split(state) {
+///     Ok(handle) => { /* wait for the outcome */ }
+///     Err(failed) => {
+///         eprintln!("upgrade refused: {}", failed.error);
+///         let state = failed.state; // carry on with it
+///         # let _ = state;
+///     }
+/// }
+/// # }
+/// ```
+pub struct SplitError<S> {
+    /// The state that was passed to `split`, untouched.
+    pub state: S,
+    /// Why the split was refused.
+    pub error: Error,
+}
+
+impl<S> SplitError<S> {
+    /// Takes the state back.
+    ///
+    /// ```
+    /// let failed = mitosis::SplitError { state: 1u8, error: mitosis::Error::SplitInFlight };
+    /// assert_eq!(failed.into_state(), 1);
+    /// ```
+    pub fn into_state(self) -> S {
+        self.state
+    }
+}
+
+impl<S> fmt::Debug for SplitError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SplitError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> fmt::Display for SplitError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<S> std::error::Error for SplitError<S> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

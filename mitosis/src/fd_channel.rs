@@ -1,0 +1,297 @@
+//! The fd channel: a Unix SEQPACKET socket that carries the state's file
+//! descriptors (PROTOCOL.md, step 6).
+//!
+//! The old process listens on it inside a fresh 0700 directory, so no other
+//! user can even reach it, and accepts only the connection whose
+//! `SO_PEERCRED` pid is the child it spawned. Each message carries one batch
+//! of at most [`MAX_FDS_PER_MESSAGE`] fds in one `SCM_RIGHTS` control message,
+//! with a six-byte payload naming the batch and its size. The receiver sets
+//! `MSG_CMSG_CLOEXEC`, so no received fd is ever visible to a concurrent
+//! fork+exec without close-on-exec, and treats a truncated message or
+//! control message as an error.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    accept_with, bind, connect, listen, recvmsg, sendmsg, socket_with, sockopt,
+};
+use rustix::process::Pid;
+
+use crate::error::{Error, Step};
+use crate::frame::{Deadline, MAX_FDS};
+
+/// Linux refuses more than 253 fds in one `SCM_RIGHTS` message
+/// (`SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// The payload of each batch: batch index (u32 LE), fd count (u16 LE).
+const BATCH_PAYLOAD: usize = 6;
+
+/// The old process's end before the child connects: the listening socket
+/// and the private directory it lives in, removed on drop.
+pub(crate) struct FdListener {
+    socket: OwnedFd,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl FdListener {
+    /// Creates the private directory and listens in it.
+    pub(crate) fn bind() -> io::Result<FdListener> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let mut random = [0u8; 8];
+        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+        let dir = base.join(format!(
+            "mitosis-{}-{}",
+            std::process::id(),
+            hex(&random)
+        ));
+        // The mode is applied at creation; umask can only narrow it.
+        DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("fd.sock");
+        let listener = FdListener {
+            socket: socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )?,
+            dir,
+            path,
+        };
+        let address = SocketAddrUnix::new(&listener.path).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "fd channel path {} is too long for a Unix socket; set XDG_RUNTIME_DIR or \
+                     TMPDIR to a shorter directory",
+                    listener.path.display()
+                ),
+            )
+        })?;
+        bind(&listener.socket, &address)?;
+        listen(&listener.socket, 4)?;
+        Ok(listener)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the child's connection. Connections from any other process
+    /// are closed and logged; the wait goes on until the deadline, or until
+    /// `child_exited` becomes readable.
+    pub(crate) fn accept_child(
+        &self,
+        child: Pid,
+        child_exited: BorrowedFd<'_>,
+        deadline: &Deadline,
+    ) -> Result<OwnedFd, Error> {
+        const STEP: Step = Step::Fds;
+        loop {
+            let left = deadline.remaining(STEP)?;
+            let mut fds = [
+                PollFd::new(&self.socket, PollFlags::IN),
+                PollFd::new(&child_exited, PollFlags::IN),
+            ];
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(Error::io(STEP)(e.into())),
+            }
+            if !fds[1].revents().is_empty() {
+                return Err(Error::PeerGone { step: STEP });
+            }
+            if fds[0].revents().is_empty() {
+                continue;
+            }
+            let conn = match accept_with(&self.socket, SocketFlags::CLOEXEC) {
+                Ok(conn) => conn,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+                Err(e) => return Err(Error::io(STEP)(e.into())),
+            };
+            let peer = sockopt::socket_peercred(&conn).map_err(|e| Error::io(STEP)(e.into()))?;
+            if peer.pid == child {
+                return Ok(conn);
+            }
+            log::warn!(
+                "mitosis: closed an fd channel connection from pid {} (uid {}); only the new \
+                 process, pid {}, may connect",
+                peer.pid.as_raw_nonzero(),
+                peer.uid.as_raw(),
+                child.as_raw_nonzero(),
+            );
+        }
+    }
+}
+
+impl Drop for FdListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Connects the new process to the old process's fd channel.
+pub(crate) fn connect_to(path: &Path) -> io::Result<OwnedFd> {
+    let socket = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    connect(&socket, &SocketAddrUnix::new(path)?)?;
+    Ok(socket)
+}
+
+/// Sends `fds` in batches of at most [`MAX_FDS_PER_MESSAGE`].
+pub(crate) fn send_fds(
+    channel: BorrowedFd<'_>,
+    fds: &[BorrowedFd<'_>],
+    deadline: &Deadline,
+) -> Result<(), Error> {
+    const STEP: Step = Step::Fds;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    for (index, batch) in fds.chunks(MAX_FDS_PER_MESSAGE).enumerate() {
+        let mut payload = [0u8; BATCH_PAYLOAD];
+        payload[..4].copy_from_slice(&(index as u32).to_le_bytes());
+        payload[4..].copy_from_slice(&(batch.len() as u16).to_le_bytes());
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let pushed = control.push(SendAncillaryMessage::ScmRights(batch));
+        debug_assert!(pushed, "control buffer sized for a full batch");
+        set_timeout(channel, sockopt::Timeout::Send, deadline, STEP)?;
+        loop {
+            match sendmsg(
+                channel,
+                &[io::IoSlice::new(&payload)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) if n == BATCH_PAYLOAD => break,
+                Ok(n) => {
+                    return Err(Error::protocol(
+                        STEP,
+                        format!("fd batch {index}: sent {n} of {BATCH_PAYLOAD} bytes"),
+                    ));
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(deadline.io_error(STEP)(e.into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Receives exactly `count` fds, sent by [`send_fds`].
+pub(crate) fn recv_fds(
+    channel: BorrowedFd<'_>,
+    count: u32,
+    deadline: &Deadline,
+) -> Result<Vec<OwnedFd>, Error> {
+    const STEP: Step = Step::Fds;
+    if count > MAX_FDS {
+        return Err(Error::FrameTooLarge {
+            step: STEP,
+            kind: "END (fd count)",
+            len: count.into(),
+            max: MAX_FDS.into(),
+        });
+    }
+    let mut received: Vec<OwnedFd> = Vec::with_capacity(count as usize);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut index = 0u32;
+    while received.len() < count as usize {
+        let expected = (count as usize - received.len()).min(MAX_FDS_PER_MESSAGE);
+        // One byte more than a batch needs, so that an oversized payload
+        // shows up as a length mismatch or MSG_TRUNC.
+        let mut payload = [0u8; BATCH_PAYLOAD + 1];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        set_timeout(channel, sockopt::Timeout::Recv, deadline, STEP)?;
+        let message = loop {
+            match recvmsg(
+                channel,
+                &mut [io::IoSliceMut::new(&mut payload)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(message) => break message,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(deadline.io_error(STEP)(e.into())),
+            }
+        };
+        // Take ownership of whatever arrived first, so that every fd is
+        // closed on any error below.
+        let mut batch = Vec::with_capacity(expected);
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                batch.extend(fds);
+            }
+        }
+        if message.bytes == 0 && batch.is_empty() {
+            return Err(Error::PeerGone { step: STEP });
+        }
+        if message.flags.contains(ReturnFlags::CTRUNC) {
+            return Err(Error::protocol(
+                STEP,
+                format!(
+                    "fd batch {index}: control message truncated (MSG_CTRUNC); fds were lost, \
+                     probably because this process hit its open-file limit (RLIMIT_NOFILE)"
+                ),
+            ));
+        }
+        if message.flags.contains(ReturnFlags::TRUNC) || message.bytes != BATCH_PAYLOAD {
+            return Err(Error::protocol(
+                STEP,
+                format!("fd batch {index}: payload of {} bytes, expected {BATCH_PAYLOAD}", message.bytes),
+            ));
+        }
+        let got_index = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));
+        let got_count = u16::from_le_bytes(payload[4..6].try_into().expect("2 bytes")) as usize;
+        if got_index != index || got_count != expected || batch.len() != expected {
+            return Err(Error::protocol(
+                STEP,
+                format!(
+                    "fd batch {got_index} (expected {index}) announced {got_count} fds and \
+                     carried {}, expected {expected}",
+                    batch.len()
+                ),
+            ));
+        }
+        received.append(&mut batch);
+        index += 1;
+    }
+    Ok(received)
+}
+
+fn set_timeout(
+    channel: BorrowedFd<'_>,
+    which: sockopt::Timeout,
+    deadline: &Deadline,
+    step: Step,
+) -> Result<(), Error> {
+    let left = deadline.remaining(step)?;
+    sockopt::set_socket_timeout(channel.as_fd(), which, Some(left))
+        .map_err(|e| Error::io(step)(e.into()))
+}
+
+pub(crate) fn timespec(duration: std::time::Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: duration.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: duration.subsec_nanos().into(),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

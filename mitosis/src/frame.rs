@@ -1,0 +1,470 @@
+//! Framing on the TCP connection: the two preambles, then length-prefixed
+//! frames (PROTOCOL.md, "Frames").
+//!
+//! Every blocking call goes through [`Conn`], which arms the socket's timeout
+//! with what is left of the handover's deadline, so no read or write can
+//! outlive it.
+
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Step};
+use crate::handover::{Schema, SchemaInfo};
+
+/// The first eight bytes each side sends.
+pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
+
+/// The protocol versions this build speaks.
+pub(crate) const VERSIONS: (u16, u16) = (1, 1);
+
+/// Length of the token each side proves the secret with.
+pub(crate) const TOKEN_LEN: usize = 32;
+
+/// The new process's preamble: magic, lowest and highest version, token.
+pub(crate) const HELLO_LEN: usize = 8 + 2 + 2 + TOKEN_LEN;
+
+/// The old process's preamble: magic, chosen version (0: none in common),
+/// its lowest and highest version, token.
+pub(crate) const WELCOME_LEN: usize = 8 + 2 + 2 + 2 + TOKEN_LEN;
+
+/// Frame header: kind (1 byte), payload length (u32, little-endian).
+pub(crate) const HEADER_LEN: usize = 5;
+
+/// Largest payload of any frame but DATA.
+pub(crate) const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
+
+/// Largest payload of one DATA frame.
+pub(crate) const MAX_DATA_PAYLOAD: u32 = 1024 * 1024;
+
+/// Largest state the new process accepts.
+pub(crate) const MAX_STATE_BYTES: u64 = 4 << 30;
+
+/// Most fds the new process accepts in one handover.
+pub(crate) const MAX_FDS: u32 = 1 << 20;
+
+/// The frame kinds of protocol version 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// new → old: the schemas the new process accepts.
+    Offer = 1,
+    /// old → new: the schema of the state that follows.
+    State = 2,
+    /// old → new: a chunk of the encoded state.
+    Data = 3,
+    /// old → new: the state's total length and fd count.
+    End = 4,
+    /// new → old: the state is decoded; the new process is ready.
+    Commit = 5,
+    /// old → new: ownership has passed.
+    Ack = 6,
+    /// old → new: the old process refuses to send its state.
+    Reject = 7,
+    /// new → old: the new process gives up.
+    Abort = 8,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            1 => Kind::Offer,
+            2 => Kind::State,
+            3 => Kind::Data,
+            4 => Kind::End,
+            5 => Kind::Commit,
+            6 => Kind::Ack,
+            7 => Kind::Reject,
+            8 => Kind::Abort,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Offer => "OFFER",
+            Kind::State => "STATE",
+            Kind::Data => "DATA",
+            Kind::End => "END",
+            Kind::Commit => "COMMIT",
+            Kind::Ack => "ACK",
+            Kind::Reject => "REJECT",
+            Kind::Abort => "ABORT",
+        }
+    }
+
+    fn max_payload(self) -> u32 {
+        match self {
+            Kind::Data => MAX_DATA_PAYLOAD,
+            _ => MAX_CONTROL_PAYLOAD,
+        }
+    }
+}
+
+/// Why a REJECT or ABORT was sent (its first payload byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Reason {
+    /// The offered and the held schema do not match.
+    Schema = 1,
+    /// A size or count limit was exceeded.
+    Limit = 2,
+    /// The state did not decode.
+    Decode = 3,
+    /// The other side broke the protocol.
+    Protocol = 4,
+    /// An I/O error.
+    Io = 5,
+}
+
+impl Reason {
+    pub(crate) fn of(error: &Error) -> Reason {
+        match error {
+            Error::SchemaMismatch { .. } => Reason::Schema,
+            Error::FrameTooLarge { .. } => Reason::Limit,
+            Error::Codec { .. } => Reason::Decode,
+            Error::Io { .. } | Error::PeerGone { .. } | Error::Timeout { .. } => Reason::Io,
+            _ => Reason::Protocol,
+        }
+    }
+}
+
+/// A point in time after which the handover has failed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// What is left, or a timeout error naming `step`.
+    pub(crate) fn remaining(&self, step: Step) -> Result<Duration, Error> {
+        match self.at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(self.expired(step)),
+        }
+    }
+
+    pub(crate) fn expired(&self, step: Step) -> Error {
+        Error::Timeout {
+            step,
+            after: self.timeout,
+        }
+    }
+
+    /// Maps an I/O error, reading an expired socket timeout as the deadline.
+    pub(crate) fn io_error(&self, step: Step) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.expired(step),
+            _ => Error::io(step)(source),
+        }
+    }
+}
+
+/// The TCP connection between the two processes, after the preambles.
+pub(crate) struct Conn {
+    reader: BufReader<TcpStream>,
+    deadline: Deadline,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream, deadline: Deadline) -> Conn {
+        Conn {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+            deadline,
+        }
+    }
+
+    fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    fn arm_read(&self, step: Step) -> Result<(), Error> {
+        let left = self.deadline.remaining(step)?;
+        self.stream()
+            .set_read_timeout(Some(left))
+            .map_err(Error::io(step))
+    }
+
+    fn arm_write(&self, step: Step) -> Result<(), Error> {
+        let left = self.deadline.remaining(step)?;
+        self.stream()
+            .set_write_timeout(Some(left))
+            .map_err(Error::io(step))
+    }
+
+    pub(crate) fn read_exact(&mut self, step: Step, buf: &mut [u8]) -> Result<(), Error> {
+        self.arm_read(step)?;
+        self.reader
+            .read_exact(buf)
+            .map_err(self.deadline.io_error(step))
+    }
+
+    pub(crate) fn write_all(&self, step: Step, bytes: &[u8]) -> Result<(), Error> {
+        self.arm_write(step)?;
+        let mut stream = self.stream();
+        stream
+            .write_all(bytes)
+            .map_err(self.deadline.io_error(step))
+    }
+
+    /// Writes several buffers as one, with as few syscalls as the socket
+    /// allows.
+    fn write_all_vectored(&self, step: Step, mut parts: &mut [IoSlice<'_>]) -> Result<(), Error> {
+        let mut stream = self.stream();
+        while !parts.is_empty() {
+            self.arm_write(step)?;
+            match stream.write_vectored(parts) {
+                Ok(0) => return Err(Error::PeerGone { step }),
+                Ok(n) => IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.deadline.io_error(step)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_frame(&self, step: Step, kind: Kind, payload: &[u8]) -> Result<(), Error> {
+        debug_assert!(payload.len() <= kind.max_payload() as usize);
+        let header = header(kind, payload.len() as u32);
+        self.write_all_vectored(step, &mut [IoSlice::new(&header), IoSlice::new(payload)])
+    }
+
+    /// Reads a frame header, checking the kind against `expected` and the
+    /// length against the kind's limit before anything is allocated.
+    pub(crate) fn read_header(&mut self, step: Step, expected: &[Kind]) -> Result<(Kind, u32), Error> {
+        let mut header = [0u8; HEADER_LEN];
+        self.read_exact(step, &mut header)?;
+        let kind = Kind::from_byte(header[0]).ok_or_else(|| {
+            Error::protocol(step, format!("unknown frame kind {:#04x}", header[0]))
+        })?;
+        if !expected.contains(&kind) {
+            let names: Vec<_> = expected.iter().map(|k| k.name()).collect();
+            return Err(Error::protocol(
+                step,
+                format!("expected {}, got {}", names.join(" or "), kind.name()),
+            ));
+        }
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+        if len > kind.max_payload() {
+            return Err(Error::FrameTooLarge {
+                step,
+                kind: kind.name(),
+                len: len.into(),
+                max: kind.max_payload().into(),
+            });
+        }
+        Ok((kind, len))
+    }
+
+    /// Reads a whole frame of one of the `expected` kinds.
+    pub(crate) fn read_frame(&mut self, step: Step, expected: &[Kind]) -> Result<(Kind, Vec<u8>), Error> {
+        let (kind, len) = self.read_header(step, expected)?;
+        let mut payload = vec![0; len as usize];
+        self.read_exact(step, &mut payload)?;
+        Ok((kind, payload))
+    }
+
+    /// Appends `len` bytes from the stream to `buf`.
+    pub(crate) fn read_append(&mut self, step: Step, buf: &mut Vec<u8>, len: u32) -> Result<(), Error> {
+        let start = buf.len();
+        buf.resize(start + len as usize, 0);
+        self.read_exact(step, &mut buf[start..])
+    }
+}
+
+fn header(kind: Kind, len: u32) -> [u8; HEADER_LEN] {
+    let len = len.to_le_bytes();
+    [kind as u8, len[0], len[1], len[2], len[3]]
+}
+
+/// An `io::Write` that wraps everything written to it into DATA frames:
+/// the encoder streams the state through it (step 5).
+pub(crate) struct DataFrames<'c> {
+    pub(crate) conn: &'c Conn,
+}
+
+impl Write for DataFrames<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        for chunk in bytes.chunks(MAX_DATA_PAYLOAD as usize) {
+            self.conn
+                .write_frame(Step::State, Kind::Data, chunk)
+                .map_err(into_io)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Carries a handover error through `io::Write`, to be unwrapped again by
+/// the encoder's caller with [`from_io`].
+fn into_io(error: Error) -> io::Error {
+    io::Error::other(CarriedError(error))
+}
+
+#[derive(Debug)]
+struct CarriedError(Error);
+
+impl std::fmt::Display for CarriedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for CarriedError {}
+
+/// Unwraps an error carried through `io::Write` by [`DataFrames`].
+pub(crate) fn from_io(error: Error) -> Error {
+    match error {
+        Error::Io { step, source } => match source.downcast::<CarriedError>() {
+            Ok(CarriedError(inner)) => inner,
+            Err(source) => Error::Io { step, source },
+        },
+        other => other,
+    }
+}
+
+/// Builds a control frame's payload (little-endian, fixed layout).
+#[derive(Default)]
+pub(crate) struct Payload(Vec<u8>);
+
+impl Payload {
+    pub(crate) fn u8(mut self, value: u8) -> Self {
+        self.0.push(value);
+        self
+    }
+
+    pub(crate) fn u16(mut self, value: u16) -> Self {
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn u32(mut self, value: u32) -> Self {
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn u64(mut self, value: u64) -> Self {
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// A UTF-8 string: u16 length, then the bytes; cut to fit at a char
+    /// boundary.
+    pub(crate) fn str(self, value: &str) -> Self {
+        let mut end = value.len().min(4096);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut this = self.u16(end as u16);
+        this.0.extend_from_slice(&value.as_bytes()[..end]);
+        this
+    }
+
+    /// A schema: version (u32), fingerprint (u64), name (string).
+    pub(crate) fn schema(self, schema: &Schema) -> Self {
+        self.u32(schema.version)
+            .u64(schema.fingerprint)
+            .str(schema.name)
+    }
+
+    pub(crate) fn bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Reads a control frame's payload, refusing anything short or left over.
+pub(crate) struct Fields<'p> {
+    rest: &'p [u8],
+    step: Step,
+    kind: Kind,
+}
+
+impl<'p> Fields<'p> {
+    pub(crate) fn new(step: Step, kind: Kind, payload: &'p [u8]) -> Self {
+        Fields {
+            rest: payload,
+            step,
+            kind,
+        }
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        if self.rest.len() < N {
+            return Err(self.short());
+        }
+        let (head, rest) = self.rest.split_at(N);
+        self.rest = rest;
+        Ok(head.try_into().expect("split_at gave N bytes"))
+    }
+
+    fn short(&self) -> Error {
+        Error::protocol(self.step, format!("{} frame is too short", self.kind.name()))
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, Error> {
+        self.take::<1>().map(|[b]| b)
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, Error> {
+        self.take().map(u16::from_le_bytes)
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, Error> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, Error> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    pub(crate) fn str(&mut self) -> Result<String, Error> {
+        let len = self.u16()? as usize;
+        if self.rest.len() < len {
+            return Err(self.short());
+        }
+        let (text, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        String::from_utf8(text.to_vec()).map_err(|_| {
+            Error::protocol(self.step, format!("{} frame holds invalid UTF-8", self.kind.name()))
+        })
+    }
+
+    pub(crate) fn schema(&mut self) -> Result<SchemaInfo, Error> {
+        let version = self.u32()?;
+        let fingerprint = self.u64()?;
+        let name = self.str()?;
+        Ok(SchemaInfo {
+            name,
+            version,
+            fingerprint,
+        })
+    }
+
+    /// Checks that the whole payload was read.
+    pub(crate) fn end(self) -> Result<(), Error> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::protocol(
+                self.step,
+                format!("{} frame has {} unexpected trailing bytes", self.kind.name(), self.rest.len()),
+            ))
+        }
+    }
+}

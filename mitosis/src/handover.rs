@@ -1,0 +1,705 @@
+//! The `Handover` trait: how a state value crosses from the old process to
+//! the new one.
+//!
+//! Plain data is encoded with postcard into the state stream. A value that
+//! owns a file descriptor writes an index into the stream instead, and its fd
+//! goes into a side table that travels over the fd channel (PROTOCOL.md,
+//! steps 5 and 6). Decoding reverses that: an index in the stream takes the fd
+//! at that place in the received table.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::hash::{BuildHasher, Hash};
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Step};
+
+/// The identity of a state type's encoding, compared in the handshake before
+/// any state is decoded (PROTOCOL.md, step 4).
+///
+/// Two binaries hand over only when the old one's `Schema` is one the new one
+/// accepts. `name` and `version` are for people; `fingerprint` is what is
+/// compared, and [`Schema::new`] derives it from both.
+///
+/// ```
+/// use mitosis::Schema;
+/// const V1: Schema = Schema::new("bot::State", 1);
+/// const V2: Schema = Schema::new("bot::State", 2);
+/// assert_ne!(V1.fingerprint, V2.fingerprint);
+/// assert_eq!(V1.to_string(), format!("bot::State v1 ({:016x})", V1.fingerprint));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Schema {
+    /// The type's name, for error messages.
+    pub name: &'static str,
+    /// The version the type declares.
+    pub version: u32,
+    /// A hash of everything that shapes the encoding.
+    pub fingerprint: u64,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    hash
+}
+
+impl Schema {
+    /// A schema whose fingerprint is derived from `name` and `version`.
+    ///
+    /// ```
+    /// const S: mitosis::Schema = mitosis::Schema::new("State", 3);
+    /// assert_eq!((S.name, S.version), ("State", 3));
+    /// ```
+    pub const fn new(name: &'static str, version: u32) -> Schema {
+        let hash = fnv1a(FNV_OFFSET, name.as_bytes());
+        let hash = fnv1a(hash, &version.to_le_bytes());
+        Schema {
+            name,
+            version,
+            fingerprint: hash,
+        }
+    }
+
+    /// This schema with `inner`'s fingerprint folded into its own, for a
+    /// container or wrapper whose encoding depends on what it contains.
+    ///
+    /// ```
+    /// use mitosis::Schema;
+    /// let a = Schema::new("Vec", 0).nest(Schema::new("A", 0));
+    /// let b = Schema::new("Vec", 0).nest(Schema::new("B", 0));
+    /// assert_ne!(a.fingerprint, b.fingerprint);
+    /// ```
+    pub const fn nest(self, inner: Schema) -> Schema {
+        Schema {
+            fingerprint: fnv1a(self.fingerprint, &inner.fingerprint.to_le_bytes()),
+            ..self
+        }
+    }
+}
+
+/// A schema as the other process described it in the handshake, named in
+/// [`Error::SchemaMismatch`].
+///
+/// ```
+/// let info = mitosis::SchemaInfo::from(mitosis::Schema::new("bot::State", 2));
+/// assert_eq!(info.name, "bot::State");
+/// assert_eq!(info.to_string(), mitosis::Schema::new("bot::State", 2).to_string());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SchemaInfo {
+    /// The type's name.
+    pub name: String,
+    /// The version it declares.
+    pub version: u32,
+    /// What is compared.
+    pub fingerprint: u64,
+}
+
+impl From<Schema> for SchemaInfo {
+    fn from(schema: Schema) -> SchemaInfo {
+        SchemaInfo {
+            name: schema.name.to_owned(),
+            version: schema.version,
+            fingerprint: schema.fingerprint,
+        }
+    }
+}
+
+impl fmt::Display for SchemaInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} v{} ({:016x})", self.name, self.version, self.fingerprint)
+    }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} v{} ({:016x})",
+            self.name, self.version, self.fingerprint
+        )
+    }
+}
+
+/// A value that can be handed over to a new process: plain data, file
+/// descriptors, or any mix of the two.
+///
+/// `encode` borrows the value, because the old process keeps it until the new
+/// one has committed; if the handover fails, the value goes back to the
+/// caller unchanged. `decode` rebuilds it in the new process.
+///
+/// # Implementing it by hand
+///
+/// Write plain fields with [`Encoder::serde`] (or [`Encoder::bytes`] for a
+/// byte buffer), fields that own fds with their own `Handover` impl, and read
+/// them back in the same order:
+///
+/// ```
+/// use std::net::TcpStream;
+/// use mitosis::{Decoder, Encoder, Error, Handover, Schema};
+///
+/// struct State {
+///     nick: String,
+///     conn: TcpStream,
+///     seen: Vec<u8>,
+/// }
+///
+/// impl Handover for State {
+///     const SCHEMA: Schema = Schema::new("bot::State", 1);
+///
+///     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+///         out.serde(&self.nick)?;
+///         self.conn.encode(out)?;
+///         out.bytes(&self.seen)
+///     }
+///
+///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+///         Ok(State {
+///             nick: input.serde()?,
+///             conn: TcpStream::decode(input)?,
+///             seen: input.bytes()?,
+///         })
+///     }
+/// }
+/// ```
+pub trait Handover: Sized {
+    /// The identity of this type's encoding. Change the version whenever the
+    /// encoding changes, so that an old state is refused instead of being
+    /// decoded into the wrong shape.
+    const SCHEMA: Schema;
+
+    /// Writes the value: plain data into the stream, fds into the side table.
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error>;
+
+    /// Reads a value written by [`encode`](Handover::encode).
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error>;
+}
+
+/// Where [`Handover::encode`] writes a value.
+///
+/// It streams: plain data passes through a 64 KiB buffer to the connection,
+/// and large byte buffers go straight to the socket, so the old process never
+/// holds a second full copy of its state.
+///
+/// ```
+/// use mitosis::{Encoder, Error, Handover, Schema, Decoder};
+/// struct Counter(u64);
+/// impl Handover for Counter {
+///     const SCHEMA: Schema = Schema::new("Counter", 1);
+///     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+///         out.serde(&self.0)
+///     }
+///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+///         input.serde().map(Counter)
+///     }
+/// }
+/// ```
+pub struct Encoder<'a> {
+    serializer: postcard::Serializer<StreamFlavor<'a>>,
+    fds: Vec<BorrowedFd<'a>>,
+}
+
+/// The bytes an [`Encoder`] buffers before writing them out.
+pub(crate) const ENCODE_BUFFER: usize = 64 * 1024;
+
+/// A postcard flavor that streams into a writer through a bounded buffer.
+struct StreamFlavor<'a> {
+    buffer: Vec<u8>,
+    sink: &'a mut dyn Write,
+    written: u64,
+    /// postcard's flavor errors carry no payload, so the I/O error that
+    /// stopped the stream waits here until the encoder reports it.
+    failure: Option<io::Error>,
+}
+
+impl StreamFlavor<'_> {
+    fn flush_buffer(&mut self) -> postcard::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = self.sink.write_all(&self.buffer);
+        self.buffer.clear();
+        self.record(result)
+    }
+
+    fn record(&mut self, result: io::Result<()>) -> postcard::Result<()> {
+        result.map_err(|error| {
+            self.failure = Some(error);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+}
+
+impl postcard::ser_flavors::Flavor for StreamFlavor<'_> {
+    type Output = u64;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.buffer.len() == ENCODE_BUFFER {
+            self.flush_buffer()?;
+        }
+        self.buffer.push(byte);
+        self.written += 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.written += data.len() as u64;
+        if data.len() <= ENCODE_BUFFER - self.buffer.len() {
+            self.buffer.extend_from_slice(data);
+            return Ok(());
+        }
+        self.flush_buffer()?;
+        if data.len() < ENCODE_BUFFER {
+            self.buffer.extend_from_slice(data);
+            Ok(())
+        } else {
+            let result = self.sink.write_all(data);
+            self.record(result)
+        }
+    }
+
+    fn finalize(mut self) -> postcard::Result<u64> {
+        self.flush_buffer()?;
+        Ok(self.written)
+    }
+}
+
+/// What an encoding produced besides the bytes it streamed.
+pub(crate) struct Encoded<'a> {
+    pub(crate) total_bytes: u64,
+    pub(crate) fds: Vec<BorrowedFd<'a>>,
+}
+
+impl<'a> Encoder<'a> {
+    pub(crate) fn new(sink: &'a mut dyn Write) -> Encoder<'a> {
+        Encoder {
+            serializer: postcard::Serializer {
+                output: StreamFlavor {
+                    buffer: Vec::with_capacity(ENCODE_BUFFER),
+                    sink,
+                    written: 0,
+                    failure: None,
+                },
+            },
+            fds: Vec::new(),
+        }
+    }
+
+    /// Encodes `value` into `sink` and flushes it.
+    pub(crate) fn encode<S: Handover>(
+        sink: &'a mut dyn Write,
+        value: &'a S,
+    ) -> Result<Encoded<'a>, Error> {
+        let mut encoder = Encoder::new(sink);
+        value.encode(&mut encoder)?;
+        let fds = encoder.fds;
+        let mut output = encoder.serializer.output;
+        let total_bytes = match output.flush_buffer() {
+            Ok(()) => output.written,
+            Err(_) => return Err(stream_failure(output.failure)),
+        };
+        Ok(Encoded { total_bytes, fds })
+    }
+
+    fn fail(&mut self, error: postcard::Error) -> Error {
+        match self.serializer.output.failure.take() {
+            Some(io) => stream_failure(Some(io)),
+            None => Error::Codec {
+                detail: error.to_string(),
+            },
+        }
+    }
+
+    /// Writes a plain value with serde and postcard.
+    ///
+    /// ```
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_nick<'a>(nick: &'a String, out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.serde(nick)
+    /// }
+    /// ```
+    pub fn serde<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        value
+            .serialize(&mut self.serializer)
+            .map_err(|error| self.fail(error))
+    }
+
+    /// Writes a byte buffer in one piece, at copy speed (the `serde_bytes`
+    /// encoding: a length, then the bytes).
+    ///
+    /// ```
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_blob<'a>(blob: &'a [u8], out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.bytes(blob)
+    /// }
+    /// ```
+    pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.serde(serde_bytes::Bytes::new(bytes))
+    }
+
+    /// Puts `fd` into the side table and writes its index into the stream.
+    /// The fd itself crosses in step 6; the old process keeps its own copy
+    /// until the new process has committed.
+    ///
+    /// ```
+    /// # use std::os::fd::AsFd;
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_file<'a>(file: &'a std::fs::File, out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.fd(file.as_fd())
+    /// }
+    /// ```
+    pub fn fd(&mut self, fd: BorrowedFd<'a>) -> Result<(), Error> {
+        let index = u32::try_from(self.fds.len()).map_err(|_| Error::Codec {
+            detail: "more than 4294967295 fds in one state".into(),
+        })?;
+        self.fds.push(fd);
+        self.serde(&index)
+    }
+}
+
+fn stream_failure(failure: Option<io::Error>) -> Error {
+    match failure {
+        Some(io) => Error::io(Step::State)(io),
+        None => Error::Codec {
+            detail: "the state stream stopped".into(),
+        },
+    }
+}
+
+/// Where [`Handover::decode`] reads a value from.
+///
+/// It reads the received state bytes in order and hands out the received fds
+/// by index; each fd can be taken once.
+///
+/// ```
+/// # use mitosis::{Decoder, Error};
+/// fn read_count(input: &mut Decoder<'_>) -> Result<u64, Error> {
+///     input.serde()
+/// }
+/// ```
+pub struct Decoder<'de> {
+    deserializer: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+    fds: Vec<Option<OwnedFd>>,
+}
+
+impl<'de> Decoder<'de> {
+    pub(crate) fn new(bytes: &'de [u8], fds: Vec<OwnedFd>) -> Decoder<'de> {
+        Decoder {
+            deserializer: postcard::Deserializer::from_bytes(bytes),
+            fds: fds.into_iter().map(Some).collect(),
+        }
+    }
+
+    /// Decodes a value and checks that it used every byte and every fd.
+    pub(crate) fn decode<S: Handover>(mut self) -> Result<S, Error> {
+        let value = S::decode(&mut self)?;
+        let rest = self.deserializer.finalize().map_err(codec)?;
+        if !rest.is_empty() {
+            return Err(Error::Codec {
+                detail: format!("{} bytes left over after the state", rest.len()),
+            });
+        }
+        let unused = self.fds.iter().filter(|fd| fd.is_some()).count();
+        if unused > 0 {
+            return Err(Error::Codec {
+                detail: format!("{unused} received fds were not claimed by the state"),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Reads a plain value written by [`Encoder::serde`].
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Error};
+    /// fn read_nick(input: &mut Decoder<'_>) -> Result<String, Error> {
+    ///     input.serde()
+    /// }
+    /// ```
+    pub fn serde<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+        T::deserialize(&mut self.deserializer).map_err(codec)
+    }
+
+    /// Reads a byte buffer written by [`Encoder::bytes`].
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Error};
+    /// fn read_blob(input: &mut Decoder<'_>) -> Result<Vec<u8>, Error> {
+    ///     input.bytes()
+    /// }
+    /// ```
+    pub fn bytes(&mut self) -> Result<Vec<u8>, Error> {
+        self.serde::<serde_bytes::ByteBuf>()
+            .map(serde_bytes::ByteBuf::into_vec)
+    }
+
+    /// Reads an fd index written by [`Encoder::fd`] and takes that fd.
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Error};
+    /// fn read_file(input: &mut Decoder<'_>) -> Result<std::fs::File, Error> {
+    ///     input.fd().map(std::fs::File::from)
+    /// }
+    /// ```
+    pub fn fd(&mut self) -> Result<OwnedFd, Error> {
+        let index: u32 = self.serde()?;
+        let received = self.fds.len();
+        self.fds
+            .get_mut(index as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Codec {
+                detail: format!(
+                    "fd index {index} is out of range or used twice ({received} fds received)"
+                ),
+            })
+    }
+
+    /// The length prefix of a sequence or map.
+    fn len(&mut self) -> Result<usize, Error> {
+        self.serde::<usize>()
+    }
+}
+
+fn codec(error: postcard::Error) -> Error {
+    Error::Codec {
+        detail: error.to_string(),
+    }
+}
+
+/// Capacity to reserve for a decoded sequence of `len` elements: enough to
+/// avoid regrowth for honest lengths, bounded so that a corrupt length cannot
+/// allocate more than the stream could fill.
+fn bounded_capacity(len: usize) -> usize {
+    len.min(4096)
+}
+
+macro_rules! fd_types {
+    ($($ty:ty),* $(,)?) => {$(
+        impl Handover for $ty {
+            const SCHEMA: Schema = Schema::new(stringify!($ty), 0);
+
+            fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+                out.fd(self.as_fd())
+            }
+
+            fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+                input.fd().map(<$ty>::from)
+            }
+        }
+    )*};
+}
+
+fd_types!(
+    OwnedFd,
+    File,
+    TcpStream,
+    TcpListener,
+    UdpSocket,
+    UnixStream,
+    UnixListener,
+    UnixDatagram,
+);
+
+macro_rules! plain_types {
+    ($($ty:ty),* $(,)?) => {$(
+        impl Handover for $ty {
+            const SCHEMA: Schema = Schema::new(stringify!($ty), 0);
+
+            fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+                out.serde(self)
+            }
+
+            fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+                input.serde()
+            }
+        }
+    )*};
+}
+
+plain_types!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    String,
+    std::path::PathBuf,
+    std::time::Duration,
+    std::net::SocketAddr,
+    std::net::IpAddr,
+);
+
+impl<T: Handover> Handover for Option<T> {
+    const SCHEMA: Schema = Schema::new("Option", 0).nest(T::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        match self {
+            None => out.serde(&false),
+            Some(value) => {
+                out.serde(&true)?;
+                value.encode(out)
+            }
+        }
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        if input.serde::<bool>()? {
+            T::decode(input).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl<T: Handover> Handover for Box<T> {
+    const SCHEMA: Schema = T::SCHEMA;
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        (**self).encode(out)
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        T::decode(input).map(Box::new)
+    }
+}
+
+impl<T: Handover> Handover for Vec<T> {
+    const SCHEMA: Schema = Schema::new("Vec", 0).nest(T::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.len())?;
+        self.iter().try_for_each(|item| item.encode(out))
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let len = input.len()?;
+        let mut items = Vec::with_capacity(bounded_capacity(len));
+        for _ in 0..len {
+            items.push(T::decode(input)?);
+        }
+        Ok(items)
+    }
+}
+
+impl<T: Handover> Handover for VecDeque<T> {
+    const SCHEMA: Schema = Schema::new("VecDeque", 0).nest(T::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.len())?;
+        self.iter().try_for_each(|item| item.encode(out))
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        Vec::<T>::decode(input).map(VecDeque::from)
+    }
+}
+
+impl<K, V, H> Handover for HashMap<K, V, H>
+where
+    K: Serialize + DeserializeOwned + Eq + Hash,
+    V: Handover,
+    H: BuildHasher + Default,
+{
+    const SCHEMA: Schema = Schema::new("HashMap", 0).nest(V::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.len())?;
+        self.iter().try_for_each(|(key, value)| {
+            out.serde(key)?;
+            value.encode(out)
+        })
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let len = input.len()?;
+        let mut map = HashMap::with_capacity_and_hasher(bounded_capacity(len), H::default());
+        for _ in 0..len {
+            let key = input.serde()?;
+            map.insert(key, V::decode(input)?);
+        }
+        Ok(map)
+    }
+}
+
+impl<K, V> Handover for BTreeMap<K, V>
+where
+    K: Serialize + DeserializeOwned + Ord,
+    V: Handover,
+{
+    const SCHEMA: Schema = Schema::new("BTreeMap", 0).nest(V::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.len())?;
+        self.iter().try_for_each(|(key, value)| {
+            out.serde(key)?;
+            value.encode(out)
+        })
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let len = input.len()?;
+        let mut map = BTreeMap::new();
+        for _ in 0..len {
+            let key = input.serde()?;
+            map.insert(key, V::decode(input)?);
+        }
+        Ok(map)
+    }
+}
+
+macro_rules! tuples {
+    ($(($($name:ident),+))*) => {$(
+        impl<$($name: Handover),+> Handover for ($($name,)+) {
+            const SCHEMA: Schema = Schema::new("tuple", 0)$(.nest($name::SCHEMA))+;
+
+            #[allow(non_snake_case)]
+            fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+                let ($($name,)+) = self;
+                $($name.encode(out)?;)+
+                Ok(())
+            }
+
+            fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+                Ok(($($name::decode(input)?,)+))
+            }
+        }
+    )*};
+}
+
+tuples! {
+    (A)
+    (A, B)
+    (A, B, C)
+    (A, B, C, D)
+    (A, B, C, D, E)
+    (A, B, C, D, E, F)
+}

@@ -1,0 +1,235 @@
+//! The new process's side: [`init`] finds the flag, connects back, and takes
+//! the state over. [`take_over`] walks PROTOCOL.md's steps in order.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::args;
+use crate::error::{Error, Step};
+use crate::fd_channel;
+use crate::frame::{
+    Conn, Deadline, Fields, Kind, MAX_STATE_BYTES, Payload, Reason, WELCOME_LEN,
+};
+use crate::handover::{Decoder, Handover};
+use crate::handshake::{self, Secret};
+use crate::spawn::{FD_SOCKET_VAR, SECRET_VAR, TIMEOUT_VAR, start_path};
+
+/// Takes over from the old process, if this process was started by
+/// [`split`](crate::split); call it early in `main`, before starting
+/// threads.
+///
+/// - Without a `--mitosis` flag it returns `Ok(None)` at once: a fresh start,
+///   with no network activity at all.
+/// - With the flag it connects to the old process, proves the handover
+///   secret, receives the state and its fds, commits, and returns
+///   `Ok(Some(state))`. From then on this process owns the state's
+///   connections, and the old one has closed its copies.
+///
+/// On `Err`, exit: the old process still has its state and carries on, and
+/// it stops this process if it does not exit by itself.
+///
+/// ```no_run
+/// # #[derive(Default)] struct State { generation: u64 }
+/// # impl mitosis::Handover for State {
+/// #     const SCHEMA: mitosis::Schema = mitosis::Schema::new("State", 1);
+/// #     fn encode<'a>(&'a self, out: &mut mitosis::Encoder<'a>) -> Result<(), mitosis::Error> { out.serde(&self.generation) }
+/// #     fn decode(input: &mut mitosis::Decoder<'_>) -> Result<Self, mitosis::Error> { Ok(State { generation: input.serde()? }) }
+/// # }
+/// fn main() -> Result<(), mitosis::Error> {
+///     let mut state = match mitosis::init::<State>()? {
+///         Some(state) => state,         // handed over: don't reconnect
+///         None => State::default(),     // fresh start: connect, listen, ...
+///     };
+///     state.generation += 1;
+///     Ok(())
+/// }
+/// ```
+pub fn init<S: Handover>() -> Result<Option<S>, Error> {
+    // Before anything else can change the working directory.
+    let _ = start_path();
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let Some(flag) = args::find(&args)? else {
+        return Ok(None);
+    };
+    let handover = Environment::take()?;
+    log::debug!("mitosis: taking over from the process on port {}", flag.port);
+    take_over(flag.port, handover).map(Some)
+}
+
+/// What the old process put in this process's environment.
+struct Environment {
+    secret: Secret,
+    fd_socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Environment {
+    /// Reads the handover's variables and removes them, so that they reach
+    /// no process this one starts.
+    fn take() -> Result<Environment, Error> {
+        let secret = std::env::var(SECRET_VAR).ok();
+        let fd_socket = std::env::var_os(FD_SOCKET_VAR);
+        let timeout = std::env::var(TIMEOUT_VAR).ok();
+        remove_handover_variables();
+        Ok(Environment {
+            secret: secret
+                .as_deref()
+                .and_then(Secret::from_hex)
+                .ok_or(Error::MissingEnvironment { var: SECRET_VAR })?,
+            fd_socket: fd_socket
+                .map(PathBuf::from)
+                .ok_or(Error::MissingEnvironment { var: FD_SOCKET_VAR })?,
+            timeout: timeout
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis)
+                .filter(|timeout| !timeout.is_zero())
+                .ok_or(Error::MissingEnvironment { var: TIMEOUT_VAR })?,
+        })
+    }
+}
+
+fn remove_handover_variables() {
+    if !single_threaded() {
+        log::warn!(
+            "mitosis: init was called after other threads started, so the handover's variables \
+             stay in the environment; call mitosis::init first thing in main"
+        );
+        return;
+    }
+    for var in [SECRET_VAR, FD_SOCKET_VAR, TIMEOUT_VAR] {
+        // SAFETY: `remove_var` is only unsound when another thread reads or
+        // writes the environment at the same time; this process has exactly
+        // one thread, checked just above, and it is this one.
+        unsafe { std::env::remove_var(var) };
+    }
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count() == 1)
+        .unwrap_or(false)
+}
+
+/// Every step of a handover, from the new process's side.
+fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
+    let deadline = Deadline::after(env.timeout);
+    let accepted = [S::SCHEMA];
+
+    // Step 2: connect back over loopback.
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream = TcpStream::connect_timeout(&address, deadline.remaining(Step::Connect)?)
+        .map_err(deadline.io_error(Step::Connect))?;
+    stream.set_nodelay(true).map_err(Error::io(Step::Connect))?;
+    let mut conn = Conn::new(stream, deadline);
+
+    // Step 3: prove the secret, check the old process proves it too, and
+    // learn the protocol version.
+    conn.write_all(Step::Hello, &handshake::hello(&env.secret))?;
+    let mut welcome = [0u8; WELCOME_LEN];
+    conn.read_exact(Step::Hello, &mut welcome)?;
+    handshake::check_welcome(&env.secret, &welcome)?;
+
+    let result = receive(&mut conn, &env, &accepted, &deadline);
+    let state = match result {
+        Ok(state) => state,
+        Err(error) => {
+            if !matches!(error, Error::PeerGone { .. } | Error::SchemaMismatch { .. }) {
+                // Best effort: tell the old process why, so that its error
+                // says more than "the new process went away".
+                let abort = Payload::default()
+                    .u8(Reason::of(&error) as u8)
+                    .str(&error.to_string())
+                    .bytes();
+                let _ = conn.write_frame(Step::Commit, Kind::Abort, &abort);
+            }
+            return Err(error);
+        }
+    };
+
+    // Step 7 (end): the state is complete; commit.
+    conn.write_frame(Step::Commit, Kind::Commit, &[])?;
+
+    // Step 8: wait for ownership to pass.
+    match conn.read_frame(Step::Ack, &[Kind::Ack]) {
+        Ok(_) => {}
+        // The old process never closes the connection after a COMMIT
+        // without acknowledging it, unless it is gone; then nobody else
+        // owns the connections, so this process takes them.
+        Err(Error::PeerGone { .. }) => log::warn!(
+            "mitosis: the old process went away after the commit, before acknowledging it; \
+             taking over"
+        ),
+        Err(error) => return Err(error),
+    }
+    log::debug!("mitosis: step 8: took over");
+    Ok(state)
+}
+
+/// Steps 4 to 7: the schema, the state, the fds, and decoding.
+fn receive<S: Handover>(
+    conn: &mut Conn,
+    env: &Environment,
+    accepted: &[crate::Schema],
+    deadline: &Deadline,
+) -> Result<S, Error> {
+    // Step 4: say which schemas this binary accepts; the old process sends
+    // its state only if one matches.
+    let fd_channel: OwnedFd = fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
+    conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(accepted))?;
+    let (kind, payload) = conn.read_frame(Step::Offer, &[Kind::State, Kind::Reject])?;
+    let mut fields = Fields::new(Step::Offer, kind, &payload);
+    if kind == Kind::Reject {
+        let _reason = fields.u8()?;
+        let sent = fields.schema()?;
+        return Err(Error::SchemaMismatch {
+            sent,
+            accepted: accepted.iter().copied().map(Into::into).collect(),
+        });
+    }
+    let sent = fields.schema()?;
+    fields.end()?;
+    if !accepted.iter().any(|schema| schema.fingerprint == sent.fingerprint) {
+        return Err(Error::protocol(
+            Step::Offer,
+            format!("the old process sent schema {sent}, which this process did not offer"),
+        ));
+    }
+
+    // Step 5: the state's bytes, up to the END frame.
+    let mut bytes = Vec::new();
+    let (total_bytes, fd_count) = loop {
+        let (kind, len) = conn.read_header(Step::State, &[Kind::Data, Kind::End])?;
+        if kind == Kind::End {
+            let mut end = vec![0; len as usize];
+            conn.read_exact(Step::State, &mut end)?;
+            let mut fields = Fields::new(Step::State, Kind::End, &end);
+            let total = (fields.u64()?, fields.u32()?);
+            fields.end()?;
+            break total;
+        }
+        let received = bytes.len() as u64 + u64::from(len);
+        if received > MAX_STATE_BYTES {
+            return Err(Error::FrameTooLarge {
+                step: Step::State,
+                kind: "DATA (state total)",
+                len: received,
+                max: MAX_STATE_BYTES,
+            });
+        }
+        conn.read_append(Step::State, &mut bytes, len)?;
+    };
+    if total_bytes != bytes.len() as u64 {
+        return Err(Error::protocol(
+            Step::State,
+            format!("END announced {total_bytes} bytes of state, {} arrived", bytes.len()),
+        ));
+    }
+
+    // Step 6: the fds.
+    let fds = fd_channel::recv_fds(fd_channel.as_fd(), fd_count, deadline)?;
+
+    // Step 7: decode; every byte and every fd must be used.
+    Decoder::new(&bytes, fds).decode::<S>()
+}

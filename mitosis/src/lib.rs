@@ -1,0 +1,111 @@
+//! Replace a running process with a freshly built copy of itself, handing
+//! over its state and its open connections, so that nobody outside notices
+//! the upgrade.
+//!
+//! A long-running program (an IRC bot, a proxy, a game server) calls
+//! [`split`] with its state when it wants to upgrade. mitosis starts the
+//! binary from its path on disk, which now holds the new build, with the same
+//! arguments plus `--mitosis=<port>`. The new process calls [`init`] early in
+//! `main`, connects back over loopback, proves a one-time secret, and receives
+//! the state: plain data encoded with postcard, and every file descriptor
+//! inside it (sockets, listeners, files) over a private Unix socket. Once it
+//! has decoded everything it commits, the old process closes its copies, and
+//! [`Split`] reports [`Outcome::Done`]. If anything fails before that (the
+//! binary is missing, the new process crashes, hangs or has an incompatible
+//! state type), the new process is stopped and the old one gets its state
+//! back in [`Outcome::Failed`]: nothing is lost either way.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::io::{BufRead, BufReader, Write};
+//! use std::net::{TcpListener, TcpStream};
+//! use mitosis::{Decoder, Encoder, Error, Handover, Outcome, Schema};
+//!
+//! struct State {
+//!     generation: u64,
+//!     listener: TcpListener,
+//!     clients: Vec<TcpStream>,
+//! }
+//!
+//! impl Handover for State {
+//!     const SCHEMA: Schema = Schema::new("counter::State", 1);
+//!
+//!     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+//!         out.serde(&self.generation)?;
+//!         self.listener.encode(out)?;
+//!         self.clients.encode(out)
+//!     }
+//!
+//!     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+//!         Ok(State {
+//!             generation: input.serde()?,
+//!             listener: TcpListener::decode(input)?,
+//!             clients: Vec::decode(input)?,
+//!         })
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut state = match mitosis::init::<State>()? {
+//!         Some(state) => state,
+//!         None => State {
+//!             generation: 0,
+//!             listener: TcpListener::bind("127.0.0.1:7000")?,
+//!             clients: Vec::new(),
+//!         },
+//!     };
+//!     state.generation += 1;
+//!     loop {
+//!         let (mut client, _) = state.listener.accept()?;
+//!         writeln!(client, "generation {}; send 'upgrade' to upgrade", state.generation)?;
+//!         let mut line = String::new();
+//!         BufReader::new(&client).read_line(&mut line)?;
+//!         state.clients.push(client);
+//!         if line.trim() == "upgrade" {
+//!             state = match mitosis::split(state) {
+//!                 Err(refused) => refused.state,
+//!                 Ok(handle) => match handle.wait() {
+//!                     Outcome::Done { .. } => return Ok(()),
+//!                     Outcome::Failed { state, error } => {
+//!                         eprintln!("upgrade failed: {error}");
+//!                         state
+//!                     }
+//!                 },
+//!             };
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! # Platform
+//!
+//! Linux only: the handover uses `pidfd`s (Linux 5.3), `SO_PEERCRED` and
+//! `AT_EXECFN`.
+//!
+//! # Logging
+//!
+//! mitosis never prints and never exits; it logs through the [`log`] facade.
+//!
+//! See PROTOCOL.md in the repository for the wire protocol, byte by byte.
+
+#![deny(missing_docs)]
+
+mod args;
+mod error;
+mod fd_channel;
+mod frame;
+mod handover;
+mod handshake;
+mod init;
+mod spawn;
+mod split;
+
+pub use args::{Flag, args};
+pub use error::{Error, SplitError, Step};
+pub use fd_channel::MAX_FDS_PER_MESSAGE;
+pub use handover::{Decoder, Encoder, Handover, Schema, SchemaInfo};
+pub use init::init;
+pub use split::{
+    DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, Outcome, Split, SplitOptions, split,
+};

@@ -1,0 +1,99 @@
+//! Starting the new binary (PROTOCOL.md, step 1).
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::args::{self, FLAG};
+
+/// The secret's 128 hex digits: the new process's token, then the old one's.
+pub(crate) const SECRET_VAR: &str = "MITOSIS_SECRET";
+/// The path of the old process's fd channel socket.
+pub(crate) const FD_SOCKET_VAR: &str = "MITOSIS_FD_SOCKET";
+/// The commit timeout, in milliseconds, which the new process also obeys.
+pub(crate) const TIMEOUT_VAR: &str = "MITOSIS_TIMEOUT_MS";
+
+/// The path this process was started from, as it was given to `execve`,
+/// made absolute against the working directory it had when first asked.
+///
+/// Not `/proc/self/exe` or `std::env::current_exe()`: after a rebuild those
+/// name the old, deleted file (with a ` (deleted)` suffix), and through a
+/// symlink they name its target, so a `current -> release-N` switch would be
+/// missed. The `execve` path names whatever is at that path now.
+pub(crate) fn start_path() -> &'static Path {
+    static START: OnceLock<PathBuf> = OnceLock::new();
+    START.get_or_init(|| {
+        let execfn = Path::new(OsStr::from_bytes(rustix::param::linux_execfn().to_bytes()));
+        if execfn.as_os_str().is_empty() {
+            return exe_without_deleted_suffix();
+        }
+        if execfn.is_absolute() {
+            return execfn.to_path_buf();
+        }
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(execfn),
+            Err(_) => exe_without_deleted_suffix(),
+        }
+    })
+}
+
+/// The fallback when the `execve` path is unknown: `/proc/self/exe` without
+/// the ` (deleted)` suffix the kernel adds once the file is replaced.
+fn exe_without_deleted_suffix() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+        Some(path) => PathBuf::from(OsStr::from_bytes(path)),
+        None => exe,
+    }
+}
+
+/// What the new process is started with.
+pub(crate) struct Launch<'o> {
+    pub(crate) binary: PathBuf,
+    pub(crate) args: Option<&'o [OsString]>,
+    pub(crate) extra_args: &'o [OsString],
+    pub(crate) env: &'o [(OsString, Option<OsString>)],
+}
+
+impl Launch<'_> {
+    /// Starts the binary with `--mitosis=<port>` first, so that it comes
+    /// before any `--` in the original arguments, and the handover's
+    /// variables in its environment.
+    pub(crate) fn spawn(
+        &self,
+        port: u16,
+        secret_hex: &str,
+        fd_socket: &Path,
+        timeout: Duration,
+    ) -> std::io::Result<Child> {
+        let mut original = std::env::args_os();
+        let arg0 = original.next();
+        let args = match self.args {
+            Some(args) => args.to_vec(),
+            None => args::without_flag(original.collect()),
+        };
+        let mut command = Command::new(&self.binary);
+        if let Some(arg0) = arg0 {
+            command.arg0(arg0);
+        }
+        command
+            .arg(format!("{FLAG}={port}"))
+            .args(args)
+            .args(self.extra_args);
+        for (key, value) in self.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        command
+            .env(SECRET_VAR, secret_hex)
+            .env(FD_SOCKET_VAR, fd_socket)
+            .env(TIMEOUT_VAR, timeout.as_millis().to_string())
+            .spawn()
+    }
+}
