@@ -118,14 +118,22 @@ pub fn args() -> impl Iterator<Item = OsString> {
 ///
 /// In a derived parser:
 ///
-/// ```ignore
-/// #[derive(clap::Parser)]
+/// ```
+/// use clap::Parser;
+///
+/// #[derive(Parser)]
 /// struct Cli {
 ///     #[command(flatten)]
 ///     mitosis: mitosis::Flag,
 ///     #[arg(long)]
 ///     server: String,
 /// }
+///
+/// // The same parser works for the first generation and for later ones.
+/// let first = Cli::parse_from(["bot", "--server", "irc:6667"]);
+/// let later = Cli::parse_from(["bot", "--mitosis=4000", "--server", "irc:6667"]);
+/// assert_eq!((first.server, first.mitosis.port), ("irc:6667".into(), None));
+/// assert_eq!((later.server, later.mitosis.port), ("irc:6667".into(), Some(4000)));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flag {
@@ -178,11 +186,19 @@ mod tests {
     fn finds_both_spellings() {
         assert_eq!(
             find(&os(&["-v", "--mitosis=4000"])).unwrap(),
-            Some(Found { port: 4000, at: 1, span: 1 })
+            Some(Found {
+                port: 4000,
+                at: 1,
+                span: 1
+            })
         );
         assert_eq!(
             find(&os(&["--mitosis", "65535", "x"])).unwrap(),
-            Some(Found { port: 65535, at: 0, span: 2 })
+            Some(Found {
+                port: 65535,
+                at: 0,
+                span: 2
+            })
         );
         assert_eq!(find(&os(&["a", "b"])).unwrap(), None);
     }
@@ -205,10 +221,7 @@ mod tests {
             &["--mitosis", "x"],
         ] {
             let err = find(&os(bad)).unwrap_err();
-            assert!(
-                matches!(err, Error::BadFlag { .. }),
-                "{bad:?} gave {err:?}"
-            );
+            assert!(matches!(err, Error::BadFlag { .. }), "{bad:?} gave {err:?}");
             assert!(err.to_string().contains("--mitosis=<port>"), "{err}");
         }
     }
@@ -220,6 +233,9 @@ mod tests {
             os(&["a", "b"])
         );
         assert_eq!(without_flag(os(&["--mitosis=5", "b"])), os(&["b"]));
-        assert_eq!(without_flag(os(&["--", "--mitosis=5"])), os(&["--", "--mitosis=5"]));
+        assert_eq!(
+            without_flag(os(&["--", "--mitosis=5"])),
+            os(&["--", "--mitosis=5"])
+        );
     }
 }

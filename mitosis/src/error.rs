@@ -291,7 +291,10 @@ impl fmt::Display for Error {
                 ours.0, ours.1, theirs.0, theirs.1
             ),
             Error::SchemaMismatch { sent, accepted } => {
-                write!(f, "state schema mismatch: the old process has {sent}, the new process accepts ")?;
+                write!(
+                    f,
+                    "state schema mismatch: the old process has {sent}, the new process accepts "
+                )?;
                 list_schemas(f, accepted)?;
                 f.write_str("; nothing was decoded and the old process keeps its state. Add a migration from the old schema, or keep the version")
             }

@@ -52,11 +52,7 @@ impl FdListener {
             .unwrap_or_else(std::env::temp_dir);
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
-        let dir = base.join(format!(
-            "mitosis-{}-{}",
-            std::process::id(),
-            hex(&random)
-        ));
+        let dir = base.join(format!("mitosis-{}-{}", std::process::id(), hex(&random)));
         // The mode is applied at creation; umask can only narrow it.
         DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("fd.sock");
@@ -253,7 +249,10 @@ pub(crate) fn recv_fds(
         if message.flags.contains(ReturnFlags::TRUNC) || message.bytes != BATCH_PAYLOAD {
             return Err(Error::protocol(
                 STEP,
-                format!("fd batch {index}: payload of {} bytes, expected {BATCH_PAYLOAD}", message.bytes),
+                format!(
+                    "fd batch {index}: payload of {} bytes, expected {BATCH_PAYLOAD}",
+                    message.bytes
+                ),
             ));
         }
         let got_index = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));

@@ -239,7 +239,11 @@ impl Conn {
 
     /// Reads a frame header, checking the kind against `expected` and the
     /// length against the kind's limit before anything is allocated.
-    pub(crate) fn read_header(&mut self, step: Step, expected: &[Kind]) -> Result<(Kind, u32), Error> {
+    pub(crate) fn read_header(
+        &mut self,
+        step: Step,
+        expected: &[Kind],
+    ) -> Result<(Kind, u32), Error> {
         let mut header = [0u8; HEADER_LEN];
         self.read_exact(step, &mut header)?;
         let kind = Kind::from_byte(header[0]).ok_or_else(|| {
@@ -265,7 +269,11 @@ impl Conn {
     }
 
     /// Reads a whole frame of one of the `expected` kinds.
-    pub(crate) fn read_frame(&mut self, step: Step, expected: &[Kind]) -> Result<(Kind, Vec<u8>), Error> {
+    pub(crate) fn read_frame(
+        &mut self,
+        step: Step,
+        expected: &[Kind],
+    ) -> Result<(Kind, Vec<u8>), Error> {
         let (kind, len) = self.read_header(step, expected)?;
         let mut payload = vec![0; len as usize];
         self.read_exact(step, &mut payload)?;
@@ -273,7 +281,12 @@ impl Conn {
     }
 
     /// Appends `len` bytes from the stream to `buf`.
-    pub(crate) fn read_append(&mut self, step: Step, buf: &mut Vec<u8>, len: u32) -> Result<(), Error> {
+    pub(crate) fn read_append(
+        &mut self,
+        step: Step,
+        buf: &mut Vec<u8>,
+        len: u32,
+    ) -> Result<(), Error> {
         let start = buf.len();
         buf.resize(start + len as usize, 0);
         self.read_exact(step, &mut buf[start..])
@@ -414,7 +427,10 @@ impl<'p> Fields<'p> {
     }
 
     fn short(&self) -> Error {
-        Error::protocol(self.step, format!("{} frame is too short", self.kind.name()))
+        Error::protocol(
+            self.step,
+            format!("{} frame is too short", self.kind.name()),
+        )
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, Error> {
@@ -441,7 +457,10 @@ impl<'p> Fields<'p> {
         let (text, rest) = self.rest.split_at(len);
         self.rest = rest;
         String::from_utf8(text.to_vec()).map_err(|_| {
-            Error::protocol(self.step, format!("{} frame holds invalid UTF-8", self.kind.name()))
+            Error::protocol(
+                self.step,
+                format!("{} frame holds invalid UTF-8", self.kind.name()),
+            )
         })
     }
 
@@ -463,7 +482,11 @@ impl<'p> Fields<'p> {
         } else {
             Err(Error::protocol(
                 self.step,
-                format!("{} frame has {} unexpected trailing bytes", self.kind.name(), self.rest.len()),
+                format!(
+                    "{} frame has {} unexpected trailing bytes",
+                    self.kind.name(),
+                    self.rest.len()
+                ),
             ))
         }
     }

@@ -122,7 +122,11 @@ impl From<Schema> for SchemaInfo {
 
 impl fmt::Display for SchemaInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} v{} ({:016x})", self.name, self.version, self.fingerprint)
+        write!(
+            f,
+            "{} v{} ({:016x})",
+            self.name, self.version, self.fingerprint
+        )
     }
 }
 

@@ -25,7 +25,10 @@ impl Secret {
         let mut bytes = [0u8; 2 * TOKEN_LEN];
         let mut filled = 0;
         while filled < bytes.len() {
-            filled += rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
+            filled += rustix::rand::getrandom(
+                &mut bytes[filled..],
+                rustix::rand::GetRandomFlags::empty(),
+            )?;
         }
         Ok(Secret(bytes))
     }
@@ -103,7 +106,10 @@ pub(crate) fn welcome(secret: &Secret, chosen: u16) -> [u8; WELCOME_LEN] {
 pub(crate) fn check_welcome(secret: &Secret, welcome: &[u8; WELCOME_LEN]) -> Result<u16, Error> {
     const STEP: Step = Step::Hello;
     if welcome[..8] != MAGIC {
-        return Err(Error::protocol(STEP, "the old process's preamble has the wrong magic bytes"));
+        return Err(Error::protocol(
+            STEP,
+            "the old process's preamble has the wrong magic bytes",
+        ));
     }
     if !same_token(&welcome[14..], secret.parent_token()) {
         return Err(Error::protocol(
@@ -136,9 +142,10 @@ pub(crate) fn check_welcome(secret: &Secret, welcome: &[u8; WELCOME_LEN]) -> Res
 pub(crate) fn offer(accepted: &[Schema]) -> Vec<u8> {
     accepted
         .iter()
-        .fold(Payload::default().u16(accepted.len() as u16), |payload, schema| {
-            payload.schema(schema)
-        })
+        .fold(
+            Payload::default().u16(accepted.len() as u16),
+            |payload, schema| payload.schema(schema),
+        )
         .bytes()
 }
 
@@ -176,7 +183,12 @@ impl Pending {
         match self.stream.read(&mut self.hello[self.filled..]) {
             Ok(0) => return Progress::Refused("closed before proving the secret"),
             Ok(n) => self.filled += n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
                 return Progress::Waiting;
             }
             Err(_) => return Progress::Refused("failed before proving the secret"),
@@ -230,13 +242,21 @@ pub(crate) fn accept_child(
             let mut fds = Vec::with_capacity(2 + pending.len());
             fds.push(PollFd::new(listener, PollFlags::IN));
             fds.push(PollFd::new(&child_exited, PollFlags::IN));
-            fds.extend(pending.iter().map(|conn| PollFd::new(&conn.stream, PollFlags::IN)));
+            fds.extend(
+                pending
+                    .iter()
+                    .map(|conn| PollFd::new(&conn.stream, PollFlags::IN)),
+            );
             match poll(&mut fds, Some(&timespec(wait))) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::io(STEP)(e.into())),
             }
             let readable: Vec<bool> = fds[2..].iter().map(|fd| !fd.revents().is_empty()).collect();
-            (!fds[0].revents().is_empty(), !fds[1].revents().is_empty(), readable)
+            (
+                !fds[0].revents().is_empty(),
+                !fds[1].revents().is_empty(),
+                readable,
+            )
         };
         if child_gone {
             return Err(Error::PeerGone { step: STEP });
@@ -256,7 +276,9 @@ pub(crate) fn accept_child(
                 }
                 Progress::Proven => {
                     let conn = pending.swap_remove(index);
-                    conn.stream.set_nonblocking(false).map_err(Error::io(STEP))?;
+                    conn.stream
+                        .set_nonblocking(false)
+                        .map_err(Error::io(STEP))?;
                     conn.stream.set_nodelay(true).map_err(Error::io(STEP))?;
                     return Ok((conn.stream, hello_versions(&conn.hello)));
                 }
@@ -268,7 +290,9 @@ pub(crate) fn accept_child(
                     Ok((stream, _)) => {
                         stream.set_nonblocking(true).map_err(Error::io(STEP))?;
                         if pending.len() == MAX_PENDING {
-                            log::warn!("mitosis: too many unproven handover connections; dropped the oldest");
+                            log::warn!(
+                                "mitosis: too many unproven handover connections; dropped the oldest"
+                            );
                             pending.remove(0);
                         }
                         pending.push(Pending {
@@ -322,7 +346,10 @@ mod tests {
         ));
         assert!(matches!(
             check_welcome(&secret, &welcome(&secret, 0)),
-            Err(Error::ProtocolVersion { ours: (1, 1), theirs: (1, 1) })
+            Err(Error::ProtocolVersion {
+                ours: (1, 1),
+                theirs: (1, 1)
+            })
         ));
     }
 

@@ -9,9 +9,7 @@ use std::time::Duration;
 use crate::args;
 use crate::error::{Error, Step};
 use crate::fd_channel;
-use crate::frame::{
-    Conn, Deadline, Fields, Kind, MAX_STATE_BYTES, Payload, Reason, WELCOME_LEN,
-};
+use crate::frame::{Conn, Deadline, Fields, Kind, MAX_STATE_BYTES, Payload, Reason, WELCOME_LEN};
 use crate::handover::{Decoder, Handover};
 use crate::handshake::{self, Secret};
 use crate::spawn::{FD_SOCKET_VAR, SECRET_VAR, TIMEOUT_VAR, start_path};
@@ -54,7 +52,10 @@ pub fn init<S: Handover>() -> Result<Option<S>, Error> {
         return Ok(None);
     };
     let handover = Environment::take()?;
-    log::debug!("mitosis: taking over from the process on port {}", flag.port);
+    log::debug!(
+        "mitosis: taking over from the process on port {}",
+        flag.port
+    );
     take_over(flag.port, handover).map(Some)
 }
 
@@ -176,7 +177,8 @@ fn receive<S: Handover>(
 ) -> Result<S, Error> {
     // Step 4: say which schemas this binary accepts; the old process sends
     // its state only if one matches.
-    let fd_channel: OwnedFd = fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
+    let fd_channel: OwnedFd =
+        fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
     conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(accepted))?;
     let (kind, payload) = conn.read_frame(Step::Offer, &[Kind::State, Kind::Reject])?;
     let mut fields = Fields::new(Step::Offer, kind, &payload);
@@ -190,7 +192,10 @@ fn receive<S: Handover>(
     }
     let sent = fields.schema()?;
     fields.end()?;
-    if !accepted.iter().any(|schema| schema.fingerprint == sent.fingerprint) {
+    if !accepted
+        .iter()
+        .any(|schema| schema.fingerprint == sent.fingerprint)
+    {
         return Err(Error::protocol(
             Step::Offer,
             format!("the old process sent schema {sent}, which this process did not offer"),
@@ -223,7 +228,10 @@ fn receive<S: Handover>(
     if total_bytes != bytes.len() as u64 {
         return Err(Error::protocol(
             Step::State,
-            format!("END announced {total_bytes} bytes of state, {} arrived", bytes.len()),
+            format!(
+                "END announced {total_bytes} bytes of state, {} arrived",
+                bytes.len()
+            ),
         ));
     }
 

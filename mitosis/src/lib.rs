@@ -109,3 +109,8 @@ pub use init::init;
 pub use split::{
     DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, Outcome, Split, SplitOptions, split,
 };
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

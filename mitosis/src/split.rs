@@ -259,13 +259,21 @@ impl SplitOptions {
         let fd_listener = FdListener::bind().map_err(Error::io(STEP))?;
         let secret = Secret::generate().map_err(Error::io(STEP))?;
         let launch = Launch {
-            binary: self.binary.clone().unwrap_or_else(|| start_path().to_path_buf()),
+            binary: self
+                .binary
+                .clone()
+                .unwrap_or_else(|| start_path().to_path_buf()),
             args: self.args.as_deref(),
             extra_args: &self.extra_args,
             env: &self.env,
         };
         let mut child = launch
-            .spawn(port, &secret.to_hex(), fd_listener.path(), self.commit_timeout)
+            .spawn(
+                port,
+                &secret.to_hex(),
+                fd_listener.path(),
+                self.commit_timeout,
+            )
             .map_err(|source| Error::Spawn {
                 binary: launch.binary.clone(),
                 source,
@@ -390,7 +398,9 @@ impl<S> Split<S> {
 
 impl<S> fmt::Debug for Split<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Split").field("pid", &self.pid).finish_non_exhaustive()
+        f.debug_struct("Split")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -441,8 +451,8 @@ struct Parent {
 
 impl Parent {
     fn run<S: Handover>(mut self, state: S) -> Outcome<S> {
-        let result = catch_unwind(AssertUnwindSafe(|| self.hand_over(&state)))
-            .unwrap_or_else(|panic| {
+        let result =
+            catch_unwind(AssertUnwindSafe(|| self.hand_over(&state))).unwrap_or_else(|panic| {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -482,7 +492,10 @@ impl Parent {
 
         // Step 3: prove the secret back and choose the protocol version.
         let chosen = handshake::choose_version(versions);
-        conn.write_all(Step::Hello, &handshake::welcome(&self.secret, chosen.unwrap_or(0)))?;
+        conn.write_all(
+            Step::Hello,
+            &handshake::welcome(&self.secret, chosen.unwrap_or(0)),
+        )?;
         if chosen.is_none() {
             return Err(Error::ProtocolVersion {
                 ours: crate::frame::VERSIONS,
@@ -493,7 +506,10 @@ impl Parent {
         // Step 4: send the state only if the new process accepts its schema.
         let (_, offer) = conn.read_frame(Step::Offer, &[Kind::Offer])?;
         let accepted = handshake::parse_offer(&offer)?;
-        if !accepted.iter().any(|schema| schema.fingerprint == S::SCHEMA.fingerprint) {
+        if !accepted
+            .iter()
+            .any(|schema| schema.fingerprint == S::SCHEMA.fingerprint)
+        {
             let error = Error::SchemaMismatch {
                 sent: S::SCHEMA.into(),
                 accepted,
@@ -506,7 +522,11 @@ impl Parent {
             conn.write_frame(Step::Offer, Kind::Reject, &reject)?;
             return Err(error);
         }
-        conn.write_frame(Step::Offer, Kind::State, &Payload::default().schema(&S::SCHEMA).bytes())?;
+        conn.write_frame(
+            Step::Offer,
+            Kind::State,
+            &Payload::default().schema(&S::SCHEMA).bytes(),
+        )?;
 
         // Step 5: stream the encoded state, then its length and fd count.
         let mut frames = DataFrames { conn };
