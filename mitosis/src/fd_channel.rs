@@ -294,3 +294,84 @@ pub(crate) fn timespec(duration: std::time::Duration) -> rustix::event::Timespec
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn many_fds_cross_in_batches_close_on_exec() {
+        let (old, new) = pair();
+        let files: Vec<std::fs::File> = (0..600)
+            .map(|_| std::fs::File::open("/proc/self/exe").unwrap())
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = files.iter().map(AsFd::as_fd).collect();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        let receiver = std::thread::spawn(move || recv_fds(new.as_fd(), 600, &deadline));
+        send_fds(old.as_fd(), &borrowed, &deadline).unwrap();
+        let received = receiver.join().unwrap().unwrap();
+        assert_eq!(received.len(), 600);
+        for (sent, got) in files.iter().zip(&received) {
+            assert_eq!(
+                rustix::fs::fstat(sent).unwrap().st_ino,
+                rustix::fs::fstat(got).unwrap().st_ino
+            );
+            let flags = rustix::io::fcntl_getfd(got).unwrap();
+            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        }
+    }
+
+    #[test]
+    fn a_batch_with_the_wrong_count_is_refused() {
+        let (old, new) = pair();
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        send_fds(old.as_fd(), &[file.as_fd()], &deadline).unwrap();
+        let err = recv_fds(new.as_fd(), 2, &deadline).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("announced 1 fds and carried 1, expected 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_closed_channel_is_the_peer_gone() {
+        let (old, new) = pair();
+        drop(old);
+        let deadline = Deadline::after(Duration::from_secs(5));
+        let err = recv_fds(new.as_fd(), 1, &deadline).unwrap_err();
+        assert!(
+            matches!(err, Error::PeerGone { step: Step::Fds }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_silent_channel_times_out() {
+        let (_old, new) = pair();
+        let deadline = Deadline::after(Duration::from_millis(50));
+        let err = recv_fds(new.as_fd(), 1, &deadline).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    step: Step::Fds,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}

@@ -491,3 +491,105 @@ impl<'p> Fields<'p> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected pair: the raw sending end and a `Conn` reading.
+    fn pair() -> (TcpStream, Conn) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let raw = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        (
+            raw,
+            Conn::new(accepted, Deadline::after(Duration::from_secs(5))),
+        )
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_allocating() {
+        let (mut raw, mut conn) = pair();
+        raw.write_all(&[Kind::Data as u8, 0xff, 0xff, 0xff, 0xff])
+            .unwrap();
+        let err = conn.read_frame(Step::State, &[Kind::Data]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FrameTooLarge {
+                    len: 4294967295,
+                    max: 1048576,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_unexpected_kinds_are_refused() {
+        let (mut raw, mut conn) = pair();
+        raw.write_all(&[0x42, 0, 0, 0, 0]).unwrap();
+        let err = conn.read_frame(Step::Offer, &[Kind::Offer]).unwrap_err();
+        assert!(err.to_string().contains("unknown frame kind 0x42"), "{err}");
+        let (mut raw, mut conn) = pair();
+        raw.write_all(&[Kind::Ack as u8, 0, 0, 0, 0]).unwrap();
+        let err = conn
+            .read_frame(Step::Commit, &[Kind::Commit, Kind::Abort])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected COMMIT or ABORT, got ACK"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_frame_is_the_peer_gone() {
+        let (mut raw, mut conn) = pair();
+        raw.write_all(&[Kind::Offer as u8, 10, 0, 0, 0, 1, 2])
+            .unwrap();
+        drop(raw);
+        let err = conn.read_frame(Step::Offer, &[Kind::Offer]).unwrap_err();
+        assert!(
+            matches!(err, Error::PeerGone { step: Step::Offer }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_and_data_is_chunked() {
+        let (raw, mut conn) = pair();
+        let sender = Conn::new(raw, Deadline::after(Duration::from_secs(5)));
+        let big = vec![9u8; MAX_DATA_PAYLOAD as usize + 10];
+        let writer = std::thread::spawn(move || {
+            DataFrames { conn: &sender }.write_all(&big).unwrap();
+            sender
+                .write_frame(Step::State, Kind::End, &[1, 2, 3])
+                .unwrap();
+        });
+        let (kind, first) = conn.read_frame(Step::State, &[Kind::Data]).unwrap();
+        assert_eq!((kind, first.len()), (Kind::Data, MAX_DATA_PAYLOAD as usize));
+        let (_, second) = conn.read_frame(Step::State, &[Kind::Data]).unwrap();
+        assert_eq!(second.len(), 10);
+        let (kind, end) = conn.read_frame(Step::State, &[Kind::End]).unwrap();
+        assert_eq!((kind, end), (Kind::End, vec![1, 2, 3]));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn fields_refuse_short_and_long_payloads() {
+        let payload = Payload::default().u32(7).str("héllo").bytes();
+        let mut fields = Fields::new(Step::Offer, Kind::Offer, &payload);
+        assert_eq!(fields.u32().unwrap(), 7);
+        assert_eq!(fields.str().unwrap(), "héllo");
+        fields.end().unwrap();
+        let mut short = Fields::new(Step::Offer, Kind::Offer, &payload[..6]);
+        short.u32().unwrap();
+        assert!(short.str().unwrap_err().to_string().contains("too short"));
+        let mut long = Fields::new(Step::Offer, Kind::Offer, &payload);
+        long.u32().unwrap();
+        assert!(long.end().unwrap_err().to_string().contains("trailing"));
+    }
+}

@@ -707,3 +707,147 @@ tuples! {
     (A, B, C, D, E)
     (A, B, C, D, E, F)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Encodes in memory and decodes again, passing the side table's fds as
+    /// duplicates, the way SCM_RIGHTS would.
+    fn round_trip<S: Handover>(value: &S) -> Result<S, Error> {
+        let mut bytes = Vec::new();
+        let encoded = Encoder::encode(&mut bytes, value)?;
+        let total = encoded.total_bytes;
+        let fds = encoded
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().unwrap())
+            .collect();
+        assert_eq!(total, bytes.len() as u64);
+        Decoder::new(&bytes, fds).decode()
+    }
+
+    fn inode(fd: &impl AsFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_ino
+    }
+
+    #[test]
+    fn fds_in_containers_round_trip() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let streams: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(listener.local_addr().unwrap()).unwrap())
+            .collect();
+        let mut named = HashMap::new();
+        named.insert("irc".to_string(), TcpListener::bind("127.0.0.1:0").unwrap());
+        let state = (
+            streams,
+            named,
+            Some(Box::new(File::open("/proc/self/exe").unwrap())),
+            VecDeque::from([UdpSocket::bind("127.0.0.1:0").unwrap()]),
+            String::from("nick"),
+        );
+        let back = round_trip(&state).unwrap();
+        let inodes = |s: &Vec<TcpStream>| s.iter().map(inode).collect::<Vec<_>>();
+        assert_eq!(inodes(&back.0), inodes(&state.0));
+        assert_eq!(inode(&back.1["irc"]), inode(&state.1["irc"]));
+        assert_eq!(
+            inode(back.2.as_deref().unwrap()),
+            inode(state.2.as_deref().unwrap())
+        );
+        assert_eq!(inode(&back.3[0]), inode(&state.3[0]));
+        assert_eq!(back.4, "nick");
+        // Duplicates, not the same fd numbers: the old process keeps its own.
+        assert_ne!(back.0[0].as_raw_fd(), state.0[0].as_raw_fd());
+    }
+
+    #[test]
+    fn large_bytes_stream_without_buffering_them() {
+        struct Blob(Vec<u8>);
+        impl Handover for Blob {
+            const SCHEMA: Schema = Schema::new("Blob", 1);
+            fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+                out.bytes(&self.0)
+            }
+            fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+                input.bytes().map(Blob)
+            }
+        }
+        /// Records the size of every write it receives.
+        struct Writes(Vec<usize>, Vec<u8>);
+        impl Write for Writes {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.push(buf.len());
+                self.1.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let blob = Blob((0..3 * ENCODE_BUFFER).map(|i| i as u8).collect());
+        let mut sink = Writes(Vec::new(), Vec::new());
+        Encoder::encode(&mut sink, &blob).unwrap();
+        // The length prefix is buffered; the blob goes out in one write of
+        // its own, straight from the value's memory.
+        assert_eq!(sink.0, vec![3, 3 * ENCODE_BUFFER]);
+        let back: Blob = Decoder::new(&sink.1, Vec::new()).decode().unwrap();
+        assert!(back.0 == blob.0);
+    }
+
+    #[test]
+    fn decoding_refuses_leftovers_and_reused_fds() {
+        let file = File::open("/proc/self/exe").unwrap();
+        let mut bytes = Vec::new();
+        Encoder::encode(&mut bytes, &file).unwrap();
+        let dup = |n: usize| {
+            (0..n)
+                .map(|_| file.as_fd().try_clone_to_owned().unwrap())
+                .collect::<Vec<_>>()
+        };
+        // An fd nobody claims.
+        let err = Decoder::new(&bytes, dup(2)).decode::<File>().unwrap_err();
+        assert!(
+            err.to_string().contains("1 received fds were not claimed"),
+            "{err}"
+        );
+        // An index past the table.
+        let err = Decoder::new(&bytes, dup(0)).decode::<File>().unwrap_err();
+        assert!(
+            err.to_string().contains("fd index 0 is out of range"),
+            "{err}"
+        );
+        // The same index twice.
+        let twice = [bytes.clone(), bytes.clone()].concat();
+        let err = Decoder::new(&twice, dup(1))
+            .decode::<(File, File)>()
+            .unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
+        // Bytes left over.
+        let err = Decoder::new(&twice, dup(1)).decode::<File>().unwrap_err();
+        assert!(err.to_string().contains("1 bytes left over"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_length_does_not_allocate_it() {
+        // A Vec<u64> claiming u64::MAX / 2 elements, followed by nothing.
+        let mut bytes = Vec::new();
+        Encoder::encode(&mut bytes, &(usize::MAX / 2)).unwrap();
+        let err = Decoder::new(&bytes, Vec::new())
+            .decode::<Vec<u64>>()
+            .unwrap_err();
+        assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn fingerprints_follow_the_contents() {
+        assert_ne!(
+            <Vec<TcpStream>>::SCHEMA.fingerprint,
+            <Vec<File>>::SCHEMA.fingerprint
+        );
+        assert_ne!(
+            <(u8, File)>::SCHEMA.fingerprint,
+            <(File, u8)>::SCHEMA.fingerprint
+        );
+    }
+}
