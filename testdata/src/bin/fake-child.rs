@@ -1,0 +1,58 @@
+//! A fake new binary that speaks only protocol version 2.
+//!
+//! Started by a real `split` in place of the new program, it connects back,
+//! sends a HELLO claiming versions 2..=2 with the correct token, reads the
+//! WELCOME, reports it on stderr as
+//! `fake-child: welcome chosen=<c> min=<a> max=<b> token=<ok|bad>`, and exits
+//! 0. This drives the old process's side of a version mismatch.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use testdata::wire;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fake-child: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    // The old process passes its own arguments along, so its parser reads
+    // them, with the flag.
+    let cli = testdata::Cli::parse();
+    let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
+    let secret = std::env::var("MITOSIS_SECRET").map_err(|e| format!("MITOSIS_SECRET: {e}"))?;
+    let secret = wire::parse_secret(&secret).ok_or("MITOSIS_SECRET is not 128 hex digits")?;
+
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(&wire::hello(2, 2, &secret))
+        .map_err(|e| format!("send HELLO: {e}"))?;
+    let mut welcome = [0u8; wire::WELCOME_LEN];
+    conn.read_exact(&mut welcome)
+        .map_err(|e| format!("read WELCOME: {e}"))?;
+    if welcome[..8] != wire::MAGIC {
+        return Err(format!("bad WELCOME magic {:?}", &welcome[..8]));
+    }
+    let token = if welcome[14..] == secret[32..] {
+        "ok"
+    } else {
+        "bad"
+    };
+    eprintln!(
+        "fake-child: welcome chosen={} min={} max={} token={token}",
+        wire::u16_at(&welcome, 8),
+        wire::u16_at(&welcome, 10),
+        wire::u16_at(&welcome, 12),
+    );
+    Ok(())
+}

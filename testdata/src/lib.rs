@@ -1,0 +1,572 @@
+//! `testdata`: a small server that hands itself over with mitosis, driven by
+//! the integration tests in `tests/` over a line protocol.
+//!
+//! On a fresh start it listens on 127.0.0.1:0, prints
+//! `listening port=<port> pid=<pid>` on stdout, and accepts one *peer*
+//! connection: the control connection the tests talk to. Its state (the
+//! listener, the peer, the `--log` file, a blob, and the bytes read from the
+//! peer that are not a whole line yet) is handed over on `split`; a new
+//! generation writes `ready pid=<pid> generation=<n> version=<v>` to the
+//! peer. Every generation appends `generation <n> pid <pid> version <v>` to
+//! the log file, and greets and closes every other connection to the
+//! listener with `hello generation=<n> pid=<pid>`.
+//!
+//! Commands on the peer, one answer line each:
+//!
+//! - `ping <x>` → `pong <x>`
+//! - `status` → `status pid=.. generation=.. version=.. label=.. blob=<len>:<fnv1a64>`
+//! - `fds` → `fds <fd>:<target> ...` from /proc/self/fd
+//! - `env` → `env <names of the MITOSIS_* variables>`
+//! - `split [twice] [binary=<path>] [<fault>]` → on success no answer from
+//!   this process (the new one says `ready`); stdout gets
+//!   `splitting child=<pid>`, then `done pid=<pid> fds=<fd list>` and this
+//!   process exits. A refused split answers `split refused: <error>`, a
+//!   failed one `split failed: <error> | step=<step> | children=<pids|none>`.
+//!   `<fault>` goes to the new process as `TESTDATA_FAULT`: `exit`, `panic`,
+//!   `abort`, `hang`, or `fifo=<path>` (block opening the fifo until a writer
+//!   opens it), all before `init`. `twice` tries a second split while the
+//!   first is in flight and reports `second split refused: <error>
+//!   state=<returned state>` on stdout.
+//! - `exit` → exits.
+//!
+//! Every binary of the package runs [`run`]; they differ only in the version
+//! string they report and the schema version of their state.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mitosis::{Decoder, Encoder, Error, Handover, Outcome, Schema, SplitOptions};
+use rustix::event::{PollFd, PollFlags, poll};
+
+/// The name of the state's schema; the version is the `SCHEMA_VERSION`
+/// parameter of [`State`].
+pub const STATE_NAME: &str = "testdata::State";
+
+/// The environment variable that makes a new process fail before `init`.
+pub const FAULT_VAR: &str = "TESTDATA_FAULT";
+
+/// Exit code after `init` failed.
+pub const EXIT_INIT_ERROR: u8 = 2;
+
+/// Exit code for `TESTDATA_FAULT=exit`.
+pub const EXIT_FAULT: u8 = 3;
+
+/// The command line. `mitosis::Flag` is flattened in, so the same parser
+/// takes `std::env::args()` whether or not the process was started by a
+/// split.
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(name = "testdata", about = "A test program for mitosis")]
+pub struct Cli {
+    #[command(flatten)]
+    pub mitosis: mitosis::Flag,
+
+    /// Size of the blob in the state, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub blob_size: usize,
+
+    /// A file opened for append that is part of the state; one line per
+    /// generation is written to it.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+
+    /// Commit timeout for the splits this process performs.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+
+    /// Hello timeout for the splits this process performs (library default
+    /// when absent).
+    #[arg(long)]
+    pub hello_timeout_ms: Option<u64>,
+
+    /// An arbitrary value that must survive every generation.
+    #[arg(long, default_value = "none")]
+    pub label: String,
+}
+
+/// The state handed from generation to generation.
+///
+/// `SCHEMA_VERSION` is 1 for `testdata` and `testdata-v2`, and 2 for
+/// `testdata-schema2`, whose state is therefore refused by a version 1
+/// process and vice versa.
+#[derive(Debug)]
+pub struct State<const SCHEMA_VERSION: u32> {
+    pub generation: u32,
+    pub listener: TcpListener,
+    pub peer: TcpStream,
+    pub log: File,
+    pub blob: Vec<u8>,
+    /// Bytes read from the peer that do not yet form a whole line.
+    pub peer_buffer: Vec<u8>,
+}
+
+impl<const SCHEMA_VERSION: u32> Handover for State<SCHEMA_VERSION> {
+    const SCHEMA: Schema = Schema::new(STATE_NAME, SCHEMA_VERSION);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.generation)?;
+        self.listener.encode(out)?;
+        self.peer.encode(out)?;
+        self.log.encode(out)?;
+        out.bytes(&self.blob)?;
+        out.bytes(&self.peer_buffer)
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        Ok(State {
+            generation: input.serde()?,
+            listener: TcpListener::decode(input)?,
+            peer: TcpStream::decode(input)?,
+            log: File::decode(input)?,
+            blob: input.bytes()?,
+            peer_buffer: input.bytes()?,
+        })
+    }
+}
+
+/// The blob's deterministic content: a 251-byte pattern, repeated.
+pub fn blob(size: usize) -> Vec<u8> {
+    let mut blob: Vec<u8> = (0..251u32).map(|i| (i * 7 + 3) as u8).take(size).collect();
+    blob.reserve_exact(size - blob.len());
+    while blob.len() < size {
+        // Copies of a period of 251 stay periodic, so doubling is enough.
+        let n = blob.len().min(size - blob.len());
+        blob.extend_from_within(..n);
+    }
+    blob
+}
+
+/// 64-bit FNV-1a, for the blob's checksum in `status`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// How `status` reports a blob: `<len>:<fnv1a64 hex>`.
+pub fn blob_summary(blob: &[u8]) -> String {
+    format!("{}:{:016x}", blob.len(), fnv1a64(blob))
+}
+
+/// This process's open fds as `fd:target`, from `/proc/self/fd`, sorted by
+/// fd, without the fd used to read the directory.
+pub fn fd_list() -> String {
+    // Collect the numbers first and drop the directory, so that its own fd
+    // is closed (and its readlink fails) before the targets are read.
+    let numbers: Vec<u32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(e) => return format!("error:{e}"),
+    };
+    let mut numbers = numbers;
+    numbers.sort_unstable();
+    let mut listed = Vec::new();
+    for fd in numbers {
+        if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+            listed.push(format!("{fd}:{}", target.display()));
+        }
+    }
+    listed.join(" ")
+}
+
+/// This process's child pids, from `/proc/self/task/*/children`, or `none`.
+pub fn children() -> String {
+    let mut pids = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                pids.extend(text.split_whitespace().map(str::to_owned));
+            }
+        }
+    }
+    if pids.is_empty() {
+        "none".into()
+    } else {
+        pids.join(",")
+    }
+}
+
+/// The names of the environment variables that start with `MITOSIS_`.
+pub fn mitosis_env() -> Vec<String> {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(key, _)| key.into_string().ok())
+        .filter(|key| key.starts_with("MITOSIS_"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Prints a line on stdout and flushes it (stdout is a pipe shared by all
+/// generations).
+fn say(line: impl AsRef<str>) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{}", line.as_ref());
+    let _ = out.flush();
+}
+
+/// Fails the way `TESTDATA_FAULT` asks, before `init`.
+fn fault() {
+    let Some(fault) = std::env::var_os(FAULT_VAR) else {
+        return;
+    };
+    let fault = fault.to_string_lossy().into_owned();
+    match fault.as_str() {
+        "exit" => std::process::exit(EXIT_FAULT.into()),
+        "panic" => panic!("testdata: {FAULT_VAR}=panic"),
+        "abort" => std::process::abort(),
+        "hang" => loop {
+            std::thread::park();
+        },
+        other => {
+            if let Some(path) = other.strip_prefix("fifo=") {
+                // Opening a fifo for reading blocks until a writer opens it:
+                // the test releases this process by opening it for writing.
+                if let Err(e) = File::open(path) {
+                    eprintln!("testdata: could not open fifo {path}: {e}");
+                    std::process::exit(4);
+                }
+            } else {
+                eprintln!("testdata: unknown {FAULT_VAR}={other:?}");
+                std::process::exit(4);
+            }
+        }
+    }
+}
+
+/// The program. `version` is what it reports as its version.
+pub fn run<const SCHEMA_VERSION: u32>(version: &str) -> ExitCode {
+    // The same parser, fed the raw arguments (which hold `--mitosis=<port>`
+    // after a split) and the arguments without the flag, sees the same
+    // program arguments.
+    let cli = Cli::parse();
+    let own = Cli::parse_from(mitosis::args());
+    let expected = Cli {
+        mitosis: mitosis::Flag::default(),
+        ..cli.clone()
+    };
+    if own != expected {
+        eprintln!("testdata: mitosis::args() disagrees with std::env::args(): {own:?} vs {cli:?}");
+        return ExitCode::from(4);
+    }
+
+    fault();
+
+    let taken = match mitosis::init::<State<SCHEMA_VERSION>>() {
+        Ok(taken) => taken,
+        Err(e) => {
+            eprintln!("init error: {e}");
+            return ExitCode::from(EXIT_INIT_ERROR);
+        }
+    };
+    if taken.is_some() != cli.mitosis.port.is_some() {
+        eprintln!(
+            "testdata: init returned {} but the flag says port {:?}",
+            if taken.is_some() {
+                "a state"
+            } else {
+                "no state"
+            },
+            cli.mitosis.port
+        );
+        return ExitCode::from(4);
+    }
+
+    let app = App {
+        cli,
+        version: version.to_owned(),
+        pid: std::process::id(),
+    };
+    match app.start(taken).and_then(|state| app.serve(state)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("testdata: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct App {
+    cli: Cli,
+    version: String,
+    pid: u32,
+}
+
+impl App {
+    fn start<const V: u32>(&self, taken: Option<State<V>>) -> io::Result<State<V>> {
+        let mut state = match taken {
+            None => self.fresh()?,
+            Some(mut state) => {
+                state.generation += 1;
+                state
+            }
+        };
+        writeln!(
+            state.log,
+            "generation {} pid {} version {}",
+            state.generation, self.pid, self.version
+        )?;
+        if state.generation > 1 {
+            let ready = format!(
+                "ready pid={} generation={} version={}",
+                self.pid, state.generation, self.version
+            );
+            reply(&mut state.peer, &ready)?;
+        }
+        Ok(state)
+    }
+
+    fn fresh<const V: u32>(&self) -> io::Result<State<V>> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        say(format!("listening port={port} pid={}", self.pid));
+        let (peer, _) = listener.accept()?;
+        let log = match &self.cli.log {
+            Some(path) => OpenOptions::new().create(true).append(true).open(path)?,
+            None => OpenOptions::new().append(true).open("/dev/null")?,
+        };
+        Ok(State {
+            generation: 1,
+            listener,
+            peer,
+            log,
+            blob: blob(self.cli.blob_size),
+            peer_buffer: Vec::new(),
+        })
+    }
+
+    fn serve<const V: u32>(&self, mut state: State<V>) -> io::Result<()> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            // Whole lines first: some may have arrived with the state.
+            while let Some(line) = take_line(&mut state.peer_buffer) {
+                state = self.command(state, &line)?;
+            }
+            let (listener_ready, peer_ready) = {
+                let mut fds = [
+                    PollFd::new(&state.listener, PollFlags::IN),
+                    PollFd::new(&state.peer, PollFlags::IN),
+                ];
+                match poll(&mut fds, None) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
+            };
+            if listener_ready {
+                let (mut conn, _) = state.listener.accept()?;
+                let hello = format!("hello generation={} pid={}\n", state.generation, self.pid);
+                // A visitor that hangs up early is its own business.
+                let _ = conn.write_all(hello.as_bytes());
+            }
+            if peer_ready {
+                let n = match state.peer.read(&mut chunk) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    eprintln!("testdata: peer closed the connection, exiting");
+                    return Ok(());
+                }
+                state.peer_buffer.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+
+    fn command<const V: u32>(&self, mut state: State<V>, line: &str) -> io::Result<State<V>> {
+        let mut words = line.split_whitespace();
+        let command = words.next().unwrap_or("");
+        let args: Vec<&str> = words.collect();
+        let answer = match command {
+            "ping" => format!("pong {}", line.strip_prefix("ping").unwrap_or("").trim()),
+            "status" => format!(
+                "status pid={} generation={} version={} label={} blob={}",
+                self.pid,
+                state.generation,
+                self.version,
+                self.cli.label,
+                blob_summary(&state.blob)
+            ),
+            "fds" => format!("fds {}", fd_list()),
+            "env" => ["env".to_owned()]
+                .into_iter()
+                .chain(mitosis_env())
+                .collect::<Vec<_>>()
+                .join(" "),
+            "split" => return self.split(state, &args),
+            "exit" => std::process::exit(0),
+            _ => format!("error: unknown command {line:?}"),
+        };
+        reply(&mut state.peer, &answer)?;
+        Ok(state)
+    }
+
+    /// `split [twice] [binary=<path>] [<fault>]`
+    fn split<const V: u32>(&self, state: State<V>, args: &[&str]) -> io::Result<State<V>> {
+        let mut options = SplitOptions::new();
+        options.commit_timeout(Duration::from_millis(self.cli.timeout_ms));
+        if let Some(ms) = self.cli.hello_timeout_ms {
+            options.hello_timeout(Duration::from_millis(ms));
+        }
+        let mut fault = None;
+        let mut twice = false;
+        for &arg in args {
+            if let Some(binary) = arg.strip_prefix("binary=") {
+                options.binary(binary);
+            } else if arg == "twice" {
+                twice = true;
+            } else {
+                fault = Some(arg);
+            }
+        }
+        // The fault is for the next generation only: never let it be
+        // inherited further.
+        match fault {
+            Some(fault) => options.env(FAULT_VAR, fault),
+            None => options.env_remove(FAULT_VAR),
+        };
+
+        let split = match options.split(state) {
+            Ok(split) => split,
+            Err(refused) => {
+                let mut state = refused.state;
+                reply(
+                    &mut state.peer,
+                    &format!("split refused: {}", refused.error),
+                )?;
+                return Ok(state);
+            }
+        };
+        say(format!("splitting child={}", split.pid()));
+
+        if twice {
+            // The state is on its way; try to split something else.
+            match mitosis::split(7u32) {
+                Err(refused) => say(format!(
+                    "second split refused: {} state={}",
+                    refused.error, refused.state
+                )),
+                Ok(second) => {
+                    say(format!("second split NOT refused: child={}", second.pid()));
+                    match second.wait() {
+                        Outcome::Done { pid } => say(format!("second split done: pid={pid}")),
+                        Outcome::Failed { error, .. } => {
+                            say(format!("second split failed: {error}"))
+                        }
+                    }
+                }
+            }
+        }
+
+        match split.wait() {
+            Outcome::Done { pid } => {
+                say(format!("done pid={pid} fds={}", fd_list()));
+                std::process::exit(0);
+            }
+            Outcome::Failed { mut state, error } => {
+                let step = error
+                    .step()
+                    .map_or_else(|| "none".to_owned(), |step| step.to_string());
+                let line = format!(
+                    "split failed: {error} | step={step} | children={}",
+                    children()
+                );
+                reply(&mut state.peer, &line)?;
+                Ok(state)
+            }
+        }
+    }
+}
+
+/// Removes and returns the first whole line from `buffer`, without its
+/// line ending.
+fn take_line(buffer: &mut Vec<u8>) -> Option<String> {
+    let end = buffer.iter().position(|&b| b == b'\n')?;
+    let line: Vec<u8> = buffer.drain(..=end).collect();
+    let line = String::from_utf8_lossy(&line[..end]);
+    Some(line.trim_end_matches('\r').to_owned())
+}
+
+fn reply(peer: &mut TcpStream, line: &str) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    peer.write_all(&bytes)
+}
+
+/// The handshake's wire format, for the fake peers (`fake-child` and the
+/// tests' fake old process). All integers are little-endian.
+pub mod wire {
+    pub const MAGIC: [u8; 8] = *b"mitosis\0";
+    pub const HELLO_LEN: usize = 8 + 2 + 2 + 32;
+    pub const WELCOME_LEN: usize = 8 + 2 + 2 + 2 + 32;
+    pub const SECRET_LEN: usize = 64;
+    pub const HEADER_LEN: usize = 5;
+
+    /// Frame kinds of protocol version 1.
+    pub const OFFER: u8 = 1;
+    pub const STATE: u8 = 2;
+    pub const DATA: u8 = 3;
+    pub const END: u8 = 4;
+
+    /// HELLO: magic, min, max, the secret's first 32 bytes.
+    pub fn hello(min: u16, max: u16, secret: &[u8; SECRET_LEN]) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        out[..8].copy_from_slice(&MAGIC);
+        out[8..10].copy_from_slice(&min.to_le_bytes());
+        out[10..12].copy_from_slice(&max.to_le_bytes());
+        out[12..].copy_from_slice(&secret[..32]);
+        out
+    }
+
+    /// WELCOME: magic, chosen, min, max, the secret's last 32 bytes.
+    pub fn welcome(
+        chosen: u16,
+        min: u16,
+        max: u16,
+        secret: &[u8; SECRET_LEN],
+    ) -> [u8; WELCOME_LEN] {
+        let mut out = [0u8; WELCOME_LEN];
+        out[..8].copy_from_slice(&MAGIC);
+        out[8..10].copy_from_slice(&chosen.to_le_bytes());
+        out[10..12].copy_from_slice(&min.to_le_bytes());
+        out[12..14].copy_from_slice(&max.to_le_bytes());
+        out[14..].copy_from_slice(&secret[32..]);
+        out
+    }
+
+    pub fn u16_at(bytes: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([bytes[at], bytes[at + 1]])
+    }
+
+    /// A frame header: kind, then the payload length.
+    pub fn header(kind: u8, len: u32) -> [u8; HEADER_LEN] {
+        let len = len.to_le_bytes();
+        [kind, len[0], len[1], len[2], len[3]]
+    }
+
+    pub fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Decodes the 128 hex digits of `MITOSIS_SECRET`.
+    pub fn parse_secret(text: &str) -> Option<[u8; SECRET_LEN]> {
+        if text.len() != 2 * SECRET_LEN {
+            return None;
+        }
+        let mut secret = [0u8; SECRET_LEN];
+        for (i, byte) in secret.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(secret)
+    }
+}
