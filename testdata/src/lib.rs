@@ -243,6 +243,17 @@ fn fault() {
 
 /// The program. `version` is what it reports as its version.
 pub fn run<const SCHEMA_VERSION: u32>(version: &str) -> ExitCode {
+    // Test faults strike before init, as a broken new build would.
+    fault();
+
+    // First thing in main, as mitosis documents: take over, or start fresh.
+    let taken = match mitosis::init::<State<SCHEMA_VERSION>>() {
+        Ok(taken) => taken,
+        Err(e) => {
+            eprintln!("init error: {e}");
+            return ExitCode::from(EXIT_INIT_ERROR);
+        }
+    };
     // The same parser, fed the raw arguments (which hold `--mitosis=<port>`
     // after a split) and the arguments without the flag, sees the same
     // program arguments.
@@ -257,15 +268,6 @@ pub fn run<const SCHEMA_VERSION: u32>(version: &str) -> ExitCode {
         return ExitCode::from(4);
     }
 
-    fault();
-
-    let taken = match mitosis::init::<State<SCHEMA_VERSION>>() {
-        Ok(taken) => taken,
-        Err(e) => {
-            eprintln!("init error: {e}");
-            return ExitCode::from(EXIT_INIT_ERROR);
-        }
-    };
     if taken.is_some() != cli.mitosis.port.is_some() {
         eprintln!(
             "testdata: init returned {} but the flag says port {:?}",

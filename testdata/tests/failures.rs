@@ -123,6 +123,72 @@ fn spawn_fails_returns_state() {
 }
 
 #[test]
+fn spawn_fails_for_a_binary_that_is_not_executable() {
+    let (run, mut peer) = Spawn::new("spawn-noexec").start();
+    let binary = run.dir.join("not-executable");
+    std::fs::write(&binary, b"#!/bin/sh\n").unwrap();
+    let line = peer.command(&format!("split binary={}", binary.display()));
+    assert!(
+        line.starts_with(&format!(
+            "split refused: could not start the new binary {}",
+            binary.display()
+        )) && line.contains("Permission denied"),
+        "the split is refused before spawning, naming the binary and the cause: {line:?}"
+    );
+    still_serving(&run, &mut peer, "after the refused split");
+}
+
+/// `init` in a real process, given a flag no split would pass.
+#[test]
+fn malformed_flag_is_a_clear_error() {
+    let cases = [
+        (
+            &["--mitosis=abc"][..],
+            "bad mitosis flag `--mitosis=abc`: the port is not a number",
+        ),
+        (
+            &["--mitosis=0"],
+            "bad mitosis flag `--mitosis=0`: port 0 is not a port",
+        ),
+        (
+            &["--mitosis=65536"],
+            "bad mitosis flag `--mitosis=65536`: the port is above 65535",
+        ),
+        (
+            &["--mitosis", "x"],
+            "bad mitosis flag `--mitosis x`: the port is not a number",
+        ),
+        (
+            &["--mitosis"],
+            "bad mitosis flag `--mitosis`: the port is missing",
+        ),
+        (
+            &["--mitosis=4000"],
+            "started with --mitosis but the environment variable MITOSIS_SECRET is missing",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = std::process::Command::new(TESTDATA)
+            .args(args)
+            .env_remove("MITOSIS_SECRET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(i32::from(testdata::EXIT_INIT_ERROR)),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(&format!("init error: {expected}")),
+            "{args:?} gives {stderr:?}, expected {expected:?}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?} started serving anyway");
+    }
+}
+
+#[test]
 fn schema_mismatch_rolls_back() {
     let (mut run, mut peer) = Spawn::new("schema").start();
     let schema2 = run.install(TESTDATA_SCHEMA2, "testdata-schema2");
