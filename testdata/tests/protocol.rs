@@ -293,29 +293,13 @@ fn attacker_connects_first_and_learns_nothing() {
     // A well-formed HELLO with the wrong secret.
     liar.write_all(&wire::hello(1, 1, &random_secret()))
         .expect("send a forged HELLO");
-    let (answer, end) = read_to_end(&mut liar, "the lying attacker");
-    assert!(
-        answer.is_empty(),
-        "a HELLO with the wrong secret got {} bytes back: {answer:?}",
-        answer.len()
-    );
+    let end = assert_learns_nothing(&mut liar, "the lying attacker");
     eprintln!("the lying attacker's connection ended by {end}, before the child connected");
 
-    let _writer = release(&fifo);
-    let ready = peer.line();
-    assert!(
-        ready.starts_with("ready "),
-        "the handover succeeds: {ready:?}"
-    );
-    assert_eq!(field(&ready, "generation"), "2", "{ready:?}");
+    let ready = release_and_expect_takeover(&fifo, &mut peer);
     assert_eq!(field(&ready, "pid"), child.to_string(), "{ready:?}");
 
-    let (answer, end) = read_to_end(&mut idle, "the idle attacker");
-    assert!(
-        answer.is_empty(),
-        "the idle attacker got {} bytes: {answer:?}",
-        answer.len()
-    );
+    let end = assert_learns_nothing(&mut idle, "the idle attacker");
     eprintln!("the idle attacker's connection ended by {end}");
     assert_eq!(peer.command("ping 1"), "pong 1");
 }
@@ -336,32 +320,16 @@ fn garbage_sender_does_not_delay_handover() {
     let mut junk = [b'.'; wire::HELLO_LEN];
     junk[..16].copy_from_slice(b"GET / HTTP/1.1\r\n");
     garbage.write_all(&junk).expect("send garbage");
-    let (answer, end) = read_to_end(&mut garbage, "the garbage sender");
-    assert!(
-        answer.is_empty(),
-        "the garbage sender got {} bytes: {answer:?}",
-        answer.len()
-    );
+    let end = assert_learns_nothing(&mut garbage, "the garbage sender");
     eprintln!("the garbage sender's connection ended by {end}, before the child connected");
 
     let released = Instant::now();
-    let _writer = release(&fifo);
-    let ready = peer.line();
-    assert!(
-        ready.starts_with("ready "),
-        "the handover succeeds: {ready:?}"
-    );
-    assert_eq!(field(&ready, "generation"), "2", "{ready:?}");
+    release_and_expect_takeover(&fifo, &mut peer);
     eprintln!(
         "handover completed {:?} after the release, with the idle attacker still connected",
         released.elapsed()
     );
-    let (answer, end) = read_to_end(&mut idle, "the idle attacker");
-    assert!(
-        answer.is_empty(),
-        "the idle attacker got {} bytes: {answer:?}",
-        answer.len()
-    );
+    let end = assert_learns_nothing(&mut idle, "the idle attacker");
     eprintln!("the idle attacker's connection ended by {end}");
     assert_eq!(peer.command("ping 1"), "pong 1");
 }
@@ -382,15 +350,33 @@ fn connection_flood_does_not_block_handover() {
         })
         .collect();
 
-    let _writer = release(&fifo);
+    release_and_expect_takeover(&fifo, &mut peer);
+    for (i, conn) in flood.iter_mut().enumerate() {
+        assert_learns_nothing(conn, &format!("flood connection {i}"));
+    }
+}
+
+/// Reads `conn` to its end and asserts that not one byte arrived; returns
+/// how the connection ended.
+fn assert_learns_nothing(conn: &mut TcpStream, who: &str) -> &'static str {
+    let (answer, end) = read_to_end(conn, who);
+    assert!(
+        answer.is_empty(),
+        "{who} got {} bytes: {answer:?}",
+        answer.len()
+    );
+    end
+}
+
+/// Lets the new process held at `fifo` go on, and expects it to take over
+/// as generation 2; returns its `ready` line.
+fn release_and_expect_takeover(fifo: &Path, peer: &mut Peer) -> String {
+    let _writer = release(fifo);
     let ready = peer.line();
     assert!(
         ready.starts_with("ready "),
         "the handover succeeds: {ready:?}"
     );
     assert_eq!(field(&ready, "generation"), "2", "{ready:?}");
-    for (i, conn) in flood.iter_mut().enumerate() {
-        let (answer, _) = read_to_end(conn, &format!("flood connection {i}"));
-        assert!(answer.is_empty(), "flood connection {i} got {answer:?}");
-    }
+    ready
 }
