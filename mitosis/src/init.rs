@@ -23,7 +23,8 @@ use crate::spawn::{FD_SOCKET_VAR, SECRET_VAR, TIMEOUT_VAR, start_path};
 /// - With the flag it connects to the old process, proves the handover
 ///   secret, receives the state and its fds, commits, and returns
 ///   `Ok(Some(state))`. From then on this process owns the state's
-///   connections, and the old one has closed its copies.
+///   connections; the old one closes its copies right after acknowledging
+///   the commit, and never touches them again.
 ///
 /// On `Err`, exit: the old process still has its state and carries on, and
 /// it stops this process if it does not exit by itself.
