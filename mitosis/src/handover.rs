@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::hash::{BuildHasher, Hash};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -48,7 +48,7 @@ pub struct Schema {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+pub(crate) const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     let mut i = 0;
     while i < bytes.len() {
         hash ^= bytes[i] as u64;
@@ -192,6 +192,67 @@ pub trait Handover: Sized {
 
     /// Reads a value written by [`encode`](Handover::encode).
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error>;
+
+    /// The schemas a state of this type can be built from: its own first,
+    /// then, newest first, those it migrates from. The new process offers
+    /// them in the handshake, and the old process sends its state only if
+    /// its schema is among them.
+    ///
+    /// `#[derive(Handover)]` with `#[handover(migrate_from(Old))]` fills this
+    /// in; by hand:
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Encoder, Error, Handover, Schema};
+    /// struct V1(u32);
+    /// struct V2(u64);
+    /// # impl Handover for V1 {
+    /// #     const SCHEMA: Schema = Schema::new("V", 1);
+    /// #     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> { out.serde(&self.0) }
+    /// #     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> { input.serde().map(V1) }
+    /// # }
+    /// impl Handover for V2 {
+    ///     const SCHEMA: Schema = Schema::new("V", 2);
+    ///     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///         out.serde(&self.0)
+    ///     }
+    ///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+    ///         input.serde().map(V2)
+    ///     }
+    ///     fn accepted() -> Vec<Schema> {
+    ///         let mut accepted = vec![Self::SCHEMA];
+    ///         accepted.extend(V1::accepted());
+    ///         accepted
+    ///     }
+    ///     fn decode_from(fingerprint: u64, input: &mut Decoder<'_>) -> Result<Self, Error> {
+    ///         if fingerprint == Self::SCHEMA.fingerprint {
+    ///             Self::decode(input)
+    ///         } else {
+    ///             V1::decode_from(fingerprint, input).map(|old| V2(old.0.into()))
+    ///         }
+    ///     }
+    /// }
+    /// assert_eq!(V2::accepted(), [Schema::new("V", 2), Schema::new("V", 1)]);
+    /// ```
+    fn accepted() -> Vec<Schema> {
+        vec![Self::SCHEMA]
+    }
+
+    /// Reads a value written with the schema whose fingerprint is
+    /// `fingerprint`, one of [`accepted`](Handover::accepted): `decode` for
+    /// this type's own schema, a migration for an older one. See
+    /// [`accepted`](Handover::accepted) for an example.
+    fn decode_from(fingerprint: u64, input: &mut Decoder<'_>) -> Result<Self, Error> {
+        if fingerprint == Self::SCHEMA.fingerprint {
+            Self::decode(input)
+        } else {
+            Err(Error::Codec {
+                detail: format!(
+                    "{} has no migration from the schema with fingerprint {fingerprint:016x}",
+                    Self::SCHEMA
+                ),
+            })
+        }
+    }
 }
 
 /// Where [`Handover::encode`] writes a value.
@@ -214,15 +275,15 @@ pub trait Handover: Sized {
 /// }
 /// ```
 pub struct Encoder<'a> {
-    serializer: postcard::Serializer<StreamFlavor<'a>>,
-    fds: Vec<BorrowedFd<'a>>,
+    pub(crate) serializer: postcard::Serializer<StreamFlavor<'a>>,
+    pub(crate) fds: Vec<BorrowedFd<'a>>,
 }
 
 /// The bytes an [`Encoder`] buffers before writing them out.
 pub(crate) const ENCODE_BUFFER: usize = 64 * 1024;
 
 /// A postcard flavor that streams into a writer through a bounded buffer.
-struct StreamFlavor<'a> {
+pub(crate) struct StreamFlavor<'a> {
     buffer: Vec<u8>,
     sink: &'a mut dyn Write,
     written: u64,
@@ -232,7 +293,7 @@ struct StreamFlavor<'a> {
 }
 
 impl StreamFlavor<'_> {
-    fn flush_buffer(&mut self) -> postcard::Result<()> {
+    pub(crate) fn flush_buffer(&mut self) -> postcard::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -411,9 +472,10 @@ impl<'de> Decoder<'de> {
         }
     }
 
-    /// Decodes a value and checks that it used every byte and every fd.
-    pub(crate) fn decode<S: Handover>(mut self) -> Result<S, Error> {
-        let value = S::decode(&mut self)?;
+    /// Decodes a value written with `fingerprint`'s schema, and checks that
+    /// it used every byte and every fd.
+    pub(crate) fn decode_from<S: Handover>(mut self, fingerprint: u64) -> Result<S, Error> {
+        let value = S::decode_from(fingerprint, &mut self)?;
         let rest = self.deserializer.finalize().map_err(codec)?;
         if !rest.is_empty() {
             return Err(Error::Codec {
@@ -680,6 +742,124 @@ where
     }
 }
 
+/// The largest read buffer whose unread bytes [`BufReader`]'s `decode` puts
+/// back: they pass through a socket buffer, which holds at least this much.
+pub const MAX_UNREAD_BYTES: usize = 64 * 1024;
+
+/// A buffered reader hands over the bytes it has read but not yet returned,
+/// so that a half-read line completes in the new process.
+///
+/// `R` must be an fd type that reads with `read` or `recv` (any socket or
+/// file type). std's `BufReader` cannot be given bytes, so `decode` lets it
+/// read them from a fresh Unix socket and then swaps the real reader in;
+/// that works for up to [`MAX_UNREAD_BYTES`] unread bytes, and a larger
+/// remainder is a decode error (the handover rolls back), never a loss.
+///
+/// ```
+/// # use std::io::BufReader;
+/// # use std::net::TcpStream;
+/// fn needs_handover<T: mitosis::Handover>() {}
+/// needs_handover::<BufReader<TcpStream>>();
+/// ```
+impl<R> Handover for BufReader<R>
+where
+    R: Handover + Read + From<OwnedFd>,
+{
+    const SCHEMA: Schema = Schema::new("BufReader", 0).nest(R::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.capacity())?;
+        out.bytes(self.buffer())?;
+        self.get_ref().encode(out)
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let capacity: usize = input.serde()?;
+        let unread = input.bytes()?;
+        let inner = R::decode(input)?;
+        if capacity < unread.len() || capacity > 1 << 30 {
+            return Err(Error::Codec {
+                detail: format!(
+                    "BufReader of capacity {capacity} cannot hold its {} unread bytes",
+                    unread.len()
+                ),
+            });
+        }
+        if unread.is_empty() {
+            return Ok(BufReader::with_capacity(capacity, inner));
+        }
+        if unread.len() > MAX_UNREAD_BYTES {
+            return Err(Error::Codec {
+                detail: format!(
+                    "a BufReader held {} unread bytes, more than the {MAX_UNREAD_BYTES} mitosis \
+                     can put back; give it a smaller capacity",
+                    unread.len()
+                ),
+            });
+        }
+        let put_back = |error: io::Error| Error::Codec {
+            detail: format!("could not put a BufReader's unread bytes back: {error}"),
+        };
+        let (mut feed, source) = UnixStream::pair().map_err(put_back)?;
+        feed.write_all(&unread).map_err(put_back)?;
+        drop(feed);
+        let mut reader = BufReader::with_capacity(capacity, R::from(OwnedFd::from(source)));
+        let buffered = reader.fill_buf().map_err(put_back)?.len();
+        if buffered != unread.len() {
+            return Err(put_back(io::Error::other(format!(
+                "{buffered} of {} bytes came back",
+                unread.len()
+            ))));
+        }
+        // The buffer keeps the bytes; the temporary socket is dropped.
+        *reader.get_mut() = inner;
+        Ok(reader)
+    }
+}
+
+/// A buffered writer hands over the bytes it has not written yet; the new
+/// process writes them first.
+///
+/// ```
+/// # use std::io::BufWriter;
+/// # use std::net::TcpStream;
+/// fn needs_handover<T: mitosis::Handover>() {}
+/// needs_handover::<BufWriter<TcpStream>>();
+/// ```
+impl<W> Handover for BufWriter<W>
+where
+    W: Handover + Write,
+{
+    const SCHEMA: Schema = Schema::new("BufWriter", 0).nest(W::SCHEMA);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        out.serde(&self.capacity())?;
+        out.bytes(self.buffer())?;
+        self.get_ref().encode(out)
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let capacity: usize = input.serde()?;
+        let unwritten = input.bytes()?;
+        let inner = W::decode(input)?;
+        if capacity < unwritten.len() || capacity > 1 << 30 {
+            return Err(Error::Codec {
+                detail: format!(
+                    "BufWriter of capacity {capacity} cannot hold its {} unwritten bytes",
+                    unwritten.len()
+                ),
+            });
+        }
+        let mut writer = BufWriter::with_capacity(capacity, inner);
+        // Fits the buffer, so nothing is written to the fd here (at exactly
+        // the capacity, BufWriter writes through, in the same order).
+        writer.write_all(&unwritten).map_err(|error| Error::Codec {
+            detail: format!("could not restore a BufWriter's unwritten bytes: {error}"),
+        })?;
+        Ok(writer)
+    }
+}
+
 macro_rules! tuples {
     ($(($($name:ident),+))*) => {$(
         impl<$($name: Handover),+> Handover for ($($name,)+) {
@@ -706,6 +886,14 @@ tuples! {
     (A, B, C, D)
     (A, B, C, D, E)
     (A, B, C, D, E, F)
+}
+
+#[cfg(test)]
+impl Decoder<'_> {
+    /// Decodes a value of `S`'s own schema.
+    pub(crate) fn decode<S: Handover>(self) -> Result<S, Error> {
+        self.decode_from(S::SCHEMA.fingerprint)
+    }
 }
 
 #[cfg(test)]
@@ -837,6 +1025,39 @@ mod tests {
             .decode::<Vec<u64>>()
             .unwrap_err();
         assert!(matches!(err, Error::Codec { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn buffered_readers_and_writers_keep_their_bytes() {
+        use std::io::{BufRead, Read};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut far = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, _) = listener.accept().unwrap();
+        far.write_all(b"PRIVMSG #a :one\r\nPRIVMSG #a :tw").unwrap();
+        let mut reader = BufReader::new(near.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "PRIVMSG #a :one\r\n");
+        assert_eq!(reader.buffer(), b"PRIVMSG #a :tw");
+
+        let mut writer = BufWriter::with_capacity(100, near);
+        writer.write_all(b"PONG :x\r\n").unwrap();
+        let mut back = round_trip(&(reader, writer)).unwrap();
+        // The half line completes with what arrives later.
+        far.write_all(b"o\r\n").unwrap();
+        line.clear();
+        back.0.read_line(&mut line).unwrap();
+        assert_eq!(line, "PRIVMSG #a :two\r\n");
+        assert_eq!(back.0.capacity(), 8192);
+        // The unwritten bytes are written by the new writer, once.
+        assert_eq!(
+            (back.1.capacity(), back.1.buffer()),
+            (100, &b"PONG :x\r\n"[..])
+        );
+        back.1.flush().unwrap();
+        let mut pong = [0; 9];
+        far.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"PONG :x\r\n");
     }
 
     #[test]

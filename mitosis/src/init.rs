@@ -117,7 +117,7 @@ fn single_threaded() -> bool {
 /// Every step of a handover, from the new process's side.
 fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     let deadline = Deadline::after(env.timeout);
-    let accepted = [S::SCHEMA];
+    let accepted = S::accepted();
 
     // Step 2: connect back over loopback.
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -133,7 +133,7 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     conn.read_exact(Step::Hello, &mut welcome)?;
     handshake::check_welcome(&env.secret, &welcome)?;
 
-    let result = receive(&mut conn, &env, &accepted, &deadline);
+    let result = receive::<S>(&mut conn, &env, &accepted, &deadline);
     let state = match result {
         Ok(state) => state,
         Err(error) => {
@@ -239,6 +239,7 @@ fn receive<S: Handover>(
     // Step 6: the fds.
     let fds = fd_channel::recv_fds(fd_channel.as_fd(), fd_count, deadline)?;
 
-    // Step 7: decode; every byte and every fd must be used.
-    Decoder::new(&bytes, fds).decode::<S>()
+    // Step 7: decode, migrating from an older schema if that is what came;
+    // every byte and every fd must be used.
+    Decoder::new(&bytes, fds).decode_from::<S>(sent.fingerprint)
 }

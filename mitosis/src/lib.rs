@@ -101,10 +101,14 @@ mod init;
 mod spawn;
 mod split;
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 pub use args::{Flag, args};
 pub use error::{Error, SplitError, Step};
 pub use fd_channel::MAX_FDS_PER_MESSAGE;
-pub use handover::{Decoder, Encoder, Handover, Schema, SchemaInfo};
+pub use handover::{Decoder, Encoder, Handover, MAX_UNREAD_BYTES, Schema, SchemaInfo};
 pub use init::init;
 pub use split::{
     DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, Outcome, Split, SplitOptions, split,
