@@ -194,6 +194,8 @@ mod tests {
     }
 
     #[test]
+    // The borrow is what selects the serde path in derived code.
+    #[allow(clippy::needless_borrow)]
     fn decoding_takes_the_same_paths() {
         let mut input = Decoder::new(&[3, 1, 2, 3, 7], Vec::new());
         let bytes: Vec<u8> = (&Slot::<Vec<u8>>::new()).decode_field(&mut input).unwrap();
