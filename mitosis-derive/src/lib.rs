@@ -1,4 +1,25 @@
 //! `#[derive(Handover)]` for [mitosis](https://docs.rs/mitosis-handover).
 //!
-//! The derive itself lands with the derive issue; until then the `Handover`
-//! trait is implemented by hand, as `mitosis`'s documentation shows.
+//! Use it through `mitosis::Handover`; the attributes are documented there.
+//! The crate follows thiserror-impl's layout: `ast` borrows the input with
+//! its spans, `attr` parses `#[handover(...)]`, `valid` checks the rules
+//! that parsing alone cannot, and `expand` writes the impl.
+
+mod ast;
+mod attr;
+mod expand;
+mod valid;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+/// Derives `mitosis::Handover`: plain fields through serde, fd-owning
+/// fields over the fd channel, and a schema fingerprint computed at compile
+/// time. The attributes (`version`, `name`, `migrate_from` on the type;
+/// `skip`, `default`, `with`, `fd` on fields) are documented, with examples,
+/// on the `mitosis::Handover` trait.
+#[proc_macro_derive(Handover, attributes(handover))]
+pub fn derive_handover(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    expand::derive(&input).into()
+}

@@ -147,6 +147,189 @@ impl fmt::Display for Schema {
 /// one has committed; if the handover fails, the value goes back to the
 /// caller unchanged. `decode` rebuilds it in the new process.
 ///
+/// # Deriving
+///
+/// `#[derive(Handover)]` works on structs (named, tuple, unit) and enums,
+/// generic or not. Every field goes the best way its type allows:
+///
+/// - a type that owns file descriptors (`TcpStream`, `TcpListener`,
+///   `UdpSocket`, `UnixStream`, `UnixListener`, `UnixDatagram`, `File`,
+///   `OwnedFd`, `BufReader`/`BufWriter` over one of them, any of them inside
+///   `Option`, `Vec`, `VecDeque`, `HashMap`, `BTreeMap`, `Box` or a tuple,
+///   and nested derived types) crosses over the fd channel, wherever it
+///   sits;
+/// - a `Vec<u8>` is written in one piece, at copy speed;
+/// - everything else goes through serde and postcard, so it must be
+///   `Serialize` and `DeserializeOwned`.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::io::BufReader;
+/// use std::net::{TcpListener, TcpStream};
+///
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     generation: u64,
+///     conn: BufReader<TcpStream>,      // unread bytes cross too
+///     listeners: HashMap<String, TcpListener>,
+///     channels: Vec<String>,
+///     seen: Vec<u8>,
+/// }
+///
+/// #[derive(mitosis::Handover)]
+/// enum Link {
+///     Down,
+///     Up { conn: TcpStream, since: u64 },
+/// }
+/// ```
+///
+/// Generic parameters used in sent fields get a `Handover` bound, the way
+/// serde infers its bounds:
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// struct Tagged<T> {
+///     value: T,
+///     tag: String,
+/// }
+/// fn needs_handover<T: mitosis::Handover>() {}
+/// needs_handover::<Tagged<std::fs::File>>();
+/// ```
+///
+/// ## Schema and fingerprint
+///
+/// The derive computes [`SCHEMA`](Handover::SCHEMA) at compile time. Its
+/// fingerprint covers the schema's name (by default the type's module path
+/// and name), the version, every sent field's name and type as written, and
+/// the fingerprint of every field type that is itself `Handover`, so that a
+/// change inside a nested type changes the outer fingerprint too. Skipped
+/// fields are left out: they do not change what crosses. The handshake
+/// compares fingerprints before anything is decoded.
+///
+/// ## Type attributes
+///
+/// `version = N` declares the schema's version (0 if absent). Bump it
+/// whenever the fields change, so that errors name something meaningful:
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// #[handover(version = 3)]
+/// struct State {
+///     generation: u64,
+/// }
+/// assert_eq!(<State as mitosis::Handover>::SCHEMA.version, 3);
+/// ```
+///
+/// `name = "..."` replaces the type's path in the schema. It is what keeps
+/// an old type's fingerprint when its definition moves or is renamed, as a
+/// migration source must be:
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// #[handover(name = "bot::State", version = 1)]
+/// struct StateV1 {
+///     generation: u32,
+/// }
+/// assert_eq!(<StateV1 as mitosis::Handover>::SCHEMA.name, "bot::State");
+/// ```
+///
+/// `migrate_from(Old)` lets this type be built from an `Old` state, through
+/// `impl From<Old> for Self`. `Old` is a verbatim copy of the previous
+/// build's type (same fields, types written the same way, same version),
+/// renamed, with `name` set to the previous name. It can migrate from an
+/// older type in turn, so chains work. The new process offers all of them in
+/// the handshake, and the old process sends its state only if one matches:
+///
+/// ```
+/// use mitosis::Handover;
+///
+/// // The previous build's state, copied verbatim and renamed.
+/// #[derive(Handover)]
+/// #[handover(name = "bot::State", version = 1)]
+/// struct StateV1 {
+///     generation: u32,
+/// }
+///
+/// #[derive(Handover)]
+/// #[handover(name = "bot::State", version = 2, migrate_from(StateV1))]
+/// struct State {
+///     generations: u64,     // renamed and widened
+///     nick: String,         // added
+/// }
+///
+/// impl From<StateV1> for State {
+///     fn from(old: StateV1) -> State {
+///         State { generations: old.generation.into(), nick: "bot".into() }
+///     }
+/// }
+///
+/// assert_eq!(State::accepted(), [State::SCHEMA, StateV1::SCHEMA]);
+/// ```
+///
+/// ## Field attributes
+///
+/// `skip` leaves a field out; the new process rebuilds it with `Default`,
+/// or with `default = "function"`:
+///
+/// ```
+/// # use std::collections::HashMap;
+/// fn fresh_limit() -> u32 {
+///     100
+/// }
+///
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     generation: u64,
+///     #[handover(skip)]
+///     cache: HashMap<String, String>,
+///     #[handover(skip, default = "fresh_limit")]
+///     limit: u32,
+/// }
+/// ```
+///
+/// `with = "module"` hands a foreign type over through
+/// `module::encode` and `module::decode`, for a type that is neither
+/// `Handover` nor serde:
+///
+/// ```
+/// mod as_millis {
+///     use std::time::Instant;
+///     pub fn encode<'a>(
+///         value: &'a Instant,
+///         out: &mut mitosis::Encoder<'a>,
+///     ) -> Result<(), mitosis::Error> {
+///         out.serde(&(value.elapsed().as_millis() as u64))
+///     }
+///     pub fn decode(input: &mut mitosis::Decoder<'_>) -> Result<Instant, mitosis::Error> {
+///         let ago: u64 = input.serde()?;
+///         Ok(Instant::now() - std::time::Duration::from_millis(ago))
+///     }
+/// }
+///
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     #[handover(with = "as_millis")]
+///     started: std::time::Instant,
+/// }
+/// ```
+///
+/// `fd` hands a field over as a plain file descriptor, for a type that is
+/// `AsFd + From<OwnedFd>` but not `Handover` (a socket type from another
+/// crate, say):
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     #[handover(fd)]
+///     timer: std::os::fd::OwnedFd,
+/// }
+/// ```
+///
+/// Misuse (an unknown or duplicate attribute, `skip` on a type without
+/// `Default`, a union, `migrate_from` of a type that is not `Handover`, or
+/// a field given two of `skip`, `with` and `fd`) is a compile error spanned
+/// on the offending token.
+///
 /// # Implementing it by hand
 ///
 /// Write plain fields with [`Encoder::serde`] (or [`Encoder::bytes`] for a

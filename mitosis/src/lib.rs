@@ -17,36 +17,25 @@
 //!
 //! # Example
 //!
+//! A server that upgrades itself when a client says so, keeping its
+//! listener, every client connection (with any half-read request) and its
+//! counters:
+//!
 //! ```no_run
 //! use std::io::{BufRead, BufReader, Write};
 //! use std::net::{TcpListener, TcpStream};
-//! use mitosis::{Decoder, Encoder, Error, Handover, Outcome, Schema};
+//! use mitosis::{Handover, Outcome};
 //!
+//! #[derive(Handover)]
+//! #[handover(version = 1)]
 //! struct State {
 //!     generation: u64,
 //!     listener: TcpListener,
-//!     clients: Vec<TcpStream>,
-//! }
-//!
-//! impl Handover for State {
-//!     const SCHEMA: Schema = Schema::new("counter::State", 1);
-//!
-//!     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-//!         out.serde(&self.generation)?;
-//!         self.listener.encode(out)?;
-//!         self.clients.encode(out)
-//!     }
-//!
-//!     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
-//!         Ok(State {
-//!             generation: input.serde()?,
-//!             listener: TcpListener::decode(input)?,
-//!             clients: Vec::decode(input)?,
-//!         })
-//!     }
+//!     clients: Vec<BufReader<TcpStream>>,
 //! }
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // First thing in main: take over if an older copy started us.
 //!     let mut state = match mitosis::init::<State>()? {
 //!         Some(state) => state,
 //!         None => State {
@@ -57,18 +46,20 @@
 //!     };
 //!     state.generation += 1;
 //!     loop {
-//!         let (mut client, _) = state.listener.accept()?;
-//!         writeln!(client, "generation {}; send 'upgrade' to upgrade", state.generation)?;
+//!         let (client, _) = state.listener.accept()?;
+//!         let mut client = BufReader::new(client);
+//!         writeln!(client.get_mut(), "generation {}; say 'upgrade'", state.generation)?;
 //!         let mut line = String::new();
-//!         BufReader::new(&client).read_line(&mut line)?;
+//!         client.read_line(&mut line)?;
 //!         state.clients.push(client);
 //!         if line.trim() == "upgrade" {
+//!             // Runs the binary at our path on disk: the new build.
 //!             state = match mitosis::split(state) {
 //!                 Err(refused) => refused.state,
 //!                 Ok(handle) => match handle.wait() {
-//!                     Outcome::Done { .. } => return Ok(()),
+//!                     Outcome::Done { .. } => return Ok(()), // it took over
 //!                     Outcome::Failed { state, error } => {
-//!                         eprintln!("upgrade failed: {error}");
+//!                         eprintln!("upgrade failed, carrying on: {error}");
 //!                         state
 //!                     }
 //!                 },
@@ -77,6 +68,9 @@
 //!     }
 //! }
 //! ```
+//!
+//! [`Handover`] explains the derive's attributes, schema fingerprints, and
+//! migrations from an older build's state.
 //!
 //! # Platform
 //!
@@ -110,6 +104,7 @@ pub use error::{Error, SplitError, Step};
 pub use fd_channel::MAX_FDS_PER_MESSAGE;
 pub use handover::{Decoder, Encoder, Handover, MAX_UNREAD_BYTES, Schema, SchemaInfo};
 pub use init::init;
+pub use mitosis_derive::Handover;
 pub use split::{
     DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, Outcome, Split, SplitOptions, split,
 };

@@ -124,6 +124,29 @@ pub trait NotHandover {
 
 impl<T: ?Sized> NotHandover for Probe<T> {}
 
+/// Encodes `value` in memory and decodes it as `T` from `value`'s schema,
+/// passing its fds as duplicates, the way the fd channel would: a handover
+/// without the processes, for tests.
+pub fn round_trip<S: Handover, T: Handover>(value: &S) -> Result<T, Error> {
+    let mut bytes = Vec::new();
+    let encoded = crate::handover::Encoder::encode(&mut bytes, value)?;
+    let fds = encoded
+        .fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io(crate::Step::Fds)(e))?;
+    drop(encoded);
+    Decoder::new(&bytes, fds).decode_from(S::SCHEMA.fingerprint)
+}
+
+/// The error for an enum variant index that the type does not have.
+pub fn unknown_variant(ty: &str, index: u32) -> Error {
+    Error::Codec {
+        detail: format!("{ty} has no variant number {index}"),
+    }
+}
+
 /// One entry of a derived type's shape: a field (or variant) name, its type
 /// as written, and the nested fingerprint from [`Probe`].
 pub type Part = (&'static str, &'static str, u64);

@@ -1,0 +1,327 @@
+//! Writing the `Handover` impl.
+//!
+//! Generated code uses fully qualified paths only and goes through
+//! `::mitosis::__private`. Each field's path (bytes, `Handover`, or serde) is
+//! picked by method resolution on its type; see that module.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::{DeriveInput, Generics, Ident, LitStr, Result, Type};
+
+use crate::ast::{Enum, Field, Input, Struct, Variant};
+use crate::attr::ContainerAttrs;
+
+pub fn derive(input: &DeriveInput) -> TokenStream {
+    match try_expand(input) {
+        Ok(expanded) => expanded,
+        // The error, plus an impl, so that uses of the type do not pile
+        // more errors on top of the one that matters.
+        Err(error) => fallback(input, error),
+    }
+}
+
+fn try_expand(input: &DeriveInput) -> Result<TokenStream> {
+    let input = Input::from_syn(input)?;
+    input.validate()?;
+    Ok(match input {
+        Input::Struct(input) => impl_struct(input),
+        Input::Enum(input) => impl_enum(input),
+    })
+}
+
+fn fallback(input: &DeriveInput, error: syn::Error) -> TokenStream {
+    let ident = &input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let error = error.into_compile_error();
+    quote! {
+        #error
+        #[automatically_derived]
+        impl #impl_generics ::mitosis::Handover for #ident #ty_generics #where_clause {
+            const SCHEMA: ::mitosis::Schema = ::mitosis::Schema::new("", 0);
+            fn encode<'__a>(
+                &'__a self,
+                _: &mut ::mitosis::Encoder<'__a>,
+            ) -> ::core::result::Result<(), ::mitosis::Error> {
+                ::core::unreachable!()
+            }
+            fn decode(
+                _: &mut ::mitosis::Decoder<'_>,
+            ) -> ::core::result::Result<Self, ::mitosis::Error> {
+                ::core::unreachable!()
+            }
+        }
+    }
+}
+
+fn impl_struct(input: Struct<'_>) -> TokenStream {
+    let schema = schema(&input.attrs, input.ident, &parts(&input.fields, None));
+    let bindings: Vec<TokenStream> = input
+        .fields
+        .iter()
+        .map(|field| {
+            let member = &field.member;
+            quote!(&self.#member)
+        })
+        .collect();
+    let encode = encode_fields(&input.fields, &bindings);
+    let construct = construct(quote!(Self), &input.fields);
+    let body = Body {
+        schema,
+        encode: quote!(#(#encode)*),
+        decode: quote!(::core::result::Result::Ok(#construct)),
+    };
+    let fields: Vec<&Field<'_>> = input.fields.iter().collect();
+    body.into_impl(input.ident, input.generics, &fields, &input.attrs)
+}
+
+fn impl_enum(input: Enum<'_>) -> TokenStream {
+    let mut parts_all = Vec::new();
+    let mut encode_arms = Vec::new();
+    let mut decode_arms = Vec::new();
+    for (index, variant) in input.variants.iter().enumerate() {
+        let index = index as u32;
+        parts_all.extend(parts(&variant.fields, Some(variant)));
+        let Variant { ident, fields } = variant;
+        let bindings: Vec<Ident> = (0..fields.len())
+            .map(|i| format_ident!("__field{}", i))
+            .collect();
+        let members = fields.iter().map(|field| &field.member);
+        let pattern = quote!(Self::#ident { #(#members: #bindings,)* .. });
+        let bound: Vec<TokenStream> = bindings.iter().map(ToTokens::to_token_stream).collect();
+        let encode = encode_fields(fields, &bound);
+        encode_arms.push(quote! {
+            #[allow(unused_variables)]
+            #pattern => {
+                __out.serde(&#index)?;
+                #(#encode)*
+            }
+        });
+        let construct = construct(quote!(Self::#ident), fields);
+        decode_arms.push(quote!(#index => ::core::result::Result::Ok(#construct),));
+    }
+    let schema = schema(&input.attrs, input.ident, &parts_all);
+    let name = input.ident.to_string();
+    let body = Body {
+        schema,
+        encode: quote! {
+            match self {
+                #(#encode_arms)*
+            }
+        },
+        decode: quote! {
+            match __input.serde::<u32>()? {
+                #(#decode_arms)*
+                __index => ::core::result::Result::Err(
+                    ::mitosis::__private::unknown_variant(#name, __index),
+                ),
+            }
+        },
+    };
+    let fields: Vec<&Field<'_>> = input.variants.iter().flat_map(|v| &v.fields).collect();
+    body.into_impl(input.ident, input.generics, &fields, &input.attrs)
+}
+
+/// The parts of the generated impl that differ between structs and enums.
+struct Body {
+    schema: TokenStream,
+    encode: TokenStream,
+    decode: TokenStream,
+}
+
+impl Body {
+    fn into_impl(
+        self,
+        ident: &Ident,
+        generics: &Generics,
+        fields: &[&Field<'_>],
+        attrs: &ContainerAttrs,
+    ) -> TokenStream {
+        let Body {
+            schema,
+            encode,
+            decode,
+        } = self;
+        let generics = with_bounds(generics, fields);
+        let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+        let migration = attrs.migrate_from.as_ref().map(migration);
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics ::mitosis::Handover for #ident #ty_generics #where_clause {
+                const SCHEMA: ::mitosis::Schema = {
+                    #[allow(unused_imports)]
+                    use ::mitosis::__private::NotHandover as _;
+                    #schema
+                };
+
+                fn encode<'__a>(
+                    &'__a self,
+                    __out: &mut ::mitosis::Encoder<'__a>,
+                ) -> ::core::result::Result<(), ::mitosis::Error> {
+                    #[allow(unused_imports)]
+                    use ::mitosis::__private::{EncodeHandover as _, EncodeSerde as _};
+                    #encode
+                    ::core::result::Result::Ok(())
+                }
+
+                fn decode(
+                    __input: &mut ::mitosis::Decoder<'_>,
+                ) -> ::core::result::Result<Self, ::mitosis::Error> {
+                    #[allow(unused_imports)]
+                    use ::mitosis::__private::{DecodeHandover as _, DecodeSerde as _};
+                    #decode
+                }
+
+                #migration
+            }
+        }
+    }
+}
+
+/// `accepted` and `decode_from` for `migrate_from(Old)`. The calls on `Old`
+/// are spanned on it, so that a type that is not `Handover`, or has no
+/// `From` into this one, is reported there.
+fn migration(old: &Type) -> TokenStream {
+    let span = syn::spanned::Spanned::span(old);
+    let accepted = quote_spanned!(span=> <#old as ::mitosis::Handover>::accepted());
+    let decode_old =
+        quote_spanned!(span=> <#old as ::mitosis::Handover>::decode_from(__fingerprint, __input));
+    let convert = quote_spanned!(span=> <Self as ::core::convert::From<#old>>::from);
+    quote! {
+        fn accepted() -> ::std::vec::Vec<::mitosis::Schema> {
+            let mut __accepted = ::std::vec![<Self as ::mitosis::Handover>::SCHEMA];
+            __accepted.extend(#accepted);
+            __accepted
+        }
+
+        fn decode_from(
+            __fingerprint: u64,
+            __input: &mut ::mitosis::Decoder<'_>,
+        ) -> ::core::result::Result<Self, ::mitosis::Error> {
+            if __fingerprint == <Self as ::mitosis::Handover>::SCHEMA.fingerprint {
+                <Self as ::mitosis::Handover>::decode(__input)
+            } else {
+                #decode_old.map(#convert)
+            }
+        }
+    }
+}
+
+/// The schema constant: the name (`name = "..."`, or the type's module path
+/// and identifier), the version, and the shape.
+fn schema(attrs: &ContainerAttrs, ident: &Ident, parts: &[TokenStream]) -> TokenStream {
+    let version = attrs.version.unwrap_or(0);
+    let name = match &attrs.name {
+        Some(name) => name.to_token_stream(),
+        None => {
+            let ident = LitStr::new(&ident.to_string(), Span::call_site());
+            quote!(::core::concat!(::core::module_path!(), "::", #ident))
+        }
+    };
+    quote!(::mitosis::__private::schema(#name, #version, &[#(#parts),*]))
+}
+
+/// The shape of some fields: for each field that is sent, its name, its type
+/// as written, and its type's own fingerprint where it has one. A variant
+/// contributes its name first. Skipped fields are left out: they do not
+/// change what crosses.
+fn parts(fields: &[Field<'_>], variant: Option<&Variant<'_>>) -> Vec<TokenStream> {
+    let mut parts = Vec::new();
+    let prefix = match variant {
+        Some(variant) => {
+            let name = variant.ident.to_string();
+            parts.push(quote!((#name, "", 0)));
+            format!("{name}.")
+        }
+        None => String::new(),
+    };
+    for field in fields.iter().filter(|field| field.attrs.skip.is_none()) {
+        let name = format!("{prefix}{}", field.schema_name());
+        let ty = field.ty;
+        let written = match &field.attrs.with {
+            Some((_, module)) => {
+                format!("{} with {}", ty.to_token_stream(), module.to_token_stream())
+            }
+            None => ty.to_token_stream().to_string(),
+        };
+        parts.push(quote!((#name, #written, ::mitosis::__private::Probe::<#ty>::FINGERPRINT)));
+    }
+    parts
+}
+
+/// Statements that encode `fields`, each given as an expression of type
+/// `&FieldType`.
+fn encode_fields(fields: &[Field<'_>], bindings: &[TokenStream]) -> Vec<TokenStream> {
+    fields
+        .iter()
+        .zip(bindings)
+        .filter(|(field, _)| field.attrs.skip.is_none())
+        .map(|(field, binding)| {
+            if let Some((_, module)) = &field.attrs.with {
+                quote!(#module::encode(#binding, __out)?;)
+            } else if field.attrs.fd.is_some() {
+                quote!(__out.fd(::std::os::fd::AsFd::as_fd(#binding))?;)
+            } else {
+                quote!((&::mitosis::__private::Field(#binding)).encode_field(__out)?;)
+            }
+        })
+        .collect()
+}
+
+/// The expression that builds `path` from decoded fields, in declaration
+/// order (the order they were encoded in).
+fn construct(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
+    let values = fields.iter().map(|field| {
+        let member = &field.member;
+        let ty = field.ty;
+        let value = if let Some(skip) = field.attrs.skip {
+            match &field.attrs.default {
+                Some((_, function)) => quote!(#function()),
+                // Spanned on `skip`, so that a type without `Default` is
+                // reported at the attribute that needs it.
+                None => quote_spanned!(skip=> <#ty as ::core::default::Default>::default()),
+            }
+        } else if let Some((_, module)) = &field.attrs.with {
+            quote!(#module::decode(__input)?)
+        } else if field.attrs.fd.is_some() {
+            quote!(<#ty as ::core::convert::From<::std::os::fd::OwnedFd>>::from(__input.fd()?))
+        } else {
+            quote!((&::mitosis::__private::Slot::<#ty>::new()).decode_field(__input)?)
+        };
+        quote!(#member: #value)
+    });
+    quote!(#path { #(#values,)* })
+}
+
+/// The generics with `T: Handover` for every type parameter that appears in
+/// a field that is sent through its `Handover` impl, as serde infers its
+/// bounds.
+fn with_bounds(generics: &Generics, fields: &[&Field<'_>]) -> Generics {
+    let mut generics = generics.clone();
+    let used: Vec<Ident> = generics
+        .type_params()
+        .map(|param| param.ident.clone())
+        .filter(|param| {
+            fields.iter().any(|field| {
+                field.attrs.skip.is_none()
+                    && field.attrs.with.is_none()
+                    && field.attrs.fd.is_none()
+                    && mentions(field.ty.to_token_stream(), param)
+            })
+        })
+        .collect();
+    let where_clause = generics.make_where_clause();
+    for param in used {
+        where_clause
+            .predicates
+            .push(syn::parse_quote!(#param: ::mitosis::Handover));
+    }
+    generics
+}
+
+fn mentions(tokens: TokenStream, ident: &Ident) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Ident(found) => &found == ident,
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), ident),
+        _ => false,
+    })
+}

@@ -1,0 +1,7 @@
+#[derive(mitosis::Handover)]
+union State {
+    count: u32,
+    bits: f32,
+}
+
+fn main() {}
