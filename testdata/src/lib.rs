@@ -30,7 +30,18 @@
 //! - `exit` → exits.
 //!
 //! Every binary of the package runs [`run`]; they differ only in the version
-//! string they report and the schema version of their state.
+//! string they report and in their state type, all `#[derive(Handover)]`:
+//!
+//! | binary | state | reports |
+//! | --- | --- | --- |
+//! | `testdata`, `testdata-v2` | [`State`], `testdata::State` v1 | `v1`, `v2` |
+//! | `testdata-schema2` | [`schema2::State`]: v1's fields, but v2 | `schema2` |
+//! | `testdata-migrate-v2` | [`v2::State`], v2, migrates from v1 | `m2` |
+//! | `testdata-migrate-v3` | [`v3::State`], v3, migrates from v2 (and so v1) | `m3` |
+//! | `testdata-nomigrate` | [`nomigrate::State`]: v2's fields, no migration | `n2` |
+//!
+//! The v2 and v3 states add a `note` that `status` reports as `note=<trail>`:
+//! the versions the state went through (`v1>v2>v3` after two migrations).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -40,11 +51,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mitosis::{Decoder, Encoder, Error, Handover, Outcome, Schema, SplitOptions};
+use mitosis::{Handover, Outcome, SplitOptions};
 use rustix::event::{PollFd, PollFlags, poll};
 
-/// The name of the state's schema; the version is the `SCHEMA_VERSION`
-/// parameter of [`State`].
+pub mod nomigrate;
+pub mod schema2;
+pub mod v2;
+pub mod v3;
+
+/// The name of the state's schema, in every version. The derive takes it as
+/// a literal, so each state type spells it out; a unit test checks they
+/// agree.
 pub const STATE_NAME: &str = "testdata::State";
 
 /// The environment variable that makes a new process fail before `init`.
@@ -88,13 +105,15 @@ pub struct Cli {
     pub label: String,
 }
 
-/// The state handed from generation to generation.
+/// The state handed from generation to generation: `testdata::State` v1.
 ///
-/// `SCHEMA_VERSION` is 1 for `testdata` and `testdata-v2`, and 2 for
-/// `testdata-schema2`, whose state is therefore refused by a version 1
-/// process and vice versa.
-#[derive(Debug)]
-pub struct State<const SCHEMA_VERSION: u32> {
+/// `testdata-migrate-v2` and `testdata-migrate-v3` carry a verbatim copy of
+/// this definition (as `StateV1`) to migrate from it: change a field here
+/// and those copies must change too, or the migration tests fail with a
+/// schema mismatch.
+#[derive(Debug, Handover)]
+#[handover(version = 1, name = "testdata::State")]
+pub struct State {
     pub generation: u32,
     pub listener: TcpListener,
     pub peer: TcpStream,
@@ -104,29 +123,88 @@ pub struct State<const SCHEMA_VERSION: u32> {
     pub peer_buffer: Vec<u8>,
 }
 
-impl<const SCHEMA_VERSION: u32> Handover for State<SCHEMA_VERSION> {
-    const SCHEMA: Schema = Schema::new(STATE_NAME, SCHEMA_VERSION);
+/// What every version of the state holds, for a fresh start.
+#[derive(Debug)]
+pub struct Core {
+    pub generation: u32,
+    pub listener: TcpListener,
+    pub peer: TcpStream,
+    pub log: File,
+    pub blob: Vec<u8>,
+    pub peer_buffer: Vec<u8>,
+}
 
-    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.serde(&self.generation)?;
-        self.listener.encode(out)?;
-        self.peer.encode(out)?;
-        self.log.encode(out)?;
-        out.bytes(&self.blob)?;
-        out.bytes(&self.peer_buffer)
-    }
-
-    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
-        Ok(State {
-            generation: input.serde()?,
-            listener: TcpListener::decode(input)?,
-            peer: TcpStream::decode(input)?,
-            log: File::decode(input)?,
-            blob: input.bytes()?,
-            peer_buffer: input.bytes()?,
-        })
+/// What [`run`] needs from a state type, so that one program serves with
+/// any of the package's state versions, whatever they call their fields.
+pub trait AppState: Handover + Send + 'static {
+    /// A fresh state (no handover) from the parts every version has.
+    fn fresh(core: Core) -> Self;
+    fn generation(&self) -> u32;
+    fn set_generation(&mut self, generation: u32);
+    fn listener(&self) -> &TcpListener;
+    fn peer(&self) -> &TcpStream;
+    fn log(&self) -> &File;
+    fn blob(&self) -> &[u8];
+    fn peer_buffer(&mut self) -> &mut Vec<u8>;
+    /// Extra ` key=value` words for the `status` line.
+    fn status_extra(&self) -> String {
+        String::new()
     }
 }
+
+/// Implements [`AppState`] for a state type whose common fields have the
+/// usual names, except the generation counter (`$generation`); `fresh`
+/// gives the fields a fresh state adds, and `status` the status words.
+macro_rules! app_state {
+    (
+        $ty:ty,
+        generation: $generation:ident,
+        fresh: { $($field:ident: $value:expr),* $(,)? },
+        status: |$state:ident| $status:expr $(,)?
+    ) => {
+        impl $crate::AppState for $ty {
+            fn fresh(core: $crate::Core) -> Self {
+                Self {
+                    $generation: core.generation,
+                    listener: core.listener,
+                    peer: core.peer,
+                    log: core.log,
+                    blob: core.blob,
+                    peer_buffer: core.peer_buffer,
+                    $($field: $value,)*
+                }
+            }
+            fn generation(&self) -> u32 {
+                self.$generation
+            }
+            fn set_generation(&mut self, generation: u32) {
+                self.$generation = generation;
+            }
+            fn listener(&self) -> &::std::net::TcpListener {
+                &self.listener
+            }
+            fn peer(&self) -> &::std::net::TcpStream {
+                &self.peer
+            }
+            fn log(&self) -> &::std::fs::File {
+                &self.log
+            }
+            fn blob(&self) -> &[u8] {
+                &self.blob
+            }
+            fn peer_buffer(&mut self) -> &mut Vec<u8> {
+                &mut self.peer_buffer
+            }
+            fn status_extra(&self) -> String {
+                let $state = self;
+                $status
+            }
+        }
+    };
+}
+pub(crate) use app_state;
+
+app_state!(State, generation: generation, fresh: {}, status: |_state| String::new());
 
 /// The blob's deterministic content: a 251-byte pattern, repeated.
 pub fn blob(size: usize) -> Vec<u8> {
@@ -241,13 +319,14 @@ fn fault() {
     }
 }
 
-/// The program. `version` is what it reports as its version.
-pub fn run<const SCHEMA_VERSION: u32>(version: &str) -> ExitCode {
+/// The program, with state type `S`. `version` is what it reports as its
+/// version.
+pub fn run<S: AppState>(version: &str) -> ExitCode {
     // Test faults strike before init, as a broken new build would.
     fault();
 
     // First thing in main, as mitosis documents: take over, or start fresh.
-    let taken = match mitosis::init::<State<SCHEMA_VERSION>>() {
+    let taken = match mitosis::init::<S>() {
         Ok(taken) => taken,
         Err(e) => {
             eprintln!("init error: {e}");
@@ -302,30 +381,32 @@ struct App {
 }
 
 impl App {
-    fn start<const V: u32>(&self, taken: Option<State<V>>) -> io::Result<State<V>> {
-        let mut state = match taken {
-            None => self.fresh()?,
+    fn start<S: AppState>(&self, taken: Option<S>) -> io::Result<S> {
+        let state = match taken {
+            None => S::fresh(self.fresh()?),
             Some(mut state) => {
-                state.generation += 1;
+                state.set_generation(state.generation() + 1);
                 state
             }
         };
+        let generation = state.generation();
         writeln!(
-            state.log,
-            "generation {} pid {} version {}",
-            state.generation, self.pid, self.version
+            state.log(),
+            "generation {generation} pid {} version {}",
+            self.pid,
+            self.version
         )?;
-        if state.generation > 1 {
+        if generation > 1 {
             let ready = format!(
-                "ready pid={} generation={} version={}",
-                self.pid, state.generation, self.version
+                "ready pid={} generation={generation} version={}",
+                self.pid, self.version
             );
-            reply(&mut state.peer, &ready)?;
+            reply(state.peer(), &ready)?;
         }
         Ok(state)
     }
 
-    fn fresh<const V: u32>(&self) -> io::Result<State<V>> {
+    fn fresh(&self) -> io::Result<Core> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         say(format!("listening port={port} pid={}", self.pid));
@@ -334,7 +415,7 @@ impl App {
             Some(path) => OpenOptions::new().create(true).append(true).open(path)?,
             None => OpenOptions::new().append(true).open("/dev/null")?,
         };
-        Ok(State {
+        Ok(Core {
             generation: 1,
             listener,
             peer,
@@ -344,17 +425,17 @@ impl App {
         })
     }
 
-    fn serve<const V: u32>(&self, mut state: State<V>) -> io::Result<()> {
+    fn serve<S: AppState>(&self, mut state: S) -> io::Result<()> {
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             // Whole lines first: some may have arrived with the state.
-            while let Some(line) = take_line(&mut state.peer_buffer) {
+            while let Some(line) = take_line(state.peer_buffer()) {
                 state = self.command(state, &line)?;
             }
             let (listener_ready, peer_ready) = {
                 let mut fds = [
-                    PollFd::new(&state.listener, PollFlags::IN),
-                    PollFd::new(&state.peer, PollFlags::IN),
+                    PollFd::new(state.listener(), PollFlags::IN),
+                    PollFd::new(state.peer(), PollFlags::IN),
                 ];
                 match poll(&mut fds, None) {
                     Ok(_) => {}
@@ -364,13 +445,13 @@ impl App {
                 (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
             };
             if listener_ready {
-                let (mut conn, _) = state.listener.accept()?;
-                let hello = format!("hello generation={} pid={}\n", state.generation, self.pid);
+                let (mut conn, _) = state.listener().accept()?;
+                let hello = format!("hello generation={} pid={}\n", state.generation(), self.pid);
                 // A visitor that hangs up early is its own business.
                 let _ = conn.write_all(hello.as_bytes());
             }
             if peer_ready {
-                let n = match state.peer.read(&mut chunk) {
+                let n = match state.peer().read(&mut chunk) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
@@ -379,24 +460,25 @@ impl App {
                     eprintln!("testdata: peer closed the connection, exiting");
                     return Ok(());
                 }
-                state.peer_buffer.extend_from_slice(&chunk[..n]);
+                state.peer_buffer().extend_from_slice(&chunk[..n]);
             }
         }
     }
 
-    fn command<const V: u32>(&self, mut state: State<V>, line: &str) -> io::Result<State<V>> {
+    fn command<S: AppState>(&self, state: S, line: &str) -> io::Result<S> {
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("");
         let args: Vec<&str> = words.collect();
         let answer = match command {
             "ping" => format!("pong {}", line.strip_prefix("ping").unwrap_or("").trim()),
             "status" => format!(
-                "status pid={} generation={} version={} label={} blob={}",
+                "status pid={} generation={} version={} label={} blob={}{}",
                 self.pid,
-                state.generation,
+                state.generation(),
                 self.version,
                 self.cli.label,
-                blob_summary(&state.blob)
+                blob_summary(state.blob()),
+                state.status_extra()
             ),
             "fds" => format!("fds {}", fd_list()),
             "env" => ["env".to_owned()]
@@ -408,12 +490,12 @@ impl App {
             "exit" => std::process::exit(0),
             _ => format!("error: unknown command {line:?}"),
         };
-        reply(&mut state.peer, &answer)?;
+        reply(state.peer(), &answer)?;
         Ok(state)
     }
 
     /// `split [twice] [binary=<path>] [<fault>]`
-    fn split<const V: u32>(&self, state: State<V>, args: &[&str]) -> io::Result<State<V>> {
+    fn split<S: AppState>(&self, state: S, args: &[&str]) -> io::Result<S> {
         let mut options = SplitOptions::new();
         options.commit_timeout(Duration::from_millis(self.cli.timeout_ms));
         if let Some(ms) = self.cli.hello_timeout_ms {
@@ -440,11 +522,8 @@ impl App {
         let split = match options.split(state) {
             Ok(split) => split,
             Err(refused) => {
-                let mut state = refused.state;
-                reply(
-                    &mut state.peer,
-                    &format!("split refused: {}", refused.error),
-                )?;
+                let state = refused.state;
+                reply(state.peer(), &format!("split refused: {}", refused.error))?;
                 return Ok(state);
             }
         };
@@ -474,7 +553,7 @@ impl App {
                 say(format!("done pid={pid} fds={}", fd_list()));
                 std::process::exit(0);
             }
-            Outcome::Failed { mut state, error } => {
+            Outcome::Failed { state, error } => {
                 let step = error
                     .step()
                     .map_or_else(|| "none".to_owned(), |step| step.to_string());
@@ -482,7 +561,7 @@ impl App {
                     "split failed: {error} | step={step} | children={}",
                     children()
                 );
-                reply(&mut state.peer, &line)?;
+                reply(state.peer(), &line)?;
                 Ok(state)
             }
         }
@@ -498,7 +577,8 @@ fn take_line(buffer: &mut Vec<u8>) -> Option<String> {
     Some(line.trim_end_matches('\r').to_owned())
 }
 
-fn reply(peer: &mut TcpStream, line: &str) -> io::Result<()> {
+/// Writes `line` and a newline to the peer, in one write.
+fn reply(mut peer: &TcpStream, line: &str) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');

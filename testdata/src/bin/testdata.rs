@@ -1,5 +1,5 @@
-//! The test program, version "v1", state schema version 1.
+//! The test program, version "v1", state `testdata::State` v1.
 
 fn main() -> std::process::ExitCode {
-    testdata::run::<1>("v1")
+    testdata::run::<testdata::State>("v1")
 }

@@ -31,6 +31,10 @@ pub const TESTDATA: &str = env!("CARGO_BIN_EXE_testdata");
 pub const TESTDATA_V2: &str = env!("CARGO_BIN_EXE_testdata-v2");
 pub const TESTDATA_SCHEMA2: &str = env!("CARGO_BIN_EXE_testdata-schema2");
 pub const FAKE_CHILD: &str = env!("CARGO_BIN_EXE_fake-child");
+pub const TESTDATA_MIGRATE_V2: &str = env!("CARGO_BIN_EXE_testdata-migrate-v2");
+pub const TESTDATA_MIGRATE_V3: &str = env!("CARGO_BIN_EXE_testdata-migrate-v3");
+pub const TESTDATA_NOMIGRATE: &str = env!("CARGO_BIN_EXE_testdata-nomigrate");
+pub const ROUNDTRIP: &str = env!("CARGO_BIN_EXE_roundtrip");
 
 // ---------------------------------------------------------------------------
 // Temporary directories
@@ -251,6 +255,9 @@ pub struct Spawn<'a> {
     pub binary: &'a str,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Whether to pass `--log <dir>/testdata.log` (testdata's programs take
+    /// it; `roundtrip` does not).
+    pub log: bool,
 }
 
 impl<'a> Spawn<'a> {
@@ -260,7 +267,20 @@ impl<'a> Spawn<'a> {
             binary: TESTDATA,
             args: Vec::new(),
             env: Vec::new(),
+            log: true,
         }
+    }
+
+    /// Runs `binary` (installed as `<dir>/testdata`) instead of `testdata`.
+    pub fn binary(mut self, binary: &'a str) -> Self {
+        self.binary = binary;
+        self
+    }
+
+    /// Passes no `--log` flag.
+    pub fn without_log(mut self) -> Self {
+        self.log = false;
+        self
     }
 
     pub fn args(mut self, args: &[&str]) -> Self {
@@ -279,10 +299,11 @@ impl<'a> Spawn<'a> {
         let binary = dir.install(self.binary, "testdata");
         let log = dir.join("testdata.log");
         let mut command = Command::new(&binary);
+        if self.log {
+            command.arg("--log").arg(&log);
+        }
         command
             .current_dir(dir.path())
-            .arg("--log")
-            .arg(&log)
             .args(&self.args)
             .env_remove("TESTDATA_FAULT")
             .env_remove("MITOSIS_SECRET")
