@@ -12,8 +12,8 @@
 
 use std::fs::DirBuilder;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -185,6 +185,33 @@ pub(crate) fn send_fds(
                 Err(e) => return Err(deadline.io_error(STEP)(e.into())),
             }
         }
+    }
+    Ok(())
+}
+
+/// Points each of `fds` at `/dev/null`, without closing it.
+///
+/// After the commit acknowledgement the old process still holds the state it
+/// handed over, with its own copies of every fd. Dropping that state runs
+/// its destructors, and a destructor may write: a `BufWriter` flushes what
+/// the new process has already taken over. Once every fd number refers to
+/// `/dev/null`, no destructor can reach a connection that now belongs to the
+/// new process, and dropping the state only frees memory and closes the
+/// placeholders.
+pub(crate) fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    for &raw in fds {
+        // SAFETY: `raw` is an fd owned by the handed-over state, which is
+        // alive and keeps it open until it is dropped after this returns.
+        // `dup3` only changes which file the number refers to; the number
+        // stays open, and `ManuallyDrop` makes sure it is never closed here,
+        // so its owner closes it exactly once, as before.
+        let mut owned = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        rustix::io::dup3(&null, &mut owned, rustix::io::DupFlags::CLOEXEC)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::Child;
@@ -302,6 +302,7 @@ impl SplitOptions {
             hello_timeout: self.hello_timeout,
             conn: None,
             fd_conn: None,
+            handed_over: Vec::new(),
         })
     }
 }
@@ -447,6 +448,8 @@ struct Parent {
     /// process is gone, take over".
     conn: Option<Conn>,
     fd_conn: Option<OwnedFd>,
+    /// The numbers of the state's fds that crossed in step 6.
+    handed_over: Vec<RawFd>,
 }
 
 impl Parent {
@@ -552,6 +555,7 @@ impl Parent {
         drop(fd_listener);
         fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline)?;
         self.fd_conn = Some(fd_conn);
+        self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
         drop(encoded);
 
         // Step 7: the new process decodes and commits, or says why not.
@@ -567,8 +571,16 @@ impl Parent {
         }
         Fields::new(Step::Commit, Kind::Commit, &payload).end()?;
 
-        // Step 8: ownership passes with this frame.
+        // Step 8: ownership passes with this frame. From here on this
+        // process must not touch a handed-over connection, not even from a
+        // destructor.
         conn.write_frame(Step::Ack, Kind::Ack, &[])?;
+        if let Err(error) = fd_channel::redirect_to_dev_null(&self.handed_over) {
+            log::warn!(
+                "mitosis: could not detach the old copies of the handed-over fds ({error}); \
+                 a destructor that writes (such as BufWriter's flush) may still reach them"
+            );
+        }
         Ok(())
     }
 

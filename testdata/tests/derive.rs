@@ -355,13 +355,10 @@ fn bufreader_half_line_survives() {
 /// Bytes written into a `BufWriter` but not flushed at the split reach the
 /// peer exactly once: the new process writes them, the old one must not.
 ///
-/// Fails today: after writing ACK, the old process drops its state, and
-/// `BufWriter`'s `Drop` flushes the unwritten bytes through the old
-/// process's copy of the socket, so the peer gets them twice
-/// (`unwritten line\nunwritten line\nafter\n`). Run it with `--ignored`.
+/// The old process drops its copy of the state after ACK, and `BufWriter`'s
+/// `Drop` flushes; before its fds were pointed at /dev/null first, the peer
+/// got `unwritten line\nunwritten line\nafter\n`.
 #[test]
-#[ignore = "mitosis bug: the old process's drop of the state flushes BufWriter after ACK, \
-            so the unwritten bytes arrive twice"]
 fn bufwriter_unwritten_bytes_are_written_once() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
