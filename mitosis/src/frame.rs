@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Step};
-use crate::handover::{Schema, SchemaInfo};
+use crate::handover::{Schema, SchemaInfo, StateSink};
 
 /// The first eight bytes each side sends.
 pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
@@ -63,6 +63,10 @@ pub(crate) enum Kind {
     Reject = 7,
     /// new → old: the new process gives up.
     Abort = 8,
+    /// old → new: an out-of-line byte buffer of this many bytes follows.
+    BytesStart = 9,
+    /// old → new: a chunk of an out-of-line byte buffer.
+    Bytes = 10,
 }
 
 impl Kind {
@@ -76,6 +80,8 @@ impl Kind {
             6 => Kind::Ack,
             7 => Kind::Reject,
             8 => Kind::Abort,
+            9 => Kind::BytesStart,
+            10 => Kind::Bytes,
             _ => return None,
         })
     }
@@ -90,12 +96,14 @@ impl Kind {
             Kind::Ack => "ACK",
             Kind::Reject => "REJECT",
             Kind::Abort => "ABORT",
+            Kind::BytesStart => "BYTES_START",
+            Kind::Bytes => "BYTES",
         }
     }
 
     fn max_payload(self) -> u32 {
         match self {
-            Kind::Data => MAX_DATA_PAYLOAD,
+            Kind::Data | Kind::Bytes => MAX_DATA_PAYLOAD,
             _ => MAX_CONTROL_PAYLOAD,
         }
     }
@@ -280,16 +288,23 @@ impl Conn {
         Ok((kind, payload))
     }
 
-    /// Appends `len` bytes from the stream to `buf`.
+    /// Appends `len` bytes from the stream to `buf`, reading into its spare
+    /// capacity without filling it with zeros first.
     pub(crate) fn read_append(
         &mut self,
         step: Step,
         buf: &mut Vec<u8>,
         len: u32,
     ) -> Result<(), Error> {
-        let start = buf.len();
-        buf.resize(start + len as usize, 0);
-        self.read_exact(step, &mut buf[start..])
+        self.arm_read(step)?;
+        let got = (&mut self.reader)
+            .take(len.into())
+            .read_to_end(buf)
+            .map_err(self.deadline.io_error(step))?;
+        if got < len as usize {
+            return Err(Error::PeerGone { step });
+        }
+        Ok(())
     }
 }
 
@@ -298,57 +313,31 @@ fn header(kind: Kind, len: u32) -> [u8; HEADER_LEN] {
     [kind as u8, len[0], len[1], len[2], len[3]]
 }
 
-/// An `io::Write` that wraps everything written to it into DATA frames:
-/// the encoder streams the state through it (step 5).
+/// Where the encoder streams the state (step 5): plain bytes as DATA
+/// frames, and each out-of-line byte buffer as BYTES_START and BYTES frames,
+/// written straight from the state's memory.
 pub(crate) struct DataFrames<'c> {
     pub(crate) conn: &'c Conn,
 }
 
-impl Write for DataFrames<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.write_all(bytes)?;
-        Ok(bytes.len())
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        for chunk in bytes.chunks(MAX_DATA_PAYLOAD as usize) {
-            self.conn
-                .write_frame(Step::State, Kind::Data, chunk)
-                .map_err(into_io)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl DataFrames<'_> {
+    fn chunks(&self, kind: Kind, bytes: &[u8]) -> Result<(), Error> {
+        bytes
+            .chunks(MAX_DATA_PAYLOAD as usize)
+            .try_for_each(|chunk| self.conn.write_frame(Step::State, kind, chunk))
     }
 }
 
-/// Carries a handover error through `io::Write`, to be unwrapped again by
-/// the encoder's caller with [`from_io`].
-fn into_io(error: Error) -> io::Error {
-    io::Error::other(CarriedError(error))
-}
-
-#[derive(Debug)]
-struct CarriedError(Error);
-
-impl std::fmt::Display for CarriedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+impl StateSink for DataFrames<'_> {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.chunks(Kind::Data, bytes)
     }
-}
 
-impl std::error::Error for CarriedError {}
-
-/// Unwraps an error carried through `io::Write` by [`DataFrames`].
-pub(crate) fn from_io(error: Error) -> Error {
-    match error {
-        Error::Io { step, source } => match source.downcast::<CarriedError>() {
-            Ok(CarriedError(inner)) => inner,
-            Err(source) => Error::Io { step, source },
-        },
-        other => other,
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let start = (bytes.len() as u64).to_le_bytes();
+        self.conn
+            .write_frame(Step::State, Kind::BytesStart, &start)?;
+        self.chunks(Kind::Bytes, bytes)
     }
 }
 
@@ -564,7 +553,7 @@ mod tests {
         let sender = Conn::new(raw, Deadline::after(Duration::from_secs(5)));
         let big = vec![9u8; MAX_DATA_PAYLOAD as usize + 10];
         let writer = std::thread::spawn(move || {
-            DataFrames { conn: &sender }.write_all(&big).unwrap();
+            DataFrames { conn: &sender }.data(&big).unwrap();
             sender
                 .write_frame(Step::State, Kind::End, &[1, 2, 3])
                 .unwrap();

@@ -19,7 +19,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Step};
+use crate::error::Error;
 
 /// The identity of a state type's encoding, compared in the handshake before
 /// any state is decoded (PROTOCOL.md, step 4).
@@ -465,14 +465,46 @@ pub struct Encoder<'a> {
 /// The bytes an [`Encoder`] buffers before writing them out.
 pub(crate) const ENCODE_BUFFER: usize = 64 * 1024;
 
-/// A postcard flavor that streams into a writer through a bounded buffer.
+/// Byte buffers of this size or more travel out of line: in frames of their
+/// own, read by the new process straight into their final `Vec`, so they
+/// are copied once (PROTOCOL.md, step 5).
+pub(crate) const OUT_OF_LINE_BYTES: usize = 64 * 1024;
+
+/// Where an encoded state goes: the stream of plain bytes, and the byte
+/// buffers that travel out of line.
+pub(crate) trait StateSink {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error>;
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error>;
+}
+
+/// A sink in memory, for handovers without the processes.
+#[derive(Default)]
+pub(crate) struct InMemory {
+    pub(crate) stream: Vec<u8>,
+    pub(crate) out_of_line: Vec<Vec<u8>>,
+}
+
+impl StateSink for InMemory {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.out_of_line.push(bytes.to_vec());
+        Ok(())
+    }
+}
+
+/// A postcard flavor that streams into a sink through a bounded buffer.
 pub(crate) struct StreamFlavor<'a> {
     buffer: Vec<u8>,
-    sink: &'a mut dyn Write,
+    sink: &'a mut dyn StateSink,
     written: u64,
-    /// postcard's flavor errors carry no payload, so the I/O error that
-    /// stopped the stream waits here until the encoder reports it.
-    failure: Option<io::Error>,
+    out_of_line: u64,
+    /// postcard's flavor errors carry no payload, so the error that stopped
+    /// the stream waits here until the encoder reports it.
+    failure: Option<Error>,
 }
 
 impl StreamFlavor<'_> {
@@ -480,12 +512,12 @@ impl StreamFlavor<'_> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let result = self.sink.write_all(&self.buffer);
+        let result = self.sink.data(&self.buffer);
         self.buffer.clear();
         self.record(result)
     }
 
-    fn record(&mut self, result: io::Result<()>) -> postcard::Result<()> {
+    fn record(&mut self, result: Result<(), Error>) -> postcard::Result<()> {
         result.map_err(|error| {
             self.failure = Some(error);
             postcard::Error::SerializeBufferFull
@@ -518,7 +550,7 @@ impl postcard::ser_flavors::Flavor for StreamFlavor<'_> {
             self.buffer.extend_from_slice(data);
             Ok(())
         } else {
-            let result = self.sink.write_all(data);
+            let result = self.sink.data(data);
             self.record(result)
         }
     }
@@ -531,18 +563,22 @@ impl postcard::ser_flavors::Flavor for StreamFlavor<'_> {
 
 /// What an encoding produced besides the bytes it streamed.
 pub(crate) struct Encoded<'a> {
+    /// Bytes in the stream.
     pub(crate) total_bytes: u64,
+    /// Bytes sent out of line.
+    pub(crate) out_of_line_bytes: u64,
     pub(crate) fds: Vec<BorrowedFd<'a>>,
 }
 
 impl<'a> Encoder<'a> {
-    pub(crate) fn new(sink: &'a mut dyn Write) -> Encoder<'a> {
+    pub(crate) fn new(sink: &'a mut dyn StateSink) -> Encoder<'a> {
         Encoder {
             serializer: postcard::Serializer {
                 output: StreamFlavor {
                     buffer: Vec::with_capacity(ENCODE_BUFFER),
                     sink,
                     written: 0,
+                    out_of_line: 0,
                     failure: None,
                 },
             },
@@ -552,23 +588,26 @@ impl<'a> Encoder<'a> {
 
     /// Encodes `value` into `sink` and flushes it.
     pub(crate) fn encode<S: Handover>(
-        sink: &'a mut dyn Write,
+        sink: &'a mut dyn StateSink,
         value: &'a S,
     ) -> Result<Encoded<'a>, Error> {
         let mut encoder = Encoder::new(sink);
         value.encode(&mut encoder)?;
         let fds = encoder.fds;
         let mut output = encoder.serializer.output;
-        let total_bytes = match output.flush_buffer() {
-            Ok(()) => output.written,
-            Err(_) => return Err(stream_failure(output.failure)),
-        };
-        Ok(Encoded { total_bytes, fds })
+        if output.flush_buffer().is_err() {
+            return Err(stream_failure(output.failure));
+        }
+        Ok(Encoded {
+            total_bytes: output.written,
+            out_of_line_bytes: output.out_of_line,
+            fds,
+        })
     }
 
     fn fail(&mut self, error: postcard::Error) -> Error {
         match self.serializer.output.failure.take() {
-            Some(io) => stream_failure(Some(io)),
+            Some(failure) => failure,
             None => Error::Codec {
                 detail: error.to_string(),
             },
@@ -589,8 +628,10 @@ impl<'a> Encoder<'a> {
             .map_err(|error| self.fail(error))
     }
 
-    /// Writes a byte buffer in one piece, at copy speed (the `serde_bytes`
-    /// encoding: a length, then the bytes).
+    /// Writes a byte buffer at copy speed. A short one goes into the stream
+    /// as `serde_bytes` writes it (a length, then the bytes); one of 64 KiB
+    /// or more leaves its length in the stream and travels out of line,
+    /// straight from this memory into the new process's final `Vec`.
     ///
     /// ```
     /// # use mitosis::{Encoder, Error};
@@ -599,7 +640,13 @@ impl<'a> Encoder<'a> {
     /// }
     /// ```
     pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.serde(serde_bytes::Bytes::new(bytes))
+        if bytes.len() < OUT_OF_LINE_BYTES {
+            return self.serde(serde_bytes::Bytes::new(bytes));
+        }
+        self.serde(&bytes.len())?;
+        let output = &mut self.serializer.output;
+        output.out_of_line += bytes.len() as u64;
+        output.sink.out_of_line(bytes)
     }
 
     /// Puts `fd` into the side table and writes its index into the stream.
@@ -622,13 +669,10 @@ impl<'a> Encoder<'a> {
     }
 }
 
-fn stream_failure(failure: Option<io::Error>) -> Error {
-    match failure {
-        Some(io) => Error::io(Step::State)(io),
-        None => Error::Codec {
-            detail: "the state stream stopped".into(),
-        },
-    }
+fn stream_failure(failure: Option<Error>) -> Error {
+    failure.unwrap_or_else(|| Error::Codec {
+        detail: "the state stream stopped".into(),
+    })
 }
 
 /// Where [`Handover::decode`] reads a value from.
@@ -643,26 +687,40 @@ fn stream_failure(failure: Option<io::Error>) -> Error {
 /// }
 /// ```
 pub struct Decoder<'de> {
-    deserializer: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+    /// The stream bytes not read yet.
+    rest: &'de [u8],
+    out_of_line: VecDeque<Vec<u8>>,
     fds: Vec<Option<OwnedFd>>,
 }
 
 impl<'de> Decoder<'de> {
-    pub(crate) fn new(bytes: &'de [u8], fds: Vec<OwnedFd>) -> Decoder<'de> {
+    pub(crate) fn new(
+        stream: &'de [u8],
+        out_of_line: Vec<Vec<u8>>,
+        fds: Vec<OwnedFd>,
+    ) -> Decoder<'de> {
         Decoder {
-            deserializer: postcard::Deserializer::from_bytes(bytes),
+            rest: stream,
+            out_of_line: out_of_line.into(),
             fds: fds.into_iter().map(Some).collect(),
         }
     }
 
     /// Decodes a value written with `fingerprint`'s schema, and checks that
-    /// it used every byte and every fd.
+    /// it used every byte, every out-of-line buffer and every fd.
     pub(crate) fn decode_from<S: Handover>(mut self, fingerprint: u64) -> Result<S, Error> {
         let value = S::decode_from(fingerprint, &mut self)?;
-        let rest = self.deserializer.finalize().map_err(codec)?;
-        if !rest.is_empty() {
+        if !self.rest.is_empty() {
             return Err(Error::Codec {
-                detail: format!("{} bytes left over after the state", rest.len()),
+                detail: format!("{} bytes left over after the state", self.rest.len()),
+            });
+        }
+        if !self.out_of_line.is_empty() {
+            return Err(Error::Codec {
+                detail: format!(
+                    "{} out-of-line byte buffers were not claimed by the state",
+                    self.out_of_line.len()
+                ),
             });
         }
         let unused = self.fds.iter().filter(|fd| fd.is_some()).count();
@@ -683,7 +741,9 @@ impl<'de> Decoder<'de> {
     /// }
     /// ```
     pub fn serde<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        T::deserialize(&mut self.deserializer).map_err(codec)
+        let (value, rest) = postcard::take_from_bytes(self.rest).map_err(codec)?;
+        self.rest = rest;
+        Ok(value)
     }
 
     /// Reads a byte buffer written by [`Encoder::bytes`].
@@ -695,8 +755,29 @@ impl<'de> Decoder<'de> {
     /// }
     /// ```
     pub fn bytes(&mut self) -> Result<Vec<u8>, Error> {
-        self.serde::<serde_bytes::ByteBuf>()
-            .map(serde_bytes::ByteBuf::into_vec)
+        let len: usize = self.serde()?;
+        if len >= OUT_OF_LINE_BYTES {
+            let buffer = self.out_of_line.pop_front().ok_or_else(|| Error::Codec {
+                detail: format!("a byte buffer of {len} bytes was announced but did not arrive"),
+            })?;
+            if buffer.len() != len {
+                return Err(Error::Codec {
+                    detail: format!(
+                        "a byte buffer of {len} bytes was announced and {} arrived",
+                        buffer.len()
+                    ),
+                });
+            }
+            return Ok(buffer);
+        }
+        if self.rest.len() < len {
+            return Err(Error::Codec {
+                detail: format!("a byte buffer of {len} bytes is cut short"),
+            });
+        }
+        let (bytes, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(bytes.to_vec())
     }
 
     /// Reads an fd index written by [`Encoder::fd`] and takes that fd.
@@ -1087,16 +1168,24 @@ mod tests {
     /// Encodes in memory and decodes again, passing the side table's fds as
     /// duplicates, the way SCM_RIGHTS would.
     fn round_trip<S: Handover>(value: &S) -> Result<S, Error> {
-        let mut bytes = Vec::new();
-        let encoded = Encoder::encode(&mut bytes, value)?;
+        let mut sink = InMemory::default();
+        let encoded = Encoder::encode(&mut sink, value)?;
         let total = encoded.total_bytes;
         let fds = encoded
             .fds
             .iter()
             .map(|fd| fd.try_clone_to_owned().unwrap())
             .collect();
-        assert_eq!(total, bytes.len() as u64);
-        Decoder::new(&bytes, fds).decode()
+        assert_eq!(total, sink.stream.len() as u64);
+        Decoder::new(&sink.stream, sink.out_of_line, fds).decode()
+    }
+
+    /// The stream of an encoding without fds or out-of-line buffers.
+    fn stream_of<S: Handover>(value: &S) -> Vec<u8> {
+        let mut sink = InMemory::default();
+        Encoder::encode(&mut sink, value).unwrap();
+        assert!(sink.out_of_line.is_empty());
+        sink.stream
     }
 
     fn inode(fd: &impl AsFd) -> u64 {
@@ -1133,78 +1222,134 @@ mod tests {
     }
 
     #[test]
-    fn large_bytes_stream_without_buffering_them() {
-        struct Blob(Vec<u8>);
-        impl Handover for Blob {
-            const SCHEMA: Schema = Schema::new("Blob", 1);
+    fn large_bytes_travel_out_of_line_without_copies() {
+        struct Blobs(Vec<u8>, Vec<u8>, Vec<u8>);
+        impl Handover for Blobs {
+            const SCHEMA: Schema = Schema::new("Blobs", 1);
+            fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+                out.bytes(&self.0)?;
+                out.bytes(&self.1)?;
+                out.bytes(&self.2)
+            }
+            fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+                Ok(Blobs(input.bytes()?, input.bytes()?, input.bytes()?))
+            }
+        }
+        /// Records every call it receives.
+        #[derive(Default)]
+        struct Calls(Vec<(&'static str, usize)>, InMemory);
+        impl StateSink for Calls {
+            fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+                self.0.push(("data", bytes.len()));
+                self.1.data(bytes)
+            }
+            fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+                self.0.push(("out of line", bytes.len()));
+                self.1.out_of_line(bytes)
+            }
+        }
+        let big: Vec<u8> = (0..3 * OUT_OF_LINE_BYTES).map(|i| i as u8).collect();
+        let blobs = Blobs(
+            big.clone(),
+            vec![1, 2, 3],
+            big[..OUT_OF_LINE_BYTES].to_vec(),
+        );
+        let mut sink = Calls::default();
+        Encoder::encode(&mut sink, &blobs).unwrap();
+        // The two large buffers leave at once, whole, straight from the
+        // value's memory; only their lengths and the small one are buffered.
+        assert_eq!(
+            sink.0,
+            vec![
+                ("out of line", 3 * OUT_OF_LINE_BYTES),
+                ("out of line", OUT_OF_LINE_BYTES),
+                // Two 3-byte lengths, and the small buffer inline.
+                ("data", 3 + 4 + 3)
+            ]
+        );
+        let Calls(_, memory) = sink;
+        let back: Blobs = Decoder::new(&memory.stream, memory.out_of_line, Vec::new())
+            .decode()
+            .unwrap();
+        assert!(back.0 == blobs.0 && back.2 == blobs.2);
+        assert_eq!(back.1, [1, 2, 3]);
+    }
+
+    #[test]
+    fn out_of_line_buffers_must_match_their_announcement() {
+        /// A value written with `Encoder::bytes`.
+        struct Bytes(Vec<u8>);
+        impl Handover for Bytes {
+            const SCHEMA: Schema = Schema::new("Bytes", 1);
             fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
                 out.bytes(&self.0)
             }
             fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
-                input.bytes().map(Blob)
+                input.bytes().map(Bytes)
             }
         }
-        /// Records the size of every write it receives.
-        struct Writes(Vec<usize>, Vec<u8>);
-        impl Write for Writes {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0.push(buf.len());
-                self.1.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let blob = Blob((0..3 * ENCODE_BUFFER).map(|i| i as u8).collect());
-        let mut sink = Writes(Vec::new(), Vec::new());
-        Encoder::encode(&mut sink, &blob).unwrap();
-        // The length prefix is buffered; the blob goes out in one write of
-        // its own, straight from the value's memory.
-        assert_eq!(sink.0, vec![3, 3 * ENCODE_BUFFER]);
-        let back: Blob = Decoder::new(&sink.1, Vec::new()).decode().unwrap();
-        assert!(back.0 == blob.0);
+        let stream = postcard::to_stdvec(&OUT_OF_LINE_BYTES).unwrap();
+        let error = |out_of_line: Vec<Vec<u8>>, stream: &[u8]| {
+            Decoder::new(stream, out_of_line, Vec::new())
+                .decode::<Bytes>()
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(error(Vec::new(), &stream).contains("did not arrive"));
+        let short = vec![0; OUT_OF_LINE_BYTES - 1];
+        assert!(error(vec![short], &stream).contains("65535 arrived"));
+        assert!(error(vec![vec![1]], &[0]).contains("not claimed"));
+        assert!(error(Vec::new(), &[5, 1]).contains("cut short"));
     }
 
     #[test]
     fn decoding_refuses_leftovers_and_reused_fds() {
         let file = File::open("/proc/self/exe").unwrap();
-        let mut bytes = Vec::new();
-        Encoder::encode(&mut bytes, &file).unwrap();
+        let bytes = {
+            let mut sink = InMemory::default();
+            Encoder::encode(&mut sink, &file).unwrap();
+            sink.stream
+        };
         let dup = |n: usize| {
             (0..n)
                 .map(|_| file.as_fd().try_clone_to_owned().unwrap())
                 .collect::<Vec<_>>()
         };
         // An fd nobody claims.
-        let err = Decoder::new(&bytes, dup(2)).decode::<File>().unwrap_err();
+        let err = Decoder::new(&bytes, Vec::new(), dup(2))
+            .decode::<File>()
+            .unwrap_err();
         assert!(
             err.to_string().contains("1 received fds were not claimed"),
             "{err}"
         );
         // An index past the table.
-        let err = Decoder::new(&bytes, dup(0)).decode::<File>().unwrap_err();
+        let err = Decoder::new(&bytes, Vec::new(), dup(0))
+            .decode::<File>()
+            .unwrap_err();
         assert!(
             err.to_string().contains("fd index 0 is out of range"),
             "{err}"
         );
         // The same index twice.
         let twice = [bytes.clone(), bytes.clone()].concat();
-        let err = Decoder::new(&twice, dup(1))
+        let err = Decoder::new(&twice, Vec::new(), dup(1))
             .decode::<(File, File)>()
             .unwrap_err();
         assert!(err.to_string().contains("used twice"), "{err}");
         // Bytes left over.
-        let err = Decoder::new(&twice, dup(1)).decode::<File>().unwrap_err();
+        let err = Decoder::new(&twice, Vec::new(), dup(1))
+            .decode::<File>()
+            .unwrap_err();
         assert!(err.to_string().contains("1 bytes left over"), "{err}");
     }
 
     #[test]
     fn a_corrupt_length_does_not_allocate_it() {
         // A Vec<u64> claiming u64::MAX / 2 elements, followed by nothing.
-        let mut bytes = Vec::new();
-        Encoder::encode(&mut bytes, &(usize::MAX / 2)).unwrap();
-        let err = Decoder::new(&bytes, Vec::new())
+        let bytes = stream_of(&(usize::MAX / 2));
+        let err = Decoder::new(&bytes, Vec::new(), Vec::new())
             .decode::<Vec<u64>>()
             .unwrap_err();
         assert!(matches!(err, Error::Codec { .. }), "{err:?}");

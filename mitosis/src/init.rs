@@ -204,42 +204,95 @@ fn receive<S: Handover>(
     }
 
     // Step 5: the state's bytes, up to the END frame.
-    let mut bytes = Vec::new();
-    let (total_bytes, fd_count) = loop {
-        let (kind, len) = conn.read_header(Step::State, &[Kind::Data, Kind::End])?;
-        if kind == Kind::End {
-            let mut end = vec![0; len as usize];
-            conn.read_exact(Step::State, &mut end)?;
-            let mut fields = Fields::new(Step::State, Kind::End, &end);
-            let total = (fields.u64()?, fields.u32()?);
-            fields.end()?;
-            break total;
-        }
-        let received = bytes.len() as u64 + u64::from(len);
-        if received > MAX_STATE_BYTES {
+    let state = receive_state(conn)?;
+
+    // Step 6: the fds.
+    let fds = fd_channel::recv_fds(fd_channel.as_fd(), state.fd_count, deadline)?;
+
+    // Step 7: decode, migrating from an older schema if that is what came;
+    // every byte, every out-of-line buffer and every fd must be used.
+    Decoder::new(&state.stream, state.out_of_line, fds).decode_from::<S>(sent.fingerprint)
+}
+
+/// What step 5 brings.
+struct ReceivedState {
+    stream: Vec<u8>,
+    out_of_line: Vec<Vec<u8>>,
+    fd_count: u32,
+}
+
+/// Step 5: DATA frames for the stream, BYTES_START and BYTES frames for each
+/// out-of-line buffer (read straight into its own `Vec`), then END, which
+/// must agree with what arrived. The whole state is bounded by
+/// `MAX_STATE_BYTES`, checked before anything is read or allocated.
+fn receive_state(conn: &mut Conn) -> Result<ReceivedState, Error> {
+    const STEP: Step = Step::State;
+    let mut received = ReceivedState {
+        stream: Vec::new(),
+        out_of_line: Vec::new(),
+        fd_count: 0,
+    };
+    let mut total: u64 = 0;
+    let mut admit = |len: u64| {
+        total += len;
+        if total > MAX_STATE_BYTES {
             return Err(Error::FrameTooLarge {
-                step: Step::State,
+                step: STEP,
                 kind: "DATA (state total)",
-                len: received,
+                len: total,
                 max: MAX_STATE_BYTES,
             });
         }
-        conn.read_append(Step::State, &mut bytes, len)?;
+        Ok(())
     };
-    if total_bytes != bytes.len() as u64 {
-        return Err(Error::protocol(
-            Step::State,
-            format!(
-                "END announced {total_bytes} bytes of state, {} arrived",
-                bytes.len()
-            ),
-        ));
+    loop {
+        let (kind, len) = conn.read_header(STEP, &[Kind::Data, Kind::BytesStart, Kind::End])?;
+        match kind {
+            Kind::Data => {
+                admit(len.into())?;
+                conn.read_append(STEP, &mut received.stream, len)?;
+            }
+            Kind::BytesStart => {
+                let mut start = vec![0; len as usize];
+                conn.read_exact(STEP, &mut start)?;
+                let mut fields = Fields::new(STEP, Kind::BytesStart, &start);
+                let size = fields.u64()?;
+                fields.end()?;
+                admit(size)?;
+                let mut buffer = Vec::with_capacity(size as usize);
+                while (buffer.len() as u64) < size {
+                    let (_, len) = conn.read_header(STEP, &[Kind::Bytes])?;
+                    if buffer.len() as u64 + u64::from(len) > size {
+                        return Err(Error::protocol(
+                            STEP,
+                            format!("BYTES frames overrun the announced {size} bytes"),
+                        ));
+                    }
+                    conn.read_append(STEP, &mut buffer, len)?;
+                }
+                received.out_of_line.push(buffer);
+            }
+            _ => {
+                let mut end = vec![0; len as usize];
+                conn.read_exact(STEP, &mut end)?;
+                let mut fields = Fields::new(STEP, Kind::End, &end);
+                let stream_bytes = fields.u64()?;
+                let out_of_line_bytes = fields.u64()?;
+                received.fd_count = fields.u32()?;
+                fields.end()?;
+                let arrived: u64 = received.out_of_line.iter().map(|b| b.len() as u64).sum();
+                if stream_bytes != received.stream.len() as u64 || out_of_line_bytes != arrived {
+                    return Err(Error::protocol(
+                        STEP,
+                        format!(
+                            "END announced {stream_bytes} bytes of state and {out_of_line_bytes} \
+                             out of line; {} and {arrived} arrived",
+                            received.stream.len()
+                        ),
+                    ));
+                }
+                return Ok(received);
+            }
+        }
     }
-
-    // Step 6: the fds.
-    let fds = fd_channel::recv_fds(fd_channel.as_fd(), fd_count, deadline)?;
-
-    // Step 7: decode, migrating from an older schema if that is what came;
-    // every byte and every fd must be used.
-    Decoder::new(&bytes, fds).decode_from::<S>(sent.fingerprint)
 }

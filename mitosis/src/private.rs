@@ -128,8 +128,8 @@ impl<T: ?Sized> NotHandover for Probe<T> {}
 /// passing its fds as duplicates, the way the fd channel would: a handover
 /// without the processes, for tests.
 pub fn round_trip<S: Handover, T: Handover>(value: &S) -> Result<T, Error> {
-    let mut bytes = Vec::new();
-    let encoded = crate::handover::Encoder::encode(&mut bytes, value)?;
+    let mut sink = crate::handover::InMemory::default();
+    let encoded = crate::handover::Encoder::encode(&mut sink, value)?;
     let fds = encoded
         .fds
         .iter()
@@ -137,7 +137,7 @@ pub fn round_trip<S: Handover, T: Handover>(value: &S) -> Result<T, Error> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::io(crate::Step::Fds)(e))?;
     drop(encoded);
-    Decoder::new(&bytes, fds).decode_from(S::SCHEMA.fingerprint)
+    Decoder::new(&sink.stream, sink.out_of_line, fds).decode_from(S::SCHEMA.fingerprint)
 }
 
 /// The error for an enum variant index that the type does not have.
@@ -183,15 +183,15 @@ mod tests {
     macro_rules! encode_one {
         ($value:expr) => {{
             let value = $value;
-            let mut bytes = Vec::new();
+            let mut sink = crate::handover::InMemory::default();
             let fds = {
-                let mut out = Encoder::new(&mut bytes);
+                let mut out = Encoder::new(&mut sink);
                 (&Field(&value)).encode_field(&mut out).unwrap();
                 let fds = out.fds.len();
                 out.serializer.output.flush_buffer().unwrap();
                 fds
             };
-            (bytes, fds)
+            (sink.stream, fds)
         }};
     }
 
@@ -220,7 +220,7 @@ mod tests {
     // The borrow is what selects the serde path in derived code.
     #[allow(clippy::needless_borrow)]
     fn decoding_takes_the_same_paths() {
-        let mut input = Decoder::new(&[3, 1, 2, 3, 7], Vec::new());
+        let mut input = Decoder::new(&[3, 1, 2, 3, 7], Vec::new(), Vec::new());
         let bytes: Vec<u8> = (&Slot::<Vec<u8>>::new()).decode_field(&mut input).unwrap();
         let seven: u32 = (&Slot::<u32>::new()).decode_field(&mut input).unwrap();
         assert_eq!((bytes, seven), (vec![1, 2, 3], 7));

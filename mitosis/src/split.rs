@@ -20,7 +20,7 @@ use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use crate::error::{Error, SplitError, Step};
 use crate::fd_channel::{self, FdListener, timespec};
-use crate::frame::{Conn, DataFrames, Deadline, Fields, Kind, Payload, Reason, from_io};
+use crate::frame::{Conn, DataFrames, Deadline, Fields, Kind, Payload, Reason};
 use crate::handover::{Encoder, Handover};
 use crate::handshake::{self, Secret};
 use crate::spawn::{Launch, start_path};
@@ -531,17 +531,19 @@ impl Parent {
             &Payload::default().schema(&S::SCHEMA).bytes(),
         )?;
 
-        // Step 5: stream the encoded state, then its length and fd count.
+        // Step 5: stream the encoded state, then its lengths and fd count.
         let mut frames = DataFrames { conn };
-        let encoded = Encoder::encode(&mut frames, state).map_err(from_io)?;
+        let encoded = Encoder::encode(&mut frames, state)?;
         let end = Payload::default()
             .u64(encoded.total_bytes)
+            .u64(encoded.out_of_line_bytes)
             .u32(encoded.fds.len() as u32)
             .bytes();
         conn.write_frame(Step::State, Kind::End, &end)?;
         log::debug!(
-            "mitosis: step 5: sent {} bytes of state, {} fds to follow",
+            "mitosis: step 5: sent {} bytes of state and {} out of line, {} fds to follow",
             encoded.total_bytes,
+            encoded.out_of_line_bytes,
             encoded.fds.len()
         );
 
