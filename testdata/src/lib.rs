@@ -282,11 +282,16 @@ pub fn mitosis_env() -> Vec<String> {
     names
 }
 
-/// Prints a line on stdout and flushes it (stdout is a pipe shared by all
-/// generations).
-fn say(line: impl AsRef<str>) {
+/// Prints a line on stdout in a single write. Every generation shares the
+/// pipe, and `writeln!` writes the text and the newline separately, so
+/// another process's line could land between them; a single write of a few
+/// KiB into the pipe is not interleaved.
+pub fn say(line: impl AsRef<str>) {
+    let mut buffer = String::with_capacity(line.as_ref().len() + 1);
+    buffer.push_str(line.as_ref());
+    buffer.push('\n');
     let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{}", line.as_ref());
+    let _ = out.write_all(buffer.as_bytes());
     let _ = out.flush();
 }
 

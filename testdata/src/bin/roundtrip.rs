@@ -36,6 +36,7 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::process::ExitCode;
+use testdata::say;
 
 use mitosis::{Handover, Outcome};
 
@@ -169,14 +170,6 @@ fn run<S: Case>(ctx: &Context) -> ExitCode {
             }
         }
     }
-}
-
-/// Prints a line on stdout and flushes it (stdout is a pipe that both
-/// processes share).
-fn say(line: impl AsRef<str>) {
-    let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{}", line.as_ref());
-    let _ = out.flush();
 }
 
 // ---------------------------------------------------------------------------
