@@ -813,11 +813,15 @@ fn codec(error: postcard::Error) -> Error {
     }
 }
 
-/// Capacity to reserve for a decoded sequence of `len` elements: enough to
-/// avoid regrowth for honest lengths, bounded so that a corrupt length cannot
-/// allocate more than the stream could fill.
-fn bounded_capacity(len: usize) -> usize {
-    len.min(4096)
+/// Capacity to reserve for a decoded sequence of `len` elements of `T`: all
+/// of it for an honest length, so a large map is not rehashed as it grows.
+/// A corrupt length is bounded twice over: every element takes at least one
+/// byte of what is left in the stream, and no more than 64 MiB is reserved
+/// up front.
+fn bounded_capacity<T>(len: usize, input: &Decoder<'_>) -> usize {
+    const RESERVE_BUDGET: usize = 64 << 20;
+    len.min(input.rest.len())
+        .min(RESERVE_BUDGET / std::mem::size_of::<T>().max(1))
 }
 
 macro_rules! fd_types {
@@ -932,7 +936,7 @@ impl<T: Handover> Handover for Vec<T> {
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
         let len = input.len()?;
-        let mut items = Vec::with_capacity(bounded_capacity(len));
+        let mut items = Vec::with_capacity(bounded_capacity::<T>(len, input));
         for _ in 0..len {
             items.push(T::decode(input)?);
         }
@@ -971,7 +975,8 @@ where
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
         let len = input.len()?;
-        let mut map = HashMap::with_capacity_and_hasher(bounded_capacity(len), H::default());
+        let mut map =
+            HashMap::with_capacity_and_hasher(bounded_capacity::<(K, V)>(len, input), H::default());
         for _ in 0..len {
             let key = input.serde()?;
             map.insert(key, V::decode(input)?);
