@@ -1037,23 +1037,11 @@ where
     const SCHEMA: Schema = Schema::new("BufReader", 0).nest(R::SCHEMA);
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.serde(&self.capacity())?;
-        out.bytes(self.buffer())?;
-        self.get_ref().encode(out)
+        encode_buffered(self.capacity(), self.buffer(), self.get_ref(), out)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
-        let capacity: usize = input.serde()?;
-        let unread = input.bytes()?;
-        let inner = R::decode(input)?;
-        if capacity < unread.len() || capacity > 1 << 30 {
-            return Err(Error::Codec {
-                detail: format!(
-                    "BufReader of capacity {capacity} cannot hold its {} unread bytes",
-                    unread.len()
-                ),
-            });
-        }
+        let (capacity, unread, inner) = decode_buffered::<R>(input, "BufReader")?;
         if unread.is_empty() {
             return Ok(BufReader::with_capacity(capacity, inner));
         }
@@ -1086,6 +1074,39 @@ where
     }
 }
 
+/// What a buffered reader or writer hands over: its capacity, the bytes in
+/// its buffer, and what it wraps.
+fn encode_buffered<'a, T: Handover>(
+    capacity: usize,
+    buffered: &[u8],
+    inner: &'a T,
+    out: &mut Encoder<'a>,
+) -> Result<(), Error> {
+    out.serde(&capacity)?;
+    out.bytes(buffered)?;
+    inner.encode(out)
+}
+
+/// Reads what [`encode_buffered`] wrote, refusing a capacity that cannot
+/// hold the buffered bytes or is beyond any sensible buffer (1 GiB).
+fn decode_buffered<T: Handover>(
+    input: &mut Decoder<'_>,
+    what: &str,
+) -> Result<(usize, Vec<u8>, T), Error> {
+    let capacity: usize = input.serde()?;
+    let buffered = input.bytes()?;
+    let inner = T::decode(input)?;
+    if capacity < buffered.len() || capacity > 1 << 30 {
+        return Err(Error::Codec {
+            detail: format!(
+                "{what} of capacity {capacity} cannot hold its {} buffered bytes",
+                buffered.len()
+            ),
+        });
+    }
+    Ok((capacity, buffered, inner))
+}
+
 /// A buffered writer hands over the bytes it has not written yet; the new
 /// process writes them first.
 ///
@@ -1102,23 +1123,11 @@ where
     const SCHEMA: Schema = Schema::new("BufWriter", 0).nest(W::SCHEMA);
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.serde(&self.capacity())?;
-        out.bytes(self.buffer())?;
-        self.get_ref().encode(out)
+        encode_buffered(self.capacity(), self.buffer(), self.get_ref(), out)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
-        let capacity: usize = input.serde()?;
-        let unwritten = input.bytes()?;
-        let inner = W::decode(input)?;
-        if capacity < unwritten.len() || capacity > 1 << 30 {
-            return Err(Error::Codec {
-                detail: format!(
-                    "BufWriter of capacity {capacity} cannot hold its {} unwritten bytes",
-                    unwritten.len()
-                ),
-            });
-        }
+        let (capacity, unwritten, inner) = decode_buffered::<W>(input, "BufWriter")?;
         let mut writer = BufWriter::with_capacity(capacity, inner);
         // Fits the buffer, so nothing is written to the fd here (at exactly
         // the capacity, BufWriter writes through, in the same order).
