@@ -10,43 +10,6 @@ use std::net::TcpStream;
 
 use common::*;
 
-/// Sends `split` (plus `rest`, in the same write) and returns the new
-/// generation's `ready` line after checking it, and that the old generation
-/// reported the same pid on stdout.
-fn split(run: &mut Run, peer: &mut Peer, rest: &str, generation: u32) -> String {
-    eprintln!("[peer] > split (+{rest:?})");
-    peer.send(&format!("split\n{rest}"));
-    let ready = peer.line();
-    assert!(
-        ready.starts_with("ready pid="),
-        "expected a ready line, got {ready:?}"
-    );
-    assert_eq!(
-        field(&ready, "generation"),
-        generation.to_string(),
-        "the new generation's number: {ready:?}"
-    );
-    let pid = field(&ready, "pid");
-    let splitting = run.stdout.expect("splitting child=");
-    assert_eq!(
-        field(&splitting, "child"),
-        pid,
-        "Split::pid() names the process that took over"
-    );
-    let done = run.stdout.expect(&format!("done pid={pid} "));
-    assert!(done.contains(" fds="), "{done:?}");
-    // The old process has reported Done; its fd channel directory is gone.
-    let old = run.pids.all();
-    for old in old.iter().filter(|old| old.to_string() != pid) {
-        assert_eq!(
-            fd_channel_dirs(*old),
-            Vec::<std::path::PathBuf>::new(),
-            "the fd channel's directory of pid {old} is removed after the handover"
-        );
-    }
-    ready
-}
-
 fn status(peer: &mut Peer) -> String {
     let status = peer.command("status");
     assert!(
@@ -85,7 +48,7 @@ fn conversation_survives_ten_generations() {
             // reads `ping 4` and hands it over in its peer buffer, the new
             // one completes it with `2\n`.
             6 => {
-                let ready = split(&mut run, &mut peer, "ping 4", generation);
+                let ready = split_to_ready(&mut run, &mut peer, "split", "ping 4", generation);
                 peer.send("2\n");
                 assert_eq!(peer.line(), "pong 42", "the half line survived the split");
                 ready
@@ -93,12 +56,18 @@ fn conversation_survives_ten_generations() {
             // Whole commands pipelined right behind the split, in the same
             // write: answered by the new generation, in order, once each.
             8 => {
-                let ready = split(&mut run, &mut peer, "ping 100\nping 101\n", generation);
+                let ready = split_to_ready(
+                    &mut run,
+                    &mut peer,
+                    "split",
+                    "ping 100\nping 101\n",
+                    generation,
+                );
                 assert_eq!(peer.line(), "pong 100");
                 assert_eq!(peer.line(), "pong 101");
                 ready
             }
-            _ => split(&mut run, &mut peer, "", generation),
+            _ => split_to_ready(&mut run, &mut peer, "split", "", generation),
         };
         let pid: u32 = field(&ready, "pid").parse().unwrap();
         assert!(
@@ -147,7 +116,7 @@ fn listener_keeps_accepting_across_generations() {
             "the listener is served by generation {generation}"
         );
         if generation < 4 {
-            let ready = split(&mut run, &mut peer, "", generation + 1);
+            let ready = split_to_ready(&mut run, &mut peer, "split", "", generation + 1);
             pid = field(&ready, "pid").to_owned();
         }
     }
@@ -171,7 +140,7 @@ fn binary_replaced_on_disk_by_rename() {
         "the running binary was replaced, so its exe link is marked deleted: {exe:?}"
     );
 
-    let ready = split(&mut run, &mut peer, "", 2);
+    let ready = split_to_ready(&mut run, &mut peer, "split", "", 2);
     assert_eq!(
         field(&ready, "version"),
         "v2",
@@ -206,7 +175,7 @@ fn log_file_is_handed_over() {
 
     let mut pids = vec![run.first_pid.to_string()];
     for generation in 2..=4 {
-        let ready = split(&mut run, &mut peer, "", generation);
+        let ready = split_to_ready(&mut run, &mut peer, "split", "", generation);
         pids.push(field(&ready, "pid").to_owned());
     }
     let expected: Vec<String> = pids
@@ -252,7 +221,7 @@ fn fds_after_success() {
         "the first generation holds its state's fds and nothing else: {answer:?}"
     );
 
-    let ready = split(&mut run, &mut peer, "", 2);
+    let ready = split_to_ready(&mut run, &mut peer, "split", "", 2);
     let pid = field(&ready, "pid");
     let done = run
         .stdout

@@ -14,28 +14,6 @@ use common::*;
 use mitosis::{Handover, Schema};
 use testdata::{State, nomigrate, schema2, v2, v3};
 
-/// Sends `command` (plus `rest` in the same write) and returns the new
-/// generation's `ready` line, after checking its generation and version, and
-/// that the old process reported the same pid as done.
-fn split(run: &mut Run, peer: &mut Peer, command: &str, rest: &str, generation: u32) -> String {
-    eprintln!("[peer] > {command} (+{rest:?})");
-    peer.send(&format!("{command}\n{rest}"));
-    let ready = peer.line();
-    assert!(
-        ready.starts_with("ready pid="),
-        "expected a ready line, got {ready:?}"
-    );
-    assert_eq!(
-        field(&ready, "generation"),
-        generation.to_string(),
-        "the generation continues across the handover: {ready:?}"
-    );
-    let pid = field(&ready, "pid");
-    assert_eq!(field(&run.stdout.expect("splitting child="), "child"), pid);
-    run.stdout.expect(&format!("done pid={pid} "));
-    ready
-}
-
 /// Sends `command`, expects it to fail, and checks the failed child is gone
 /// and reaped. Returns the `split failed` line.
 fn failed_split(run: &mut Run, peer: &mut Peer, command: &str) -> String {
@@ -195,7 +173,7 @@ fn migrates_v1_to_v2() {
     fs::rename(&fresh, &run.binary).expect("rename the v2 binary over the v1 one");
 
     // Half a command rides along in the peer buffer.
-    let ready = split(&mut run, &mut peer, "split", "ping ha", 2);
+    let ready = split_to_ready(&mut run, &mut peer, "split", "ping ha", 2);
     assert_eq!(
         field(&ready, "version"),
         "m2",
@@ -241,7 +219,7 @@ fn migrates_v1_to_v3_through_the_chain() {
         .start();
     let before = status(&mut peer);
     let v3 = run.install(TESTDATA_MIGRATE_V3, "testdata-migrate-v3");
-    let ready = split(
+    let ready = split_to_ready(
         &mut run,
         &mut peer,
         &format!("split binary={}", v3.display()),
@@ -266,7 +244,7 @@ fn migrates_v1_to_v3_through_the_chain() {
     );
 
     // The v3 process hands over to its own binary: no migration runs.
-    let again = split(&mut run, &mut peer, "split", "", 3);
+    let again = split_to_ready(&mut run, &mut peer, "split", "", 3);
     assert_eq!(field(&again, "version"), "m3", "{again:?}");
     let last = status(&mut peer);
     assert_eq!(field(&last, "note"), "v1>v2>v3", "{last:?}");
@@ -283,7 +261,7 @@ fn migrates_v2_to_v3() {
     assert_eq!(field(&before, "version"), "m2", "{before:?}");
     assert_eq!(field(&before, "note"), "v2", "a fresh v2 state: {before:?}");
     let v3 = run.install(TESTDATA_MIGRATE_V3, "testdata-migrate-v3");
-    let ready = split(
+    let ready = split_to_ready(
         &mut run,
         &mut peer,
         &format!("split binary={}", v3.display()),
@@ -306,7 +284,7 @@ fn v2_process_splits_into_a_v2_binary() {
     let before = status(&mut peer);
 
     // Into its own binary.
-    let ready = split(&mut run, &mut peer, "split", "", 2);
+    let ready = split_to_ready(&mut run, &mut peer, "split", "", 2);
     assert_eq!(field(&ready, "version"), "m2", "{ready:?}");
     let second = status(&mut peer);
     assert_eq!(field(&second, "note"), "v2", "no migration ran: {second:?}");
@@ -315,7 +293,7 @@ fn v2_process_splits_into_a_v2_binary() {
     // Into a separately built v2 binary whose type is written the same way
     // but has no migrations: same fingerprint, so it takes the state.
     let nomigrate = run.install(TESTDATA_NOMIGRATE, "testdata-nomigrate");
-    let ready = split(
+    let ready = split_to_ready(
         &mut run,
         &mut peer,
         &format!("split binary={}", nomigrate.display()),
@@ -354,7 +332,7 @@ fn missing_migration_is_refused_and_rolls_back() {
 
     // The state came back whole: it migrates to a binary that can take it.
     let v2 = run.install(TESTDATA_MIGRATE_V2, "testdata-migrate-v2");
-    let ready = split(
+    let ready = split_to_ready(
         &mut run,
         &mut peer,
         &format!("split binary={}", v2.display()),

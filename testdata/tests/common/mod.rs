@@ -741,3 +741,47 @@ pub fn read_to_end(stream: &mut TcpStream, who: &str) -> (Vec<u8>, &'static str)
         }
     }
 }
+
+/// Sends `command` (a split, plus `rest` in the same write) and returns the
+/// new generation's `ready` line, after checking its generation, that the
+/// old process reported the same pid as its child and as done, and that the
+/// old process's fd channel directory is gone.
+pub fn split_to_ready(
+    run: &mut Run,
+    peer: &mut Peer,
+    command: &str,
+    rest: &str,
+    generation: u32,
+) -> String {
+    eprintln!("[peer] > {command} (+{rest:?})");
+    peer.send(&format!("{command}\n{rest}"));
+    let ready = peer.line();
+    assert!(
+        ready.starts_with("ready pid="),
+        "expected a ready line, got {ready:?}"
+    );
+    assert_eq!(
+        field(&ready, "generation"),
+        generation.to_string(),
+        "the new generation's number: {ready:?}"
+    );
+    let pid = field(&ready, "pid");
+    let splitting = run.stdout.expect("splitting child=");
+    assert_eq!(
+        field(&splitting, "child"),
+        pid,
+        "Split::pid() names the process that took over"
+    );
+    let done = run.stdout.expect(&format!("done pid={pid} "));
+    assert!(done.contains(" fds="), "{done:?}");
+    // The old process has reported Done; its fd channel directory is gone.
+    let old = run.pids.all();
+    for old in old.iter().filter(|old| old.to_string() != pid) {
+        assert_eq!(
+            fd_channel_dirs(*old),
+            Vec::<std::path::PathBuf>::new(),
+            "the fd channel's directory of pid {old} is removed after the handover"
+        );
+    }
+    ready
+}
