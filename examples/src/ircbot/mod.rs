@@ -1,0 +1,347 @@
+//! An IRC bot that upgrades itself from chat without leaving its channels.
+//!
+//! Started by hand, the bot connects, registers and joins its channels. An
+//! admin's `!upgrade` in a channel makes it hand its whole [`State`] (the
+//! server connection with any lines it has not read yet, its nick, channels
+//! and counters) to a new process running the binary now on disk, with
+//! [`mitosis::split`]. The new process continues on the same connection:
+//! the server and everyone in the channels see no QUIT, PART or JOIN. If the
+//! new binary fails, the old process gets its state back and says so.
+//!
+//! Commands, in a channel (or in private):
+//! - `!status`: `status: pid=<pid> generation=<n> version=<v> lines=<N>`,
+//!   where `lines` counts every PRIVMSG the bot has received, over all
+//!   generations, this `!status` included;
+//! - `!upgrade` (admins only): `upgrading…`, then either
+//!   `upgraded old_pid=<pid> new_pid=<pid> generation=<n> version=<v>` from
+//!   the new process, or `upgrade failed: <reason>` from the old one.
+
+mod message;
+
+use std::collections::BTreeSet;
+use std::error::Error;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use mitosis::{Handover, Outcome};
+
+use message::{CaseMapping, Message, one_line};
+
+/// The command line. A process started by `split` gets the same one (plus
+/// the mitosis flag) but takes everything from the state it is handed.
+#[derive(Parser)]
+#[command(
+    name = "ircbot",
+    about = "An IRC bot that upgrades itself from chat without leaving its channels"
+)]
+struct Options {
+    /// The IRC server, as HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    server: String,
+    /// The nick to register with.
+    #[arg(long)]
+    nick: String,
+    /// A channel to join; repeat for more.
+    #[arg(long = "channel", value_name = "#NAME")]
+    channels: Vec<String>,
+    /// A nick allowed to `!upgrade` the bot; repeat for more.
+    #[arg(long = "admin", value_name = "NICK")]
+    admins: Vec<String>,
+}
+
+/// Everything the bot knows. It crosses to the next generation whole.
+#[derive(Handover)]
+#[handover(name = "ircbot::State", version = 1)]
+struct State {
+    /// The server connection. Lines the server has sent that the bot has
+    /// not handled yet sit in the buffer, and cross with it.
+    server: BufReader<TcpStream>,
+    nick: String,
+    /// The channels to join once registered.
+    wanted: Vec<String>,
+    /// The channels joined, as the server names them.
+    joined: BTreeSet<String>,
+    admins: Vec<String>,
+    /// ISUPPORT tokens (005), such as `CASEMAPPING=ascii`.
+    isupport: Vec<String>,
+    /// Whether the server has welcomed the bot (001).
+    registered: bool,
+    /// PRIVMSGs received, over all generations.
+    lines: u64,
+    /// 1 for the process started by hand, one more for each upgrade.
+    generation: u64,
+    /// The process that owns this state; the next generation reports it as
+    /// the old pid.
+    pid: u32,
+    /// Where the upgrade in flight was asked for, so that the new process
+    /// reports there.
+    upgrade_asked_in: Option<String>,
+}
+
+/// The longest line the bot reads; a longer one is cut into pieces rather
+/// than buffered without bound. IRC lines with tags are at most 8191 bytes.
+const MAX_LINE: u64 = 8192;
+
+/// Runs the bot, reporting itself as `version`, and returns when it has
+/// handed over to a new process (success), or on a fatal error.
+///
+/// The `ircbot` binary is this function with the version it was built as:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     mitosis_examples::ircbot::run("1.2.3")
+/// }
+/// ```
+pub fn run(version: &'static str) -> ExitCode {
+    log::set_logger(&StderrLog).ok();
+    log::set_max_level(log::LevelFilter::Info);
+    match start(version).and_then(|state| serve(state, version)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Either takes over from the old process or connects afresh.
+fn start(version: &'static str) -> Result<State, Box<dyn Error>> {
+    // First: a process started by `split` takes over here.
+    let handed_over = mitosis::init::<State>()?;
+    let matches = Options::command()
+        .version(version)
+        .get_matches_from(mitosis::args());
+    let options = Options::from_arg_matches(&matches)?;
+    match handed_over {
+        Some(state) => resume(state, version),
+        None => connect(options),
+    }
+}
+
+fn connect(options: Options) -> Result<State, Box<dyn Error>> {
+    let stream = TcpStream::connect(&options.server)
+        .map_err(|e| format!("could not connect to {}: {e}", options.server))?;
+    // Replies are small writes in a row ("upgrading…", then "upgraded"
+    // from the next process): with Nagle, each would wait for the server's
+    // delayed ACK of the one before. The option stays with the socket
+    // across upgrades.
+    stream.set_nodelay(true)?;
+    log::info!("connected to {}", options.server);
+    let state = State {
+        server: BufReader::new(stream),
+        nick: options.nick,
+        wanted: options.channels,
+        joined: BTreeSet::new(),
+        admins: options.admins,
+        isupport: Vec::new(),
+        registered: false,
+        lines: 0,
+        generation: 1,
+        pid: std::process::id(),
+        upgrade_asked_in: None,
+    };
+    state.send(&format!("NICK {}", state.nick))?;
+    state.send(&format!("USER {} 0 * :mitosis ircbot", state.nick))?;
+    Ok(state)
+}
+
+/// The new generation: no connect, no registration, no join. It reports to
+/// where the upgrade was asked for, and carries on with the next line.
+fn resume(mut state: State, version: &str) -> Result<State, Box<dyn Error>> {
+    let old_pid = state.pid;
+    state.pid = std::process::id();
+    state.generation += 1;
+    log::info!(
+        "took over from pid {old_pid} as generation {}",
+        state.generation
+    );
+    let report = format!(
+        "upgraded old_pid={old_pid} new_pid={} generation={} version={version}",
+        state.pid, state.generation
+    );
+    match state.upgrade_asked_in.take() {
+        Some(target) => state.say(&target, &report)?,
+        None => {
+            for channel in &state.joined {
+                state.say(channel, &report)?;
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// The bot's loop: one line from the server at a time.
+fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> {
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        let read = (&mut state.server)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buffer)?;
+        if read == 0 {
+            return Err("the server closed the connection".into());
+        }
+        let line = String::from_utf8_lossy(&buffer);
+        let line = line.trim_end_matches(['\r', '\n']);
+        let Some(message) = Message::parse(line) else {
+            continue;
+        };
+        match message.command {
+            "PING" => state.send(&format!("PONG :{}", message.param(0)))?,
+            "ERROR" => return Err(format!("the server closed the link: {line}").into()),
+            // Welcome: the server may have shortened the nick.
+            "001" => {
+                state.registered = true;
+                state.nick = message.param(0).to_owned();
+                if !state.wanted.is_empty() {
+                    state.send(&format!("JOIN {}", state.wanted.join(",")))?;
+                }
+            }
+            "005" => {
+                let tokens = &message.params[1..message.params.len().saturating_sub(1)];
+                state.isupport.extend(tokens.iter().map(|t| t.to_string()));
+            }
+            // Nick in use, while registering: try another.
+            "433" if !state.registered => {
+                state.nick.push('_');
+                state.send(&format!("NICK {}", state.nick))?;
+            }
+            "JOIN" if state.is_me(message.source) => {
+                log::info!("joined {}", message.param(0));
+                state.joined.insert(message.param(0).to_owned());
+            }
+            "PART" if state.is_me(message.source) => state.leave(message.param(0)),
+            "KICK" if state.is_me(Some(message.param(1))) => state.leave(message.param(0)),
+            "NICK" if state.is_me(message.source) => state.nick = message.param(0).to_owned(),
+            "PRIVMSG" => {
+                state.lines += 1;
+                match command(&state, &message) {
+                    Some(Command::Status(reply_to)) => {
+                        let status = format!(
+                            "status: pid={} generation={} version={version} lines={}",
+                            state.pid, state.generation, state.lines
+                        );
+                        state.say(&reply_to, &status)?;
+                    }
+                    Some(Command::Upgrade(reply_to)) => match upgrade(state, reply_to)? {
+                        Some(kept) => state = kept,
+                        None => return Ok(()),
+                    },
+                    Some(Command::Refuse(reply_to, nick)) => {
+                        let refusal = format!("sorry {nick}, only an admin may upgrade me");
+                        state.say(&reply_to, &refusal)?;
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+enum Command {
+    Status(String),
+    Upgrade(String),
+    /// An `!upgrade` from a nick that is not an admin.
+    Refuse(String, String),
+}
+
+/// The command in a PRIVMSG, with where to reply: the channel, or the
+/// sender for a private message.
+fn command(state: &State, message: &Message<'_>) -> Option<Command> {
+    let sender = message.source?;
+    let target = message.param(0);
+    let reply_to = if state.is_me(Some(target)) {
+        sender
+    } else {
+        target
+    };
+    match message.param(1).trim() {
+        "!status" => Some(Command::Status(reply_to.to_owned())),
+        "!upgrade" if state.is_admin(sender) => Some(Command::Upgrade(reply_to.to_owned())),
+        "!upgrade" => Some(Command::Refuse(reply_to.to_owned(), sender.to_owned())),
+        _ => None,
+    }
+}
+
+/// Hands the state to a new process running the binary now on disk.
+/// `None` once the new process has taken over; the old one then exits
+/// without a word to the server. Otherwise the state comes back, the
+/// connection with it.
+fn upgrade(mut state: State, reply_to: String) -> Result<Option<State>, Box<dyn Error>> {
+    state.say(&reply_to, "upgrading…")?;
+    log::info!("upgrading, asked in {reply_to}");
+    state.upgrade_asked_in = Some(reply_to);
+    let (mut state, error) = match mitosis::split(state) {
+        Err(refused) => (refused.state, refused.error),
+        Ok(split) => match split.wait() {
+            Outcome::Done { pid } => {
+                log::info!("pid {pid} took over; exiting");
+                return Ok(None);
+            }
+            Outcome::Failed { state, error } => (state, error),
+        },
+    };
+    log::warn!("upgrade failed, carrying on: {error}");
+    let reply_to = state.upgrade_asked_in.take().unwrap_or_default();
+    state.say(&reply_to, &format!("upgrade failed: {error}"))?;
+    Ok(Some(state))
+}
+
+impl State {
+    /// Sends one line, whole, in one write.
+    fn send(&self, line: &str) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.server.get_ref().write_all(&bytes)
+    }
+
+    fn say(&self, target: &str, text: &str) -> io::Result<()> {
+        self.send(&format!("PRIVMSG {target} :{}", one_line(text)))
+    }
+
+    fn casemapping(&self) -> CaseMapping {
+        CaseMapping::from_isupport(self.isupport.iter().map(String::as_str))
+    }
+
+    fn is_me(&self, nick: Option<&str>) -> bool {
+        nick.is_some_and(|nick| self.casemapping().eq(nick, &self.nick))
+    }
+
+    fn is_admin(&self, nick: &str) -> bool {
+        let casemapping = self.casemapping();
+        self.admins.iter().any(|admin| casemapping.eq(admin, nick))
+    }
+
+    fn leave(&mut self, channel: &str) {
+        let casemapping = self.casemapping();
+        self.joined
+            .retain(|joined| !casemapping.eq(joined, channel));
+    }
+}
+
+/// Log lines on stderr, each with the pid, since two generations of the bot
+/// may write to the same terminal.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!(
+            "ircbot[{}] {}: {}\n",
+            std::process::id(),
+            record.level(),
+            record.args()
+        );
+        // One write per line, so that two processes' lines never interleave.
+        io::stderr().write_all(line.as_bytes()).ok();
+    }
+
+    fn flush(&self) {}
+}
