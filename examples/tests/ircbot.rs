@@ -33,7 +33,9 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 #[test]
 fn five_upgrades_under_a_flood_without_rejoin() {
-    let Some(server) = Ngircd::start() else { return };
+    let Some(server) = Ngircd::start() else {
+        return;
+    };
     let mut observer = Client::join(&server, ADMIN);
     let mut flooder = Client::join(&server, "flooder");
     let mut bot = Bot::start(&server, Path::new(env!("CARGO_BIN_EXE_ircbot")));
@@ -63,7 +65,10 @@ fn five_upgrades_under_a_flood_without_rejoin() {
         let (report, elapsed) = observer.upgrade();
         let old = pids.last().copied().unwrap();
         assert_eq!(report.old_pid, old, "{report:?}");
-        assert!(!pids.contains(&report.new_pid), "{report:?} reuses a pid of {pids:?}");
+        assert!(
+            !pids.contains(&report.new_pid),
+            "{report:?} reuses a pid of {pids:?}"
+        );
         assert_eq!(report.generation, upgrade + 1, "{report:?}");
         assert_eq!(report.version, VERSION, "{report:?}");
         bot.adopt(report.new_pid);
@@ -88,7 +93,9 @@ fn five_upgrades_under_a_flood_without_rejoin() {
 
 #[test]
 fn upgrade_runs_the_binary_renamed_over_the_old_one() {
-    let Some(server) = Ngircd::start() else { return };
+    let Some(server) = Ngircd::start() else {
+        return;
+    };
     let binaries = Binaries::new("renamed");
     let mut observer = Client::join(&server, ADMIN);
     let mut bot = Bot::start(&server, &binaries.installed);
@@ -114,7 +121,9 @@ fn upgrade_runs_the_binary_renamed_over_the_old_one() {
 
 #[test]
 fn a_binary_that_fails_at_start_rolls_back_and_the_next_upgrade_succeeds() {
-    let Some(server) = Ngircd::start() else { return };
+    let Some(server) = Ngircd::start() else {
+        return;
+    };
     let binaries = Binaries::new("broken");
     let mut observer = Client::join(&server, ADMIN);
     let mut bot = Bot::start(&server, &binaries.installed);
@@ -136,7 +145,11 @@ fn a_binary_that_fails_at_start_rolls_back_and_the_next_upgrade_succeeds() {
 
     binaries.restore();
     let (report, elapsed) = observer.upgrade();
-    assert_eq!((report.old_pid, report.generation), (first.pid, 2), "{report:?}");
+    assert_eq!(
+        (report.old_pid, report.generation),
+        (first.pid, 2),
+        "{report:?}"
+    );
     bot.adopt(report.new_pid);
     bot.expect_gone(first.pid);
     let after = observer.status();
@@ -147,7 +160,9 @@ fn a_binary_that_fails_at_start_rolls_back_and_the_next_upgrade_succeeds() {
 
 #[test]
 fn a_non_admin_upgrade_is_refused_and_changes_nothing() {
-    let Some(server) = Ngircd::start() else { return };
+    let Some(server) = Ngircd::start() else {
+        return;
+    };
     let mut observer = Client::join(&server, ADMIN);
     let mut stranger = Client::join(&server, "stranger");
     let _bot = Bot::start(&server, Path::new(env!("CARGO_BIN_EXE_ircbot")));
@@ -265,7 +280,12 @@ impl Ngircd {
         .unwrap();
         // Run as root, ngircd drops to an unprivileged user ("nobody"), which
         // must still be able to read its configuration and write its pid.
-        for (path, mode) in [(&dir, 0o755), (&include, 0o755), (&run, 0o777), (&config, 0o644)] {
+        for (path, mode) in [
+            (&dir, 0o755),
+            (&include, 0o755),
+            (&run, 0o777),
+            (&config, 0o644),
+        ] {
             fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
         }
         let mut process = Command::new(binary)
@@ -368,7 +388,11 @@ impl Binaries {
     /// Renames a build that fails at start over the installed one.
     fn replace_with_broken(&self) {
         let staged = self.dir.join("ircbot.new");
-        fs::write(&staged, "#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n").unwrap();
+        fs::write(
+            &staged,
+            "#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
+        )
+        .unwrap();
         fs::set_permissions(&staged, fs::Permissions::from_mode(0o755)).unwrap();
         fs::rename(&staged, &self.installed).unwrap();
     }
@@ -436,10 +460,16 @@ impl Bot {
             tv_nsec: 0,
         };
         let ready = poll(&mut fds, Some(&timeout)).expect("poll a pidfd");
-        assert_eq!(ready, 1, "pid {pid} still runs {PATIENCE:?} after its upgrade");
+        assert_eq!(
+            ready, 1,
+            "pid {pid} still runs {PATIENCE:?} after its upgrade"
+        );
         if pid == self.first.id() {
             let status = self.first.wait().unwrap();
-            assert!(status.success(), "the first generation exited with {status}");
+            assert!(
+                status.success(),
+                "the first generation exited with {status}"
+            );
         }
     }
 }
@@ -673,7 +703,10 @@ impl Client {
             .map(|line| line.raw.as_str())
             .collect();
         assert!(noise.is_empty(), "the observer saw the bot do {noise:?}");
-        let privmsgs = from_bot.iter().filter(|line| line.command == "PRIVMSG").count();
+        let privmsgs = from_bot
+            .iter()
+            .filter(|line| line.command == "PRIVMSG")
+            .count();
         assert!(privmsgs > 0, "the check saw none of the bot's messages");
     }
 }

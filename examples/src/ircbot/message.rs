@@ -107,7 +107,10 @@ impl CaseMapping {
     }
 
     pub fn eq(self, a: &str, b: &str) -> bool {
-        a.len() == b.len() && a.chars().zip(b.chars()).all(|(x, y)| self.fold(x) == self.fold(y))
+        a.len() == b.len()
+            && a.chars()
+                .zip(b.chars())
+                .all(|(x, y)| self.fold(x) == self.fold(y))
     }
 
     fn fold(self, c: char) -> char {
