@@ -1,7 +1,7 @@
 //! An IRC bot that upgrades itself from chat without leaving its channels.
 //!
 //! Started by hand, the bot connects, registers and joins its channels. An
-//! admin's `!upgrade` in a channel makes it hand its whole [`State`] (the
+//! admin's `!upgrade` in a channel makes it hand its whole `State` (the
 //! server connection with any lines it has not read yet, its nick, channels
 //! and counters) to a new process running the binary now on disk, with
 //! [`mitosis::split`]. The new process continues on the same connection:
