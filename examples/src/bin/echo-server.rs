@@ -1,0 +1,409 @@
+//! A line echo server that upgrades itself under load without dropping a
+//! connection, a request or a reply.
+//!
+//! `echo-server --listen 127.0.0.1:0` prints `listening <port>` and answers
+//! every request line `<id> <payload>` with the same line. A line `UPGRADE`
+//! on any connection hands the whole server (the listener, every client
+//! connection, the requests read but not answered yet and the replies not
+//! written yet) to a new process running the binary now on disk. The new
+//! process answers `UPGRADED <old_pid> <new_pid> <generation>` on the
+//! connection that asked; if the upgrade fails, the old process answers
+//! `UPGRADE-FAILED <reason>` there and carries on.
+//!
+//! One thread, non-blocking sockets and `poll`. The server only splits
+//! between two passes of its loop, when every request it has read is either
+//! answered (its reply sits in `unwritten`) or not yet looked at (it sits in
+//! `unread`), so each request is answered exactly once, by whichever process
+//! owns the connection at that point. Bytes the clients send during the
+//! handover wait in the kernel's socket buffers, and connections that
+//! arrive wait in the listener's backlog, for the next generation.
+//!
+//! `loadgen` drives it; `examples/tests/load.rs` runs both.
+
+use std::error::Error;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+
+use clap::Parser;
+use mitosis::{Handover, Outcome};
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+#[derive(Parser)]
+#[command(
+    name = "echo-server",
+    about = "A line echo server that upgrades itself on `UPGRADE` without dropping a connection"
+)]
+struct Options {
+    /// Where to listen, as HOST:PORT; port 0 picks a free port. A process
+    /// started by an upgrade keeps the listener it is handed instead.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: SocketAddr,
+}
+
+/// The whole server. It crosses to the next generation at each upgrade.
+///
+/// The sockets are non-blocking. That flag belongs to the open socket, not
+/// to the fd number, so it crosses with them.
+#[derive(Handover)]
+#[handover(name = "echo-server::State", version = 1)]
+struct State {
+    listener: TcpListener,
+    clients: Vec<Client>,
+    next_client_id: u64,
+    /// 1 for the process started by hand, one more for each upgrade.
+    generation: u64,
+    /// The process that owns this state; the next generation reports it as
+    /// the old pid.
+    pid: u32,
+    /// The client that asked for the upgrade in flight, for the new process
+    /// to answer.
+    upgrade_asked_by: Option<u64>,
+}
+
+#[derive(Handover)]
+#[handover(name = "echo-server::Client", version = 1)]
+struct Client {
+    id: u64,
+    stream: TcpStream,
+    /// Bytes read and not answered yet: the start of a request whose end
+    /// has not arrived, and whole requests that wait behind an `UPGRADE`.
+    unread: Vec<u8>,
+    /// Replies not written yet, because the socket's send buffer was full.
+    unwritten: Vec<u8>,
+    /// The client has shut down its sending side: the connection closes
+    /// once every request before that has been answered.
+    peer_closed: bool,
+}
+
+/// A request line longer than this closes the connection, so that a client
+/// that never sends a newline cannot make the server buffer without bound.
+const MAX_LINE: usize = 64 * 1024;
+
+/// A client with this many reply bytes waiting is not read from until it
+/// reads its replies.
+const MAX_UNWRITTEN: usize = 256 * 1024;
+
+/// Each connection's kernel send and receive buffers (Linux doubles the
+/// value). Fixing them stops the kernel from growing them to megabytes for a
+/// client that sends without reading its replies: a connection's memory
+/// stays bounded, and the replies that do not fit wait in `unwritten`, in
+/// the state.
+const SOCKET_BUFFER: usize = 64 * 1024;
+
+/// How much one client may send in one pass of the loop, so that a fast
+/// client does not starve the others.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// The accept backlog asked for; Linux caps it at `net.core.somaxconn`.
+/// Connections that arrive during a handover wait there.
+const BACKLOG: i32 = 4096;
+
+fn main() -> ExitCode {
+    log::set_logger(&StderrLog).ok();
+    log::set_max_level(log::LevelFilter::Warn);
+    // Before anything else: a process started by `split` takes over here.
+    let handed_over = mitosis::init::<State>();
+    let options = Options::parse_from(mitosis::args());
+    let started = match handed_over {
+        Ok(Some(state)) => Ok(resume(state)),
+        Ok(None) => start(&options),
+        Err(error) => Err(format!("could not take over: {error}").into()),
+    };
+    match started.and_then(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(options: &Options) -> Result<State, Box<dyn Error>> {
+    let listener = listen(options.listen)
+        .map_err(|error| format!("could not listen on {}: {error}", options.listen))?;
+    let port = listener.local_addr()?.port();
+    say(&format!("listening {port}"))?;
+    Ok(State {
+        listener,
+        clients: Vec::new(),
+        next_client_id: 0,
+        generation: 1,
+        pid: std::process::id(),
+        upgrade_asked_by: None,
+    })
+}
+
+/// A non-blocking listener with a large backlog (std's `bind` asks for 128).
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let family = match address {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let socket = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &address)?;
+    rustix::net::listen(&socket, BACKLOG)?;
+    Ok(TcpListener::from(socket))
+}
+
+/// The new generation reports to the client that asked for the upgrade,
+/// after the replies its predecessor had not written yet.
+fn resume(mut state: State) -> State {
+    let old_pid = state.pid;
+    state.pid = std::process::id();
+    state.generation += 1;
+    let report = format!("UPGRADED {old_pid} {} {}\n", state.pid, state.generation);
+    if let Some(client) = state.take_upgrade_asker() {
+        client.unwritten.extend_from_slice(report.as_bytes());
+    }
+    state
+}
+
+/// The loop. It returns `Ok` once a new process has taken over.
+fn serve(mut state: State) -> Result<(), Box<dyn Error>> {
+    loop {
+        // A new generation may hold whole requests that its predecessor
+        // read, so it answers what it holds before it waits for more.
+        state.answer_requests();
+        state.clients.retain_mut(Client::flush_and_keep);
+        if state.upgrade_asked_by.is_some() {
+            match upgrade(state) {
+                Some(kept) => state = kept,
+                None => return Ok(()),
+            }
+            continue;
+        }
+        state.wait_and_read()?;
+    }
+}
+
+/// Hands the state to a new process. `None` once that process has taken
+/// over: this one then exits without touching a socket. Otherwise the state
+/// comes back, with the reason on the connection that asked.
+fn upgrade(state: State) -> Option<State> {
+    let (mut state, error) = match mitosis::split(state) {
+        Err(refused) => (refused.state, refused.error),
+        Ok(split) => match split.wait() {
+            Outcome::Done { .. } => return None,
+            Outcome::Failed { state, error } => (state, error),
+        },
+    };
+    log::warn!("upgrade failed, carrying on: {error}");
+    let reason = error.to_string().replace(['\r', '\n'], " ");
+    if let Some(client) = state.take_upgrade_asker() {
+        client
+            .unwritten
+            .extend_from_slice(format!("UPGRADE-FAILED {reason}\n").as_bytes());
+    }
+    Some(state)
+}
+
+impl State {
+    /// The client that asked for the upgrade, if it is still connected.
+    fn take_upgrade_asker(&mut self) -> Option<&mut Client> {
+        let id = self.upgrade_asked_by.take()?;
+        self.clients.iter_mut().find(|client| client.id == id)
+    }
+
+    /// Answers every whole request read so far. An `UPGRADE` stops its
+    /// connection there, so that the requests behind it are answered after
+    /// the upgrade, by whichever process then owns the connection.
+    fn answer_requests(&mut self) {
+        for client in &mut self.clients {
+            let mut answered = 0;
+            while let Some(end) = client.unread[answered..].iter().position(|&b| b == b'\n') {
+                let line = &client.unread[answered..answered + end + 1];
+                if line.trim_ascii_end() == b"UPGRADE" {
+                    // One upgrade at a time: a second one waits, and the new
+                    // process reads it as its first request on this
+                    // connection.
+                    if self.upgrade_asked_by.is_none() {
+                        self.upgrade_asked_by = Some(client.id);
+                        answered += line.len();
+                    }
+                    break;
+                }
+                client.unwritten.extend_from_slice(line);
+                answered += line.len();
+            }
+            client.unread.drain(..answered);
+        }
+    }
+
+    /// Waits until a socket is ready, then accepts and reads what it can.
+    fn wait_and_read(&mut self) -> Result<(), Box<dyn Error>> {
+        let mut fds = Vec::with_capacity(1 + self.clients.len());
+        fds.push(PollFd::new(&self.listener, PollFlags::IN));
+        for client in &self.clients {
+            let mut interest = PollFlags::empty();
+            if client.wants_input() {
+                interest |= PollFlags::IN;
+            }
+            if !client.unwritten.is_empty() {
+                interest |= PollFlags::OUT;
+            }
+            fds.push(PollFd::new(&client.stream, interest));
+        }
+        loop {
+            match poll(&mut fds, None) {
+                Ok(_) => break,
+                Err(Errno::INTR) => {}
+                Err(error) => return Err(format!("poll: {error}").into()),
+            }
+        }
+        let ready: Vec<PollFlags> = fds.iter().map(PollFd::revents).collect();
+        drop(fds);
+
+        let mut client_ready = ready[1..].iter();
+        self.clients.retain_mut(|client| {
+            let revents = *client_ready.next().expect("one poll entry per client");
+            let readable = revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
+            !(readable && client.wants_input()) || client.read_available()
+        });
+        // Writable sockets are written at the top of the loop, after the
+        // requests just read have been answered.
+        if !ready[0].is_empty() {
+            self.accept_waiting();
+        }
+        Ok(())
+    }
+
+    fn accept_waiting(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => {
+                    // Out of fds, say: the connection stays in the backlog,
+                    // and the next pass tries again.
+                    log::error!("accept: {error}");
+                    return;
+                }
+            };
+            // An accepted socket does not inherit O_NONBLOCK. Replies go out
+            // whole, so Nagle's algorithm would only delay them.
+            if let Err(error) = stream
+                .set_nonblocking(true)
+                .and_then(|()| stream.set_nodelay(true))
+                .and_then(|()| {
+                    rustix::net::sockopt::set_socket_send_buffer_size(&stream, SOCKET_BUFFER)?;
+                    rustix::net::sockopt::set_socket_recv_buffer_size(&stream, SOCKET_BUFFER)?;
+                    Ok(())
+                })
+            {
+                log::error!("setting up an accepted connection: {error}");
+                continue;
+            }
+            self.clients.push(Client {
+                id: self.next_client_id,
+                stream,
+                unread: Vec::new(),
+                unwritten: Vec::new(),
+                peer_closed: false,
+            });
+            self.next_client_id += 1;
+        }
+    }
+}
+
+impl Client {
+    fn wants_input(&self) -> bool {
+        !self.peer_closed && self.unwritten.len() < MAX_UNWRITTEN
+    }
+
+    /// Reads what the socket holds, up to the budget. `false` when the
+    /// connection is broken or its request line is too long.
+    fn read_available(&mut self) -> bool {
+        let mut buffer = [0; 16 * 1024];
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match (&self.stream).read(&mut buffer) {
+                Ok(0) => {
+                    self.peer_closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.unread.extend_from_slice(&buffer[..n]);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        let partial = match self.unread.iter().rposition(|&b| b == b'\n') {
+            Some(end) => self.unread.len() - end - 1,
+            None => self.unread.len(),
+        };
+        if partial > MAX_LINE {
+            log::warn!("client {}: request line over {MAX_LINE} bytes", self.id);
+            return false;
+        }
+        true
+    }
+
+    /// Writes what the socket takes. `false` when the connection is broken,
+    /// or done: the client has closed its side and has every reply.
+    fn flush_and_keep(&mut self) -> bool {
+        let mut written = 0;
+        while written < self.unwritten.len() {
+            match (&self.stream).write(&self.unwritten[written..]) {
+                Ok(0) => return false,
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        self.unwritten.drain(..written);
+        // A request that waits behind an upgrade still needs its answer.
+        let waiting = self.unread.contains(&b'\n');
+        !(self.peer_closed && self.unwritten.is_empty() && !waiting)
+    }
+}
+
+/// Prints a line on stdout in one write: every generation shares stdout.
+fn say(line: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(format!("{line}\n").as_bytes())?;
+    out.flush()
+}
+
+/// Log lines on stderr, each with the pid, since two generations may write
+/// at the same time.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!(
+            "echo-server[{}] {}: {}\n",
+            std::process::id(),
+            record.level(),
+            record.args()
+        );
+        // One write per line, so that two processes' lines never interleave.
+        io::stderr().write_all(line.as_bytes()).ok();
+    }
+
+    fn flush(&self) {}
+}
