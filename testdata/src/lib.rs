@@ -4,17 +4,20 @@
 //! On a fresh start it listens on 127.0.0.1:0, prints
 //! `listening port=<port> pid=<pid>` on stdout, and accepts one *peer*
 //! connection: the control connection the tests talk to. Its state (the
-//! listener, the peer, the `--log` file, a blob, and the bytes read from the
-//! peer that are not a whole line yet) is handed over on `split`; a new
-//! generation writes `ready pid=<pid> generation=<n> version=<v>` to the
-//! peer. Every generation appends `generation <n> pid <pid> version <v>` to
-//! the log file, and greets and closes every other connection to the
-//! listener with `hello generation=<n> pid=<pid>`.
+//! listener, the peer, the `--log` file, a blob, the bytes read from the
+//! peer that are not a whole line yet, and `--spare-fds` read-only handles
+//! of /dev/null, there only to make the fd transfer bigger) is handed over
+//! on `split`; a new generation writes
+//! `ready pid=<pid> generation=<n> version=<v>` to the peer. Every
+//! generation appends `generation <n> pid <pid> version <v>` to the log
+//! file, and greets and closes every other connection to the listener with
+//! `hello generation=<n> pid=<pid>`.
 //!
 //! Commands on the peer, one answer line each:
 //!
 //! - `ping <x>` → `pong <x>`
-//! - `status` → `status pid=.. generation=.. version=.. label=.. blob=<len>:<fnv1a64>`
+//! - `status` → `status pid=.. generation=.. version=.. label=.. blob=<len>:<fnv1a64> spare=<n>`,
+//!   `<n>` being the number of spare fds in the state
 //! - `fds` → `fds <fd>:<target> ...` from /proc/self/fd
 //! - `env` → `env <names of the MITOSIS_* variables>`
 //! - `split [twice] [binary=<path>] [<fault>]` → on success no answer from
@@ -103,6 +106,12 @@ pub struct Cli {
     /// An arbitrary value that must survive every generation.
     #[arg(long, default_value = "none")]
     pub label: String,
+
+    /// How many read-only handles of /dev/null a fresh state holds, so that
+    /// a handover has that many more fds to send (in batches of at most
+    /// 253).
+    #[arg(long, default_value_t = 0)]
+    pub spare_fds: usize,
 }
 
 /// The state handed from generation to generation: `testdata::State` v1.
@@ -121,6 +130,8 @@ pub struct State {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
 }
 
 /// What every version of the state holds, for a fresh start.
@@ -132,6 +143,7 @@ pub struct Core {
     pub log: File,
     pub blob: Vec<u8>,
     pub peer_buffer: Vec<u8>,
+    pub spare: Vec<File>,
 }
 
 /// What [`run`] needs from a state type, so that one program serves with
@@ -146,6 +158,8 @@ pub trait AppState: Handover + Send + 'static {
     fn log(&self) -> &File;
     fn blob(&self) -> &[u8];
     fn peer_buffer(&mut self) -> &mut Vec<u8>;
+    /// The spare fds (`--spare-fds`).
+    fn spare(&self) -> &[File];
     /// Extra ` key=value` words for the `status` line.
     fn status_extra(&self) -> String {
         String::new()
@@ -171,6 +185,7 @@ macro_rules! app_state {
                     log: core.log,
                     blob: core.blob,
                     peer_buffer: core.peer_buffer,
+                    spare: core.spare,
                     $($field: $value,)*
                 }
             }
@@ -194,6 +209,9 @@ macro_rules! app_state {
             }
             fn peer_buffer(&mut self) -> &mut Vec<u8> {
                 &mut self.peer_buffer
+            }
+            fn spare(&self) -> &[::std::fs::File] {
+                &self.spare
             }
             fn status_extra(&self) -> String {
                 let $state = self;
@@ -420,6 +438,9 @@ impl App {
             Some(path) => OpenOptions::new().create(true).append(true).open(path)?,
             None => OpenOptions::new().append(true).open("/dev/null")?,
         };
+        let spare = (0..self.cli.spare_fds)
+            .map(|_| File::open("/dev/null"))
+            .collect::<io::Result<Vec<File>>>()?;
         Ok(Core {
             generation: 1,
             listener,
@@ -427,6 +448,7 @@ impl App {
             log,
             blob: blob(self.cli.blob_size),
             peer_buffer: Vec::new(),
+            spare,
         })
     }
 
@@ -477,12 +499,13 @@ impl App {
         let answer = match command {
             "ping" => format!("pong {}", line.strip_prefix("ping").unwrap_or("").trim()),
             "status" => format!(
-                "status pid={} generation={} version={} label={} blob={}{}",
+                "status pid={} generation={} version={} label={} blob={} spare={}{}",
                 self.pid,
                 state.generation(),
                 self.version,
                 self.cli.label,
                 blob_summary(state.blob()),
+                state.spare().len(),
                 state.status_extra()
             ),
             "fds" => format!("fds {}", fd_list()),

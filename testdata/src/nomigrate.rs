@@ -21,6 +21,8 @@ pub struct State {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
     /// New in v2.
     pub note: String,
 }

@@ -25,6 +25,8 @@ pub struct StateV1 {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
 }
 
 #[derive(Debug, Handover)]
@@ -38,6 +40,8 @@ pub struct State {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
     /// New in v2.
     pub note: String,
 }
@@ -54,6 +58,7 @@ impl From<StateV1> for State {
             log: old.log,
             blob: old.blob,
             peer_buffer: old.peer_buffer,
+            spare: old.spare,
             note: FROM_V1.to_owned(),
         }
     }

@@ -24,6 +24,8 @@ pub struct StateV1 {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
 }
 
 /// A verbatim copy of `testdata::State` v2, with its own migration from v1.
@@ -39,6 +41,8 @@ pub struct StateV2 {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
     /// New in v2.
     pub note: String,
 }
@@ -52,6 +56,7 @@ impl From<StateV1> for StateV2 {
             log: old.log,
             blob: old.blob,
             peer_buffer: old.peer_buffer,
+            spare: old.spare,
             note: crate::v2::FROM_V1.to_owned(),
         }
     }
@@ -67,6 +72,8 @@ pub struct State {
     pub blob: Vec<u8>,
     /// Bytes read from the peer that do not yet form a whole line.
     pub peer_buffer: Vec<u8>,
+    /// Handles of /dev/null (`--spare-fds`), only there to be handed over.
+    pub spare: Vec<File>,
     /// The versions the state went through, oldest first.
     pub trail: Vec<String>,
 }
@@ -82,6 +89,7 @@ impl From<StateV2> for State {
             log: old.log,
             blob: old.blob,
             peer_buffer: old.peer_buffer,
+            spare: old.spare,
             trail,
         }
     }

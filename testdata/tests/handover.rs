@@ -257,3 +257,65 @@ fn fds_after_success() {
         "no MITOSIS_ variable is left in the new generation's environment"
     );
 }
+
+#[test]
+fn spare_fds_cross_in_several_batches() {
+    // More fds than two batches of the fd channel (at most 253 each) hold.
+    const SPARE: usize = 600;
+    let (mut run, mut peer) = Spawn::new("spare-fds")
+        .args(&["--spare-fds", &SPARE.to_string()])
+        .start();
+    let nulls = |fds: &[(u32, String)]| fds.iter().filter(|(_, t)| t == "/dev/null").count();
+
+    let first = status(&mut peer);
+    assert_eq!(field(&first, "spare"), SPARE.to_string(), "{first:?}");
+    let answer = peer.command("fds");
+    let before = parse_fds(answer.strip_prefix("fds ").expect("a fds answer"));
+    // The tests start testdata with stdin from /dev/null.
+    let stdio_nulls = stdio(&before).iter().filter(|t| *t == "/dev/null").count();
+    assert_eq!(
+        nulls(&before),
+        SPARE + stdio_nulls,
+        "the first generation opened {SPARE} spare fds: {answer:?}"
+    );
+
+    let ready = split_to_ready(&mut run, &mut peer, "split", "", 2);
+    let pid = field(&ready, "pid");
+    let after = status(&mut peer);
+    assert_eq!(field(&after, "pid"), pid, "{after:?}");
+    assert_eq!(field(&after, "generation"), "2", "{after:?}");
+    assert_eq!(
+        field(&after, "spare"),
+        SPARE.to_string(),
+        "every spare fd crossed: {after:?}"
+    );
+
+    let answer = peer.command("fds");
+    let fds = parse_fds(answer.strip_prefix("fds ").expect("a fds answer"));
+    assert_eq!(stdio(&fds), stdio(&before), "the same stdio: {answer:?}");
+    assert_eq!(
+        nulls(&fds),
+        SPARE + stdio_nulls,
+        "the new generation holds the {SPARE} spare fds: {answer:?}"
+    );
+    assert_eq!(
+        non_stdio(&fds).len(),
+        non_stdio(&before).len(),
+        "and every other fd of the state, nothing more: {answer:?}"
+    );
+
+    let done = run
+        .stdout
+        .seen()
+        .iter()
+        .find(|line| line.starts_with(&format!("done pid={pid} ")))
+        .expect("the done line was read")
+        .clone();
+    let old = parse_fds(done.split_once(" fds=").expect("fds= in the done line").1);
+    assert_eq!(
+        non_stdio(&old),
+        Vec::<String>::new(),
+        "after Done the old process holds only stdio: {done:?}"
+    );
+    assert_eq!(peer.command("ping spare"), "pong spare");
+}
