@@ -26,6 +26,7 @@ use rustix::net::{
 use rustix::process::Pid;
 
 use crate::error::{Error, Step};
+use crate::fault::{self, Point, Side};
 use crate::frame::{Deadline, MAX_FDS};
 
 /// Linux refuses more than 253 fds in one `SCM_RIGHTS` message
@@ -139,6 +140,24 @@ impl Drop for FdListener {
     }
 }
 
+/// Removes the fd channel's socket and directory after a failed takeover.
+/// The old process removes them itself, but not if it died first; then
+/// only the new process knows where they are. Only a path shaped as
+/// [`FdListener::bind`] makes one is touched, and the directory only if it
+/// is empty then.
+pub(crate) fn remove_if_left_behind(path: &Path) {
+    let Some(dir) = path.parent() else { return };
+    let made_by_bind = path.file_name() == Some("fd.sock".as_ref())
+        && dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("mitosis-"));
+    if made_by_bind {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Connects the new process to the old process's fd channel.
 pub(crate) fn connect_to(path: &Path) -> io::Result<OwnedFd> {
     let socket = socket_with(
@@ -160,6 +179,7 @@ pub(crate) fn send_fds(
     const STEP: Step = Step::Fds;
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     for (index, batch) in fds.chunks(MAX_FDS_PER_MESSAGE).enumerate() {
+        fault::at(Side::Old, Point::FdBatch(index as u32));
         let mut payload = [0u8; BATCH_PAYLOAD];
         payload[..4].copy_from_slice(&(index as u32).to_le_bytes());
         payload[4..].copy_from_slice(&(batch.len() as u16).to_le_bytes());
@@ -235,6 +255,7 @@ pub(crate) fn recv_fds(
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut index = 0u32;
     while received.len() < count as usize {
+        fault::at(Side::New, Point::FdBatch(index));
         let expected = (count as usize - received.len()).min(MAX_FDS_PER_MESSAGE);
         // One byte more than a batch needs, so that an oversized payload
         // shows up as a length mismatch or MSG_TRUNC.

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Step};
+use crate::fault::{Side, Tripwire};
 use crate::handover::{Schema, SchemaInfo, StateSink};
 
 /// The first eight bytes each side sends.
@@ -67,6 +68,8 @@ pub(crate) enum Kind {
     BytesStart = 9,
     /// old → new: a chunk of an out-of-line byte buffer.
     Bytes = 10,
+    /// new → old: the new process has the connections now.
+    Taken = 11,
 }
 
 impl Kind {
@@ -82,6 +85,7 @@ impl Kind {
             8 => Kind::Abort,
             9 => Kind::BytesStart,
             10 => Kind::Bytes,
+            11 => Kind::Taken,
             _ => return None,
         })
     }
@@ -98,6 +102,7 @@ impl Kind {
             Kind::Abort => "ABORT",
             Kind::BytesStart => "BYTES_START",
             Kind::Bytes => "BYTES",
+            Kind::Taken => "TAKEN",
         }
     }
 
@@ -180,13 +185,20 @@ impl Deadline {
 pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
     deadline: Deadline,
+    /// Set while a read may wait for as long as the other process lives.
+    unbounded: bool,
+    /// Counts step 5's bytes for the tests' `state@N` faults; nothing
+    /// without the `fault-injection` feature.
+    tripwire: Tripwire,
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, deadline: Deadline) -> Conn {
+    pub(crate) fn new(stream: TcpStream, deadline: Deadline, side: Side) -> Conn {
         Conn {
             reader: BufReader::with_capacity(64 * 1024, stream),
             deadline,
+            unbounded: false,
+            tripwire: Tripwire::new(side),
         }
     }
 
@@ -195,6 +207,9 @@ impl Conn {
     }
 
     fn arm_read(&self, step: Step) -> Result<(), Error> {
+        if self.unbounded {
+            return Ok(());
+        }
         let left = self.deadline.remaining(step)?;
         self.stream()
             .set_read_timeout(Some(left))
@@ -202,6 +217,9 @@ impl Conn {
     }
 
     fn arm_write(&self, step: Step) -> Result<(), Error> {
+        if self.unbounded {
+            return Ok(());
+        }
         let left = self.deadline.remaining(step)?;
         self.stream()
             .set_write_timeout(Some(left))
@@ -209,6 +227,18 @@ impl Conn {
     }
 
     pub(crate) fn read_exact(&mut self, step: Step, buf: &mut [u8]) -> Result<(), Error> {
+        let allowed = self.allow(step, buf.len());
+        let (first, rest) = buf.split_at_mut(allowed);
+        self.read_exact_unchecked(step, first)?;
+        self.passed(step, allowed);
+        if !rest.is_empty() {
+            self.read_exact_unchecked(step, rest)?;
+            self.passed(step, rest.len());
+        }
+        Ok(())
+    }
+
+    fn read_exact_unchecked(&mut self, step: Step, buf: &mut [u8]) -> Result<(), Error> {
         self.arm_read(step)?;
         self.reader
             .read_exact(buf)
@@ -216,16 +246,36 @@ impl Conn {
     }
 
     pub(crate) fn write_all(&self, step: Step, bytes: &[u8]) -> Result<(), Error> {
-        self.arm_write(step)?;
-        let mut stream = self.stream();
-        stream
-            .write_all(bytes)
-            .map_err(self.deadline.io_error(step))
+        self.write_all_vectored(step, &mut [IoSlice::new(bytes)])
     }
 
     /// Writes several buffers as one, with as few syscalls as the socket
     /// allows.
-    fn write_all_vectored(&self, step: Step, mut parts: &mut [IoSlice<'_>]) -> Result<(), Error> {
+    fn write_all_vectored(&self, step: Step, parts: &mut [IoSlice<'_>]) -> Result<(), Error> {
+        let len = parts.iter().map(|part| part.len()).sum();
+        let allowed = self.allow(step, len);
+        if allowed < len {
+            // Only with a `state@N` fault armed: stop at exactly byte N.
+            let flat: Vec<u8> = parts.iter().flat_map(|part| part.iter().copied()).collect();
+            let (first, rest) = flat.split_at(allowed);
+            for part in [first, rest] {
+                if !part.is_empty() {
+                    self.write_all_vectored_unchecked(step, &mut [IoSlice::new(part)])?;
+                }
+                self.passed(step, part.len());
+            }
+            return Ok(());
+        }
+        self.write_all_vectored_unchecked(step, parts)?;
+        self.passed(step, len);
+        Ok(())
+    }
+
+    fn write_all_vectored_unchecked(
+        &self,
+        step: Step,
+        mut parts: &mut [IoSlice<'_>],
+    ) -> Result<(), Error> {
         let mut stream = self.stream();
         while !parts.is_empty() {
             self.arm_write(step)?;
@@ -237,6 +287,22 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// How many of the next `len` bytes may move before a test fault
+    /// strikes: all of them but in step 5 under `fault-injection`.
+    fn allow(&self, step: Step, len: usize) -> usize {
+        if step == Step::State {
+            self.tripwire.allow(len)
+        } else {
+            len
+        }
+    }
+
+    fn passed(&self, step: Step, len: usize) {
+        if step == Step::State {
+            self.tripwire.passed(len);
+        }
     }
 
     pub(crate) fn write_frame(&self, step: Step, kind: Kind, payload: &[u8]) -> Result<(), Error> {
@@ -288,9 +354,35 @@ impl Conn {
         Ok((kind, payload))
     }
 
+    /// From here on, reads and writes have no time limit: for step 8,
+    /// where only the other process's decision or its death may end a wait.
+    pub(crate) fn drop_deadline(&mut self, step: Step) -> Result<(), Error> {
+        self.unbounded = true;
+        self.stream()
+            .set_read_timeout(None)
+            .and_then(|()| self.stream().set_write_timeout(None))
+            .map_err(Error::io(step))
+    }
+
     /// Appends `len` bytes from the stream to `buf`, reading into its spare
     /// capacity without filling it with zeros first.
     pub(crate) fn read_append(
+        &mut self,
+        step: Step,
+        buf: &mut Vec<u8>,
+        len: u32,
+    ) -> Result<(), Error> {
+        let allowed = self.allow(step, len as usize) as u32;
+        self.read_append_unchecked(step, buf, allowed)?;
+        self.passed(step, allowed as usize);
+        if allowed < len {
+            self.read_append_unchecked(step, buf, len - allowed)?;
+            self.passed(step, (len - allowed) as usize);
+        }
+        Ok(())
+    }
+
+    fn read_append_unchecked(
         &mut self,
         step: Step,
         buf: &mut Vec<u8>,
@@ -493,7 +585,7 @@ mod tests {
         let (accepted, _) = listener.accept().unwrap();
         (
             raw,
-            Conn::new(accepted, Deadline::after(Duration::from_secs(5))),
+            Conn::new(accepted, Deadline::after(Duration::from_secs(5)), Side::New),
         )
     }
 
@@ -550,7 +642,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_data_is_chunked() {
         let (raw, mut conn) = pair();
-        let sender = Conn::new(raw, Deadline::after(Duration::from_secs(5)));
+        let sender = Conn::new(raw, Deadline::after(Duration::from_secs(5)), Side::Old);
         let big = vec![9u8; MAX_DATA_PAYLOAD as usize + 10];
         let writer = std::thread::spawn(move || {
             DataFrames { conn: &sender }.data(&big).unwrap();

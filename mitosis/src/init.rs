@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::args;
 use crate::error::{Error, Step};
+use crate::fault::{self, Point, Side};
 use crate::fd_channel;
 use crate::frame::{Conn, Deadline, Fields, Kind, MAX_STATE_BYTES, Payload, Reason, WELCOME_LEN};
 use crate::handover::{Decoder, Handover};
@@ -57,7 +58,10 @@ pub fn init<S: Handover>() -> Result<Option<S>, Error> {
         "mitosis: taking over from the process on port {}",
         flag.port
     );
-    take_over(flag.port, handover).map(Some)
+    let fd_socket = handover.fd_socket.clone();
+    take_over(flag.port, handover)
+        .inspect_err(|_| fd_channel::remove_if_left_behind(&fd_socket))
+        .map(Some)
 }
 
 /// What the old process put in this process's environment.
@@ -116,6 +120,7 @@ fn single_threaded() -> bool {
 
 /// Every step of a handover, from the new process's side.
 fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
+    fault::at(Side::New, Point::Spawned);
     let deadline = Deadline::after(env.timeout);
     let accepted = S::accepted();
 
@@ -124,11 +129,12 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     let stream = TcpStream::connect_timeout(&address, deadline.remaining(Step::Connect)?)
         .map_err(deadline.io_error(Step::Connect))?;
     stream.set_nodelay(true).map_err(Error::io(Step::Connect))?;
-    let mut conn = Conn::new(stream, deadline);
+    let mut conn = Conn::new(stream, deadline, Side::New);
 
     // Step 3: prove the secret, check the old process proves it too, and
     // learn the protocol version.
     conn.write_all(Step::Hello, &handshake::hello(&env.secret))?;
+    fault::at(Side::New, Point::Hello);
     let mut welcome = [0u8; WELCOME_LEN];
     conn.read_exact(Step::Hello, &mut welcome)?;
     handshake::check_welcome(&env.secret, &welcome)?;
@@ -151,9 +157,14 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     };
 
     // Step 7 (end): the state is complete; commit.
+    fault::at(Side::New, Point::Commit);
     conn.write_frame(Step::Commit, Kind::Commit, &[])?;
+    fault::at(Side::New, Point::Ack);
 
-    // Step 8: wait for ownership to pass.
+    // Step 8: wait for the old process's decision, for as long as it lives:
+    // after COMMIT, only the old process may call the handover off, and it
+    // kills this process before it does.
+    conn.drop_deadline(Step::Ack)?;
     match conn.read_frame(Step::Ack, &[Kind::Ack]) {
         Ok(_) => {}
         // The old process never closes the connection after a COMMIT
@@ -165,6 +176,13 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
         ),
         Err(error) => return Err(error),
     }
+    fault::at(Side::New, Point::Taken);
+    // Ownership passes with this frame. If the old process is gone by now,
+    // it cannot read it, and the connections are this process's anyway.
+    if let Err(error) = conn.write_frame(Step::Ack, Kind::Taken, &[]) {
+        log::debug!("mitosis: could not send TAKEN ({error}); the old process is gone");
+    }
+    fault::at(Side::New, Point::Done);
     log::debug!("mitosis: step 8: took over");
     Ok(state)
 }
@@ -181,6 +199,7 @@ fn receive<S: Handover>(
     let fd_channel: OwnedFd =
         fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
     conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(accepted))?;
+    fault::at(Side::New, Point::Offer);
     let (kind, payload) = conn.read_frame(Step::Offer, &[Kind::State, Kind::Reject])?;
     let mut fields = Fields::new(Step::Offer, kind, &payload);
     if kind == Kind::Reject {

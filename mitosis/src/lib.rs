@@ -87,6 +87,7 @@
 
 mod args;
 mod error;
+mod fault;
 mod fd_channel;
 mod frame;
 mod handover;

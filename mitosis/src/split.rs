@@ -19,6 +19,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use crate::error::{Error, SplitError, Step};
+use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener, timespec};
 use crate::frame::{Conn, DataFrames, Deadline, Fields, Kind, Payload, Reason};
 use crate::handover::{Encoder, Handover};
@@ -480,6 +481,7 @@ impl Parent {
 
     /// Every step of a handover, as PROTOCOL.md numbers them.
     fn hand_over<S: Handover>(&mut self, state: &S) -> Result<(), Error> {
+        fault::at(Side::Old, Point::Spawned);
         // Step 2: the new process connects and proves the secret. No byte
         // goes to a connection before that.
         let listener = self.listener.take().expect("hand_over runs once");
@@ -491,7 +493,10 @@ impl Parent {
             self.hello_timeout,
         )?;
         drop(listener);
-        let conn = self.conn.insert(Conn::new(stream, self.deadline));
+        let conn = self
+            .conn
+            .insert(Conn::new(stream, self.deadline, Side::Old));
+        fault::at(Side::Old, Point::Hello);
 
         // Step 3: prove the secret back and choose the protocol version.
         let chosen = handshake::choose_version(versions);
@@ -509,6 +514,7 @@ impl Parent {
         // Step 4: send the state only if the new process accepts its schema.
         let (_, offer) = conn.read_frame(Step::Offer, &[Kind::Offer])?;
         let accepted = handshake::parse_offer(&offer)?;
+        fault::at(Side::Old, Point::Offer);
         if !accepted
             .iter()
             .any(|schema| schema.fingerprint == S::SCHEMA.fingerprint)
@@ -572,17 +578,27 @@ impl Parent {
             });
         }
         Fields::new(Step::Commit, Kind::Commit, &payload).end()?;
+        fault::at(Side::Old, Point::Commit);
 
-        // Step 8: ownership passes with this frame. From here on this
-        // process must not touch a handed-over connection, not even from a
-        // destructor.
+        // Step 8: acknowledge, then wait for the new process to say it has
+        // taken over. Until TAKEN arrives, the new process's death leaves
+        // the connections with this process, which then rolls back. There
+        // is no deadline here: after ACK, a live new process is never
+        // killed, because it may already be serving.
         conn.write_frame(Step::Ack, Kind::Ack, &[])?;
+        fault::at(Side::Old, Point::Ack);
+        conn.drop_deadline(Step::Ack)?;
+        conn.read_frame(Step::Ack, &[Kind::Taken])?;
+        fault::at(Side::Old, Point::Taken);
+        // From here on this process must not touch a handed-over
+        // connection, not even from a destructor.
         if let Err(error) = fd_channel::redirect_to_dev_null(&self.handed_over) {
             log::warn!(
                 "mitosis: could not detach the old copies of the handed-over fds ({error}); \
                  a destructor that writes (such as BufWriter's flush) may still reach them"
             );
         }
+        fault::at(Side::Old, Point::Done);
         Ok(())
     }
 
