@@ -176,6 +176,19 @@ pub enum Error {
         /// The reason it sent.
         reason: String,
     },
+    /// The state is bigger, or holds more fds, than the handover allows
+    /// ([`SplitOptions::max_state_bytes`](crate::SplitOptions::max_state_bytes),
+    /// [`SplitOptions::max_fds`](crate::SplitOptions::max_fds)).
+    LimitExceeded {
+        /// Where in the handover it was found.
+        step: Step,
+        /// `"state bytes"` or `"fds"`.
+        what: &'static str,
+        /// How many there were when the limit was passed: at least this.
+        found: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The state could not be encoded or decoded.
     Codec {
         /// What went wrong, from postcard or from a `Handover` impl.
@@ -206,7 +219,8 @@ impl Error {
             | Error::Timeout { step, .. }
             | Error::FrameTooLarge { step, .. }
             | Error::Protocol { step, .. }
-            | Error::Aborted { step, .. } => Some(*step),
+            | Error::Aborted { step, .. }
+            | Error::LimitExceeded { step, .. } => Some(*step),
             Error::ProtocolVersion { .. } => Some(Step::Hello),
             Error::SchemaMismatch { .. } => Some(Step::Offer),
             Error::Codec { .. } => Some(Step::Commit),
@@ -310,6 +324,17 @@ impl fmt::Display for Error {
             Error::Protocol { step, detail } => {
                 write!(f, "protocol error in {step}: {detail}")
             }
+            Error::LimitExceeded {
+                step,
+                what,
+                found,
+                max,
+            } => write!(
+                f,
+                "the state has {found} {what} or more, over the handover's limit of {max}, in \
+                 {step}; the old process keeps its state. Raise SplitOptions::max_state_bytes \
+                 or SplitOptions::max_fds in the old process, or hand over less"
+            ),
             Error::Aborted { step, reason } => {
                 write!(f, "the other process gave up in {step}: {reason}")
             }

@@ -134,7 +134,7 @@ impl Reason {
     pub(crate) fn of(error: &Error) -> Reason {
         match error {
             Error::SchemaMismatch { .. } => Reason::Schema,
-            Error::FrameTooLarge { .. } => Reason::Limit,
+            Error::FrameTooLarge { .. } | Error::LimitExceeded { .. } => Reason::Limit,
             Error::Codec { .. } => Reason::Decode,
             Error::Io { .. } | Error::PeerGone { .. } | Error::Timeout { .. } => Reason::Io,
             _ => Reason::Protocol,

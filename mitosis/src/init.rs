@@ -10,10 +10,13 @@ use crate::args;
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel;
-use crate::frame::{Conn, Deadline, Fields, Kind, MAX_STATE_BYTES, Payload, Reason, WELCOME_LEN};
+use crate::frame::{Conn, Deadline, Fields, Kind, Payload, Reason, WELCOME_LEN};
 use crate::handover::{Decoder, Handover};
 use crate::handshake::{self, Secret};
-use crate::spawn::{FD_SOCKET_VAR, SECRET_VAR, TIMEOUT_VAR, start_path};
+use crate::spawn::{
+    FD_SOCKET_VAR, Limits, MAX_FDS_VAR, MAX_STATE_BYTES_VAR, SECRET_VAR, TIMEOUT_VAR, start_path,
+};
+use crate::split::{DEFAULT_MAX_FDS, DEFAULT_MAX_STATE_BYTES};
 
 /// Takes over from the old process, if this process was started by
 /// [`split`](crate::split); call it early in `main`, before starting
@@ -69,6 +72,7 @@ struct Environment {
     secret: Secret,
     fd_socket: PathBuf,
     timeout: Duration,
+    limits: Limits,
 }
 
 impl Environment {
@@ -78,6 +82,14 @@ impl Environment {
         let secret = std::env::var(SECRET_VAR).ok();
         let fd_socket = std::env::var_os(FD_SOCKET_VAR);
         let timeout = std::env::var(TIMEOUT_VAR).ok();
+        let limit = |var: &'static str, default: u64| match std::env::var(var) {
+            // Absent: an old process that predates limits; the defaults.
+            Err(std::env::VarError::NotPresent) => Ok(default),
+            Ok(value) => value.parse().map_err(|_| Error::MissingEnvironment { var }),
+            Err(_) => Err(Error::MissingEnvironment { var }),
+        };
+        let state_bytes = limit(MAX_STATE_BYTES_VAR, DEFAULT_MAX_STATE_BYTES);
+        let fds = limit(MAX_FDS_VAR, DEFAULT_MAX_FDS);
         remove_handover_variables();
         Ok(Environment {
             secret: secret
@@ -92,6 +104,10 @@ impl Environment {
                 .map(Duration::from_millis)
                 .filter(|timeout| !timeout.is_zero())
                 .ok_or(Error::MissingEnvironment { var: TIMEOUT_VAR })?,
+            limits: Limits {
+                state_bytes: state_bytes?,
+                fds: fds?,
+            },
         })
     }
 }
@@ -104,7 +120,13 @@ fn remove_handover_variables() {
         );
         return;
     }
-    for var in [SECRET_VAR, FD_SOCKET_VAR, TIMEOUT_VAR] {
+    for var in [
+        SECRET_VAR,
+        FD_SOCKET_VAR,
+        TIMEOUT_VAR,
+        MAX_STATE_BYTES_VAR,
+        MAX_FDS_VAR,
+    ] {
         // SAFETY: `remove_var` is only unsound when another thread reads or
         // writes the environment at the same time; this process has exactly
         // one thread, checked just above, and it is this one.
@@ -223,7 +245,7 @@ fn receive<S: Handover>(
     }
 
     // Step 5: the state's bytes, up to the END frame.
-    let state = receive_state(conn)?;
+    let state = receive_state(conn, env.limits)?;
 
     // Step 6: the fds.
     let fds = fd_channel::recv_fds(fd_channel.as_fd(), state.fd_count, deadline)?;
@@ -242,9 +264,10 @@ struct ReceivedState {
 
 /// Step 5: DATA frames for the stream, BYTES_START and BYTES frames for each
 /// out-of-line buffer (read straight into its own `Vec`), then END, which
-/// must agree with what arrived. The whole state is bounded by
-/// `MAX_STATE_BYTES`, checked before anything is read or allocated.
-fn receive_state(conn: &mut Conn) -> Result<ReceivedState, Error> {
+/// must agree with what arrived. The whole state is bounded by the
+/// handover's limits, checked before anything is read or allocated. A
+/// REJECT instead means the old process found its state over a limit.
+fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error> {
     const STEP: Step = Step::State;
     let mut received = ReceivedState {
         stream: Vec::new(),
@@ -254,19 +277,32 @@ fn receive_state(conn: &mut Conn) -> Result<ReceivedState, Error> {
     let mut total: u64 = 0;
     let mut admit = |len: u64| {
         total += len;
-        if total > MAX_STATE_BYTES {
-            return Err(Error::FrameTooLarge {
+        if total > limits.state_bytes {
+            return Err(Error::LimitExceeded {
                 step: STEP,
-                kind: "DATA (state total)",
-                len: total,
-                max: MAX_STATE_BYTES,
+                what: "state bytes",
+                found: total,
+                max: limits.state_bytes,
             });
         }
         Ok(())
     };
     loop {
-        let (kind, len) = conn.read_header(STEP, &[Kind::Data, Kind::BytesStart, Kind::End])?;
+        let (kind, len) = conn.read_header(
+            STEP,
+            &[Kind::Data, Kind::BytesStart, Kind::End, Kind::Reject],
+        )?;
         match kind {
+            Kind::Reject => {
+                let mut reject = vec![0; len as usize];
+                conn.read_exact(STEP, &mut reject)?;
+                let mut fields = Fields::new(STEP, Kind::Reject, &reject);
+                let _reason = fields.u8()?;
+                let _schema = fields.schema()?;
+                let reason = fields.str()?;
+                fields.end()?;
+                return Err(Error::Aborted { step: STEP, reason });
+            }
             Kind::Data => {
                 admit(len.into())?;
                 conn.read_append(STEP, &mut received.stream, len)?;
@@ -299,6 +335,14 @@ fn receive_state(conn: &mut Conn) -> Result<ReceivedState, Error> {
                 let out_of_line_bytes = fields.u64()?;
                 received.fd_count = fields.u32()?;
                 fields.end()?;
+                if u64::from(received.fd_count) > limits.fds {
+                    return Err(Error::LimitExceeded {
+                        step: STEP,
+                        what: "fds",
+                        found: received.fd_count.into(),
+                        max: limits.fds,
+                    });
+                }
                 let arrived: u64 = received.out_of_line.iter().map(|b| b.len() as u64).sum();
                 if stream_bytes != received.stream.len() as u64 || out_of_line_bytes != arrived {
                     return Err(Error::protocol(

@@ -107,7 +107,8 @@ pub use handover::{Decoder, Encoder, Handover, MAX_UNREAD_BYTES, Schema, SchemaI
 pub use init::init;
 pub use mitosis_derive::Handover;
 pub use split::{
-    DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, Outcome, Split, SplitOptions, split,
+    DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_FDS, DEFAULT_MAX_STATE_BYTES,
+    Outcome, Split, SplitOptions, split,
 };
 
 /// The README's examples, compiled as doctests so that they stay true.

@@ -16,6 +16,17 @@ pub(crate) const SECRET_VAR: &str = "MITOSIS_SECRET";
 pub(crate) const FD_SOCKET_VAR: &str = "MITOSIS_FD_SOCKET";
 /// The commit timeout, in milliseconds, which the new process also obeys.
 pub(crate) const TIMEOUT_VAR: &str = "MITOSIS_TIMEOUT_MS";
+/// The handover's limits, which the new process enforces too: state bytes
+/// and fds.
+pub(crate) const MAX_STATE_BYTES_VAR: &str = "MITOSIS_MAX_STATE_BYTES";
+pub(crate) const MAX_FDS_VAR: &str = "MITOSIS_MAX_FDS";
+
+/// How much a handover may carry; both processes enforce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) state_bytes: u64,
+    pub(crate) fds: u64,
+}
 
 /// The path this process was started from, as it was given to `execve`,
 /// made absolute against the working directory it had when first asked.
@@ -69,6 +80,7 @@ impl Launch<'_> {
         secret_hex: &str,
         fd_socket: &Path,
         timeout: Duration,
+        limits: Limits,
     ) -> std::io::Result<Child> {
         let mut original = std::env::args_os();
         let arg0 = original.next();
@@ -94,6 +106,8 @@ impl Launch<'_> {
             .env(SECRET_VAR, secret_hex)
             .env(FD_SOCKET_VAR, fd_socket)
             .env(TIMEOUT_VAR, timeout.as_millis().to_string())
+            .env(MAX_STATE_BYTES_VAR, limits.state_bytes.to_string())
+            .env(MAX_FDS_VAR, limits.fds.to_string())
             .spawn()
     }
 }

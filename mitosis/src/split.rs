@@ -22,9 +22,9 @@ use crate::error::{Error, SplitError, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener, timespec};
 use crate::frame::{Conn, DataFrames, Deadline, Fields, Kind, Payload, Reason};
-use crate::handover::{Encoder, Handover};
+use crate::handover::{Encoder, Handover, StateSink};
 use crate::handshake::{self, Secret};
-use crate::spawn::{Launch, start_path};
+use crate::spawn::{Launch, Limits, start_path};
 
 /// How long the new process has, from spawn to commit, unless
 /// [`SplitOptions::commit_timeout`] says otherwise: 10 seconds, enough for
@@ -36,6 +36,14 @@ pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// before it is dropped, unless [`SplitOptions::hello_timeout`] says
 /// otherwise. The real new process proves it in its first write.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The most state a handover carries, in encoded bytes, unless
+/// [`SplitOptions::max_state_bytes`] says otherwise: 4 GiB.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = crate::frame::MAX_STATE_BYTES;
+
+/// The most fds a handover carries, unless [`SplitOptions::max_fds`] says
+/// otherwise: 1,048,576, Linux's default ceiling on a process's open files.
+pub const DEFAULT_MAX_FDS: u64 = crate::frame::MAX_FDS as u64;
 
 /// Hands `state` over to a freshly started copy of this program, with the
 /// default [`SplitOptions`].
@@ -93,6 +101,7 @@ pub fn split<S: Handover + Send + 'static>(state: S) -> Result<Split<S>, SplitEr
 pub struct SplitOptions {
     commit_timeout: Duration,
     hello_timeout: Duration,
+    limits: Limits,
     binary: Option<PathBuf>,
     args: Option<Vec<OsString>>,
     extra_args: Vec<OsString>,
@@ -117,6 +126,10 @@ impl SplitOptions {
         SplitOptions {
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            limits: Limits {
+                state_bytes: DEFAULT_MAX_STATE_BYTES,
+                fds: DEFAULT_MAX_FDS,
+            },
             binary: None,
             args: None,
             extra_args: Vec::new(),
@@ -143,6 +156,31 @@ impl SplitOptions {
     /// ```
     pub fn hello_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.hello_timeout = timeout;
+        self
+    }
+
+    /// The most encoded bytes the state may take; default
+    /// [`DEFAULT_MAX_STATE_BYTES`]. A bigger state fails the handover with
+    /// [`Error::LimitExceeded`] in both processes, and comes back. The new
+    /// process enforces the same limit.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().max_state_bytes(64 << 20);
+    /// ```
+    pub fn max_state_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.limits.state_bytes = bytes;
+        self
+    }
+
+    /// The most fds the state may hold; default [`DEFAULT_MAX_FDS`]. More
+    /// fail the handover with [`Error::LimitExceeded`] in both processes,
+    /// and the state comes back. The new process enforces the same limit.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().max_fds(10_000);
+    /// ```
+    pub fn max_fds(&mut self, fds: u64) -> &mut Self {
+        self.limits.fds = fds;
         self
     }
 
@@ -274,6 +312,7 @@ impl SplitOptions {
                 &secret.to_hex(),
                 fd_listener.path(),
                 self.commit_timeout,
+                self.limits,
             )
             .map_err(|source| Error::Spawn {
                 binary: launch.binary.clone(),
@@ -301,6 +340,7 @@ impl SplitOptions {
             secret,
             deadline,
             hello_timeout: self.hello_timeout,
+            limits: self.limits,
             conn: None,
             fd_conn: None,
             handed_over: Vec::new(),
@@ -444,6 +484,7 @@ struct Parent {
     secret: Secret,
     deadline: Deadline,
     hello_timeout: Duration,
+    limits: Limits,
     /// Kept open until the new process has been dealt with, because the new
     /// process reads the connection closing after its COMMIT as "the old
     /// process is gone, take over".
@@ -537,9 +578,37 @@ impl Parent {
             &Payload::default().schema(&S::SCHEMA).bytes(),
         )?;
 
-        // Step 5: stream the encoded state, then its lengths and fd count.
-        let mut frames = DataFrames { conn };
-        let encoded = Encoder::encode(&mut frames, state)?;
+        // Step 5: stream the encoded state, then its lengths and fd count;
+        // or, over a limit, a REJECT that tells the new process why.
+        let mut frames = Limited {
+            frames: DataFrames { conn },
+            max: self.limits.state_bytes,
+            sent: 0,
+        };
+        let encoded = match Encoder::encode(&mut frames, state) {
+            Ok(encoded) if encoded.fds.len() as u64 > self.limits.fds => {
+                Err(Error::LimitExceeded {
+                    step: Step::State,
+                    what: "fds",
+                    found: encoded.fds.len() as u64,
+                    max: self.limits.fds,
+                })
+            }
+            encoded => encoded,
+        };
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
+            Err(error @ Error::LimitExceeded { .. }) => {
+                let reject = Payload::default()
+                    .u8(Reason::Limit as u8)
+                    .schema(&S::SCHEMA)
+                    .str(&error.to_string())
+                    .bytes();
+                conn.write_frame(Step::State, Kind::Reject, &reject)?;
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
         let end = Payload::default()
             .u64(encoded.total_bytes)
             .u64(encoded.out_of_line_bytes)
@@ -614,6 +683,7 @@ impl Parent {
             Error::SchemaMismatch { .. }
                 | Error::ProtocolVersion { .. }
                 | Error::Aborted { .. }
+                | Error::LimitExceeded { .. }
                 | Error::PeerGone { .. }
         );
         if !(child_knows && self.wait_for_exit()) {
@@ -641,5 +711,40 @@ impl Parent {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// The state's frames, stopped at the handover's byte limit: a state over
+/// it fails before the excess is sent.
+struct Limited<'c> {
+    frames: DataFrames<'c>,
+    max: u64,
+    sent: u64,
+}
+
+impl Limited<'_> {
+    fn admit(&mut self, len: usize) -> Result<(), Error> {
+        self.sent += len as u64;
+        if self.sent > self.max {
+            return Err(Error::LimitExceeded {
+                step: Step::State,
+                what: "state bytes",
+                found: self.sent,
+                max: self.max,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl StateSink for Limited<'_> {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.admit(bytes.len())?;
+        self.frames.data(bytes)
+    }
+
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.admit(bytes.len())?;
+        self.frames.out_of_line(bytes)
     }
 }

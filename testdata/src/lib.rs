@@ -103,6 +103,16 @@ pub struct Cli {
     #[arg(long)]
     pub hello_timeout_ms: Option<u64>,
 
+    /// The state byte limit for the splits this process performs (library
+    /// default when absent).
+    #[arg(long)]
+    pub max_state_bytes: Option<u64>,
+
+    /// The fd limit for the splits this process performs (library default
+    /// when absent).
+    #[arg(long)]
+    pub max_fds: Option<u64>,
+
     /// An arbitrary value that must survive every generation.
     #[arg(long, default_value = "none")]
     pub label: String,
@@ -528,6 +538,12 @@ impl App {
         options.commit_timeout(Duration::from_millis(self.cli.timeout_ms));
         if let Some(ms) = self.cli.hello_timeout_ms {
             options.hello_timeout(Duration::from_millis(ms));
+        }
+        if let Some(bytes) = self.cli.max_state_bytes {
+            options.max_state_bytes(bytes);
+        }
+        if let Some(fds) = self.cli.max_fds {
+            options.max_fds(fds);
         }
         let mut fault = None;
         let mut twice = false;

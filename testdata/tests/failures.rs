@@ -209,6 +209,49 @@ fn schema_mismatch_rolls_back() {
     still_serving(&run, &mut peer, "after the schema mismatch");
 }
 
+/// A state over a limit fails in both processes, each saying which limit,
+/// and comes back whole.
+fn over_a_limit_rolls_back(name: &str, args: &[&str], what: &str, max: &str) {
+    let (mut run, mut peer) = Spawn::new(name).args(args).start();
+    let status = peer.command("status");
+    let (line, _, _) = failed_split(&mut run, &mut peer, "split");
+    assert!(
+        line.contains(&format!(
+            "{what} or more, over the handover's limit of {max}"
+        )) && line.contains("step=step 5 (state transfer)"),
+        "the old process names the limit: {line:?}"
+    );
+    let init = run.stderr.expect("init error:");
+    assert!(
+        init.contains("the other process gave up in step 5 (state transfer)")
+            && init.contains(&format!("over the handover's limit of {max}")),
+        "the new process says why: {init:?}"
+    );
+    still_serving(&run, &mut peer, "after the refused state");
+    assert_eq!(peer.command("status"), status, "the state came back whole");
+}
+
+#[test]
+fn state_over_the_byte_limit_rolls_back() {
+    over_a_limit_rolls_back(
+        "limit-bytes",
+        &["--blob-size", "200000", "--max-state-bytes", "100000"],
+        "state bytes",
+        "100000",
+    );
+}
+
+#[test]
+fn fds_over_the_limit_roll_back() {
+    // 3 fds of its own (listener, peer, log) and 10 spare ones.
+    over_a_limit_rolls_back(
+        "limit-fds",
+        &["--spare-fds", "10", "--max-fds", "12"],
+        "13 fds",
+        "12",
+    );
+}
+
 #[test]
 fn protocol_version_mismatch_parent_side() {
     let (mut run, mut peer) = Spawn::new("version-parent").start();
