@@ -44,10 +44,11 @@ pub(crate) const MAX_STATE_BYTES: u64 = 4 << 30;
 /// Most fds the new process accepts in one handover.
 pub(crate) const MAX_FDS: u32 = 1 << 20;
 
-/// The frame kinds of protocol version 1.
+/// The frame kinds of protocol version 1. (`pub` only so that
+/// `__private::wire` can hand it to tests and fuzz targets.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// new → old: the schemas the new process accepts.
     Offer = 1,
     /// old → new: the schema of the state that follows.
@@ -320,26 +321,7 @@ impl Conn {
     ) -> Result<(Kind, u32), Error> {
         let mut header = [0u8; HEADER_LEN];
         self.read_exact(step, &mut header)?;
-        let kind = Kind::from_byte(header[0]).ok_or_else(|| {
-            Error::protocol(step, format!("unknown frame kind {:#04x}", header[0]))
-        })?;
-        if !expected.contains(&kind) {
-            let names: Vec<_> = expected.iter().map(|k| k.name()).collect();
-            return Err(Error::protocol(
-                step,
-                format!("expected {}, got {}", names.join(" or "), kind.name()),
-            ));
-        }
-        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-        if len > kind.max_payload() {
-            return Err(Error::FrameTooLarge {
-                step,
-                kind: kind.name(),
-                len: len.into(),
-                max: kind.max_payload().into(),
-            });
-        }
-        Ok((kind, len))
+        decode_header(step, header, expected)
     }
 
     /// Reads a whole frame of one of the `expected` kinds.
@@ -403,6 +385,37 @@ impl Conn {
 fn header(kind: Kind, len: u32) -> [u8; HEADER_LEN] {
     let len = len.to_le_bytes();
     [kind as u8, len[0], len[1], len[2], len[3]]
+}
+
+/// Reads a frame header: the kind must be one of `expected`, and the length
+/// within that kind's maximum, so that the payload can be allocated. Only a
+/// refused header allocates, for the error's text, and only when the kind
+/// is the problem.
+pub(crate) fn decode_header(
+    step: Step,
+    header: [u8; HEADER_LEN],
+    expected: &[Kind],
+) -> Result<(Kind, u32), Error> {
+    let [kind, len @ ..] = header;
+    let kind = Kind::from_byte(kind)
+        .ok_or_else(|| Error::protocol(step, format!("unknown frame kind {kind:#04x}")))?;
+    if !expected.contains(&kind) {
+        let names: Vec<_> = expected.iter().map(|k| k.name()).collect();
+        return Err(Error::protocol(
+            step,
+            format!("expected {}, got {}", names.join(" or "), kind.name()),
+        ));
+    }
+    let len = u32::from_le_bytes(len);
+    if len > kind.max_payload() {
+        return Err(Error::FrameTooLarge {
+            step,
+            kind: kind.name(),
+            len: len.into(),
+            max: kind.max_payload().into(),
+        });
+    }
+    Ok((kind, len))
 }
 
 /// Where the encoder streams the state (step 5): plain bytes as DATA

@@ -691,6 +691,10 @@ pub struct Decoder<'de> {
     rest: &'de [u8],
     out_of_line: VecDeque<Vec<u8>>,
     fds: Vec<Option<OwnedFd>>,
+    /// The capacities of the buffered readers and writers decoded so far,
+    /// and what they may add up to.
+    buffer_capacities: u64,
+    buffer_capacity_limit: u64,
 }
 
 impl<'de> Decoder<'de> {
@@ -703,6 +707,8 @@ impl<'de> Decoder<'de> {
             rest: stream,
             out_of_line: out_of_line.into(),
             fds: fds.into_iter().map(Some).collect(),
+            buffer_capacities: 0,
+            buffer_capacity_limit: MAX_BUFFER_CAPACITIES,
         }
     }
 
@@ -1087,8 +1093,19 @@ fn encode_buffered<'a, T: Handover>(
     inner.encode(out)
 }
 
+/// The largest capacity of one decoded buffered reader or writer.
+const MAX_BUFFER_CAPACITY: usize = 1 << 30;
+
+/// What the capacities of all the buffered readers and writers in one state
+/// may add up to: 4 GiB, the default limit on a whole state (PROTOCOL.md,
+/// "Limits"). Each capacity is allocated in full when its buffer is built,
+/// so without this a few bytes per buffer could claim 1 GiB each, past what
+/// the address space holds.
+const MAX_BUFFER_CAPACITIES: u64 = crate::frame::MAX_STATE_BYTES;
+
 /// Reads what [`encode_buffered`] wrote, refusing a capacity that cannot
-/// hold the buffered bytes or is beyond any sensible buffer (1 GiB).
+/// hold the buffered bytes, is beyond any sensible buffer (1 GiB), or would
+/// bring the state's buffers together past `MAX_BUFFER_CAPACITIES`.
 fn decode_buffered<T: Handover>(
     input: &mut Decoder<'_>,
     what: &str,
@@ -1096,7 +1113,7 @@ fn decode_buffered<T: Handover>(
     let capacity: usize = input.serde()?;
     let buffered = input.bytes()?;
     let inner = T::decode(input)?;
-    if capacity < buffered.len() || capacity > 1 << 30 {
+    if capacity < buffered.len() || capacity > MAX_BUFFER_CAPACITY {
         return Err(Error::Codec {
             detail: format!(
                 "{what} of capacity {capacity} cannot hold its {} buffered bytes",
@@ -1104,6 +1121,17 @@ fn decode_buffered<T: Handover>(
             ),
         });
     }
+    let total = input.buffer_capacities + capacity as u64;
+    if total > input.buffer_capacity_limit {
+        return Err(Error::Codec {
+            detail: format!(
+                "{what} of capacity {capacity} would bring the state's buffers to {total} bytes \
+                 in all, past the limit of {}",
+                input.buffer_capacity_limit
+            ),
+        });
+    }
+    input.buffer_capacities = total;
     Ok((capacity, buffered, inner))
 }
 
@@ -1400,6 +1428,41 @@ mod tests {
         let mut pong = [0; 9];
         far.read_exact(&mut pong).unwrap();
         assert_eq!(&pong, b"PONG :x\r\n");
+    }
+
+    #[test]
+    fn buffer_capacities_are_bounded_in_all() {
+        // Found by fuzzing (fuzz/, `frames`): a few bytes made one BufReader
+        // reserve 630 MB. Each capacity is allocated up front, up to 1 GiB
+        // each, and nothing bounded them in all. Three writers of 1000
+        // bytes, against a limit of 2500.
+        let writers: Vec<BufWriter<File>> = (0..3)
+            .map(|_| BufWriter::with_capacity(1000, File::open("/dev/null").unwrap()))
+            .collect();
+        let mut sink = InMemory::default();
+        let sent: Vec<OwnedFd> = Encoder::encode(&mut sink, &writers)
+            .unwrap()
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().unwrap())
+            .collect();
+        let limited = |limit| {
+            let fds = sent.iter().map(|fd| fd.try_clone().unwrap()).collect();
+            let mut decoder = Decoder::new(&sink.stream, Vec::new(), fds);
+            decoder.buffer_capacity_limit = limit;
+            decoder.decode::<Vec<BufWriter<File>>>()
+        };
+        let back = limited(3000).unwrap();
+        assert_eq!(back.iter().map(BufWriter::capacity).sum::<usize>(), 3000);
+        let err = limited(2500).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "BufWriter of capacity 1000 would bring the state's buffers to 3000 bytes in all, \
+                 past the limit of 2500"
+            ),
+            "{err}"
+        );
+        assert_eq!(MAX_BUFFER_CAPACITIES, 4 << 30);
     }
 
     #[test]

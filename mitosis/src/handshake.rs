@@ -21,6 +21,10 @@ use crate::handover::{Schema, SchemaInfo};
 pub(crate) struct Secret([u8; 2 * TOKEN_LEN]);
 
 impl Secret {
+    pub(crate) fn from_bytes(bytes: [u8; 2 * TOKEN_LEN]) -> Secret {
+        Secret(bytes)
+    }
+
     pub(crate) fn generate() -> io::Result<Secret> {
         let mut bytes = [0u8; 2 * TOKEN_LEN];
         let mut filled = 0;
@@ -81,6 +85,37 @@ fn hello_versions(hello: &[u8; HELLO_LEN]) -> (u16, u16) {
         u16::from_le_bytes([hello[8], hello[9]]),
         u16::from_le_bytes([hello[10], hello[11]]),
     )
+}
+
+/// What the first bytes of a connection prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// A HELLO so far; more bytes are needed.
+    Waiting,
+    /// Not a HELLO, or not one with the secret; why, for the log.
+    Refused(&'static str),
+    /// A HELLO with the new process's token, offering these versions.
+    Proven((u16, u16)),
+}
+
+/// Checks the first bytes a connection sent (step 3): refused as soon as
+/// they differ from the magic, then once all `HELLO_LEN` are in, proven
+/// only if they hold the new process's token. Bytes past the HELLO are not
+/// looked at. Allocates nothing.
+pub(crate) fn check_hello(secret: &Secret, received: &[u8]) -> Progress {
+    let received = &received[..received.len().min(HELLO_LEN)];
+    let magic_seen = received.len().min(MAGIC.len());
+    if received[..magic_seen] != MAGIC[..magic_seen] {
+        return Progress::Refused("sent bytes that are not a mitosis HELLO");
+    }
+    let Ok(hello) = <&[u8; HELLO_LEN]>::try_from(received) else {
+        return Progress::Waiting;
+    };
+    if same_token(&hello[12..], secret.child_token()) {
+        Progress::Proven(hello_versions(hello))
+    } else {
+        Progress::Refused("sent a HELLO with the wrong secret")
+    }
 }
 
 /// The highest version both sides speak, if any.
@@ -170,12 +205,6 @@ struct Pending {
     expires: Instant,
 }
 
-enum Progress {
-    Waiting,
-    Refused(&'static str),
-    Proven,
-}
-
 impl Pending {
     /// Reads what has arrived, without blocking; refuses as soon as the
     /// bytes cannot be a HELLO.
@@ -193,18 +222,7 @@ impl Pending {
             }
             Err(_) => return Progress::Refused("failed before proving the secret"),
         }
-        let magic_seen = self.filled.min(MAGIC.len());
-        if self.hello[..magic_seen] != MAGIC[..magic_seen] {
-            return Progress::Refused("sent bytes that are not a mitosis HELLO");
-        }
-        if self.filled < HELLO_LEN {
-            return Progress::Waiting;
-        }
-        if same_token(&self.hello[12..], secret.child_token()) {
-            Progress::Proven
-        } else {
-            Progress::Refused("sent a HELLO with the wrong secret")
-        }
+        check_hello(secret, &self.hello[..self.filled])
     }
 }
 
@@ -274,13 +292,13 @@ pub(crate) fn accept_child(
                         conn.stream.peer_addr().ok()
                     );
                 }
-                Progress::Proven => {
+                Progress::Proven(versions) => {
                     let conn = pending.swap_remove(index);
                     conn.stream
                         .set_nonblocking(false)
                         .map_err(Error::io(STEP))?;
                     conn.stream.set_nodelay(true).map_err(Error::io(STEP))?;
-                    return Ok((conn.stream, hello_versions(&conn.hello)));
+                    return Ok((conn.stream, versions));
                 }
             }
         }

@@ -172,6 +172,134 @@ pub const fn schema(name: &'static str, version: u32, parts: &[Part]) -> Schema 
     }
 }
 
+/// The protocol's decoders on plain bytes, for the property tests in
+/// `tests/hostile_bytes.rs` and the fuzz targets in `fuzz/`: each is a thin
+/// wrapper around the function the handover itself calls (PROTOCOL.md names
+/// the fields). Not public API.
+pub mod wire {
+    use std::os::fd::OwnedFd;
+
+    use crate::error::{Error, Step};
+    use crate::frame;
+    pub use crate::frame::Kind;
+    use crate::handover::{Decoder, Encoder, Handover, InMemory, Schema, SchemaInfo};
+    use crate::handshake::{self, Progress, Secret};
+
+    /// Length of HELLO.
+    pub const HELLO_LEN: usize = frame::HELLO_LEN;
+    /// Length of WELCOME.
+    pub const WELCOME_LEN: usize = frame::WELCOME_LEN;
+    /// Length of a frame header.
+    pub const HEADER_LEN: usize = frame::HEADER_LEN;
+    /// Largest payload of any frame but DATA and BYTES.
+    pub const MAX_CONTROL_PAYLOAD: u32 = frame::MAX_CONTROL_PAYLOAD;
+    /// Largest payload of a DATA or BYTES frame.
+    pub const MAX_DATA_PAYLOAD: u32 = frame::MAX_DATA_PAYLOAD;
+    /// Largest state (stream and out-of-line bytes) the new process accepts.
+    pub const MAX_STATE_BYTES: u64 = frame::MAX_STATE_BYTES;
+    /// Byte buffers of this size or more travel out of line.
+    pub const OUT_OF_LINE_BYTES: usize = crate::handover::OUT_OF_LINE_BYTES;
+    /// Length of the secret: the new process's token, then the old one's.
+    pub const SECRET_LEN: usize = 2 * frame::TOKEN_LEN;
+
+    /// The HELLO the new process sends with `secret`.
+    pub fn hello(secret: &[u8; SECRET_LEN]) -> [u8; HELLO_LEN] {
+        handshake::hello(&Secret::from_bytes(*secret))
+    }
+
+    /// What the old process makes of the first bytes of a connection:
+    /// `Ok(None)` while they may still become a HELLO, `Ok(Some(versions))`
+    /// once they prove `secret`, and the reason it drops the connection
+    /// otherwise.
+    pub fn parse_hello(
+        secret: &[u8; SECRET_LEN],
+        received: &[u8],
+    ) -> Result<Option<(u16, u16)>, &'static str> {
+        match handshake::check_hello(&Secret::from_bytes(*secret), received) {
+            Progress::Waiting => Ok(None),
+            Progress::Proven(versions) => Ok(Some(versions)),
+            Progress::Refused(why) => Err(why),
+        }
+    }
+
+    /// The version the old process chooses for a HELLO's range, if any.
+    pub fn choose_version(theirs: (u16, u16)) -> Option<u16> {
+        handshake::choose_version(theirs)
+    }
+
+    /// The WELCOME the old process sends with `secret` (`chosen` 0: no
+    /// shared version).
+    pub fn welcome(secret: &[u8; SECRET_LEN], chosen: u16) -> [u8; WELCOME_LEN] {
+        handshake::welcome(&Secret::from_bytes(*secret), chosen)
+    }
+
+    /// What the new process makes of a WELCOME: the chosen version.
+    pub fn parse_welcome(
+        secret: &[u8; SECRET_LEN],
+        welcome: &[u8; WELCOME_LEN],
+    ) -> Result<u16, Error> {
+        handshake::check_welcome(&Secret::from_bytes(*secret), welcome)
+    }
+
+    /// The OFFER payload for `accepted`.
+    pub fn offer(accepted: &[Schema]) -> Vec<u8> {
+        handshake::offer(accepted)
+    }
+
+    /// What the old process makes of an OFFER payload.
+    pub fn parse_offer(payload: &[u8]) -> Result<Vec<SchemaInfo>, Error> {
+        handshake::parse_offer(payload)
+    }
+
+    /// What a receiver makes of a frame header when it expects one of
+    /// `expected`: the kind and the payload length it then allocates.
+    pub fn decode_header(
+        step: Step,
+        header: [u8; HEADER_LEN],
+        expected: &[Kind],
+    ) -> Result<(Kind, u32), Error> {
+        frame::decode_header(step, header, expected)
+    }
+
+    /// An encoded state, as the new process receives it.
+    pub struct EncodedState {
+        /// The stream (all DATA payloads).
+        pub stream: Vec<u8>,
+        /// The out-of-line buffers, in order.
+        pub out_of_line: Vec<Vec<u8>>,
+        /// Duplicates of the side table's fds, in order.
+        pub fds: Vec<OwnedFd>,
+    }
+
+    /// Encodes `value` as the old process would, in memory.
+    pub fn encode_state<S: Handover>(value: &S) -> Result<EncodedState, Error> {
+        let mut sink = InMemory::default();
+        let encoded = Encoder::encode(&mut sink, value)?;
+        let fds = encoded
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::io(Step::Fds))?;
+        drop(encoded);
+        Ok(EncodedState {
+            stream: sink.stream,
+            out_of_line: sink.out_of_line,
+            fds,
+        })
+    }
+
+    /// Decodes a state of `S`'s own schema from what the new process
+    /// received (step 7), checking that every byte, buffer and fd is used.
+    pub fn decode_state<S: Handover>(
+        stream: &[u8],
+        out_of_line: Vec<Vec<u8>>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<S, Error> {
+        Decoder::new(stream, out_of_line, fds).decode_from(S::SCHEMA.fingerprint)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
