@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -259,31 +258,6 @@ fn parent_sigkilled_mid_transfer() {
     }
 }
 
-/// Starts a split whose child blocks before init on a fifo, and returns
-/// the child's pid and the fifo's path.
-fn split_held_at_fifo(run: &mut Run, peer: &mut Peer) -> (u32, std::path::PathBuf) {
-    let fifo = run.dir.join("release.fifo");
-    rustix::fs::mkfifoat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .expect("mkfifo");
-    peer.send(&format!("split fifo={}\n", fifo.display()));
-    let splitting = run.stdout.expect("splitting child=");
-    (field(&splitting, "child").parse().unwrap(), fifo)
-}
-
-/// Releases the child held at the fifo. Opening a fifo read-write never
-/// blocks on Linux, and counts as a writer, which unblocks the reader.
-fn release(fifo: &Path) -> std::fs::File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(fifo)
-        .expect("open the fifo")
-}
-
 #[test]
 fn attacker_connects_first_and_learns_nothing() {
     let (mut run, mut peer) = Spawn::new("attacker").start();
@@ -357,29 +331,4 @@ fn connection_flood_does_not_block_handover() {
     for (i, conn) in flood.iter_mut().enumerate() {
         assert_learns_nothing(conn, &format!("flood connection {i}"));
     }
-}
-
-/// Reads `conn` to its end and asserts that not one byte arrived; returns
-/// how the connection ended.
-fn assert_learns_nothing(conn: &mut TcpStream, who: &str) -> &'static str {
-    let (answer, end) = read_to_end(conn, who);
-    assert!(
-        answer.is_empty(),
-        "{who} got {} bytes: {answer:?}",
-        answer.len()
-    );
-    end
-}
-
-/// Lets the new process held at `fifo` go on, and expects it to take over
-/// as generation 2; returns its `ready` line.
-fn release_and_expect_takeover(fifo: &Path, peer: &mut Peer) -> String {
-    let _writer = release(fifo);
-    let ready = peer.line();
-    assert!(
-        ready.starts_with("ready "),
-        "the handover succeeds: {ready:?}"
-    );
-    assert_eq!(field(&ready, "generation"), "2", "{ready:?}");
-    ready
 }

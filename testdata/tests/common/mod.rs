@@ -35,6 +35,7 @@ pub const TESTDATA_MIGRATE_V2: &str = env!("CARGO_BIN_EXE_testdata-migrate-v2");
 pub const TESTDATA_MIGRATE_V3: &str = env!("CARGO_BIN_EXE_testdata-migrate-v3");
 pub const TESTDATA_NOMIGRATE: &str = env!("CARGO_BIN_EXE_testdata-nomigrate");
 pub const ROUNDTRIP: &str = env!("CARGO_BIN_EXE_roundtrip");
+pub const FD_THIEF: &str = env!("CARGO_BIN_EXE_fd-thief");
 
 // ---------------------------------------------------------------------------
 // Temporary directories
@@ -679,6 +680,59 @@ pub fn mitosis_port_of(pid: u32) -> u16 {
                 String::from_utf8_lossy(&cmdline)
             )
         })
+}
+
+// ---------------------------------------------------------------------------
+// Strangers during a handover
+
+/// Starts a split whose child blocks before init on a fifo, and returns
+/// the child's pid and the fifo's path.
+pub fn split_held_at_fifo(run: &mut Run, peer: &mut Peer) -> (u32, PathBuf) {
+    let fifo = run.dir.join("release.fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .expect("mkfifo");
+    peer.send(&format!("split fifo={}\n", fifo.display()));
+    let splitting = run.stdout.expect("splitting child=");
+    (field(&splitting, "child").parse().unwrap(), fifo)
+}
+
+/// Releases the child held at the fifo. Opening a fifo read-write never
+/// blocks on Linux, and counts as a writer, which unblocks the reader.
+pub fn release(fifo: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fifo)
+        .expect("open the fifo")
+}
+
+/// Reads `conn` to its end and asserts that not one byte arrived; returns
+/// how the connection ended.
+pub fn assert_learns_nothing(conn: &mut TcpStream, who: &str) -> &'static str {
+    let (answer, end) = read_to_end(conn, who);
+    assert!(
+        answer.is_empty(),
+        "{who} got {} bytes: {answer:?}",
+        answer.len()
+    );
+    end
+}
+
+/// Lets the new process held at `fifo` go on, and expects it to take over
+/// as generation 2; returns its `ready` line.
+pub fn release_and_expect_takeover(fifo: &Path, peer: &mut Peer) -> String {
+    let _writer = release(fifo);
+    let ready = peer.line();
+    assert!(
+        ready.starts_with("ready "),
+        "the handover succeeds: {ready:?}"
+    );
+    assert_eq!(field(&ready, "generation"), "2", "{ready:?}");
+    ready
 }
 
 // ---------------------------------------------------------------------------
