@@ -78,7 +78,10 @@ impl FdListener {
             )
         })?;
         bind(&listener.socket, &address)?;
-        listen(&listener.socket, 4)?;
+        // The new process connects in step 4 and waits in this backlog
+        // until step 6; a backlog as deep as the TCP port's pending limit
+        // keeps a few strangers of the same user from filling it first.
+        listen(&listener.socket, crate::handshake::MAX_PENDING as i32)?;
         Ok(listener)
     }
 

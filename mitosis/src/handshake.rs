@@ -196,7 +196,7 @@ pub(crate) fn parse_offer(payload: &[u8]) -> Result<Vec<SchemaInfo>, Error> {
 
 /// Connections that have not proven the secret yet. More than this many at
 /// once and the oldest is dropped, so that a flood cannot exhaust fds.
-const MAX_PENDING: usize = 64;
+pub(crate) const MAX_PENDING: usize = 64;
 
 struct Pending {
     stream: TcpStream,
