@@ -564,13 +564,7 @@ impl Parent {
                 sent: S::SCHEMA.into(),
                 accepted,
             };
-            let reject = Payload::default()
-                .u8(Reason::Schema as u8)
-                .schema(&S::SCHEMA)
-                .str(&error.to_string())
-                .bytes();
-            conn.write_frame(Step::Offer, Kind::Reject, &reject)?;
-            return Err(error);
+            return Err(reject::<S>(conn, Step::Offer, Reason::Schema, error));
         }
         conn.write_frame(
             Step::Offer,
@@ -599,13 +593,7 @@ impl Parent {
         let encoded = match encoded {
             Ok(encoded) => encoded,
             Err(error @ Error::LimitExceeded { .. }) => {
-                let reject = Payload::default()
-                    .u8(Reason::Limit as u8)
-                    .schema(&S::SCHEMA)
-                    .str(&error.to_string())
-                    .bytes();
-                conn.write_frame(Step::State, Kind::Reject, &reject)?;
-                return Err(error);
+                return Err(reject::<S>(conn, Step::State, Reason::Limit, error));
             }
             Err(error) => return Err(error),
         };
@@ -711,6 +699,21 @@ impl Parent {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// Tells the new process, with REJECT, why the state will not come, and
+/// returns the error for the old process's own outcome. If even the REJECT
+/// cannot be written, that error is the one to report.
+fn reject<S: Handover>(conn: &Conn, step: Step, reason: Reason, error: Error) -> Error {
+    let reject = Payload::default()
+        .u8(reason as u8)
+        .schema(&S::SCHEMA)
+        .str(&error.to_string())
+        .bytes();
+    match conn.write_frame(step, Kind::Reject, &reject) {
+        Ok(()) => error,
+        Err(write_error) => write_error,
     }
 }
 
