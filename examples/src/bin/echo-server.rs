@@ -102,8 +102,7 @@ const READ_BUDGET: usize = 256 * 1024;
 const BACKLOG: i32 = 4096;
 
 fn main() -> ExitCode {
-    log::set_logger(&StderrLog).ok();
-    log::set_max_level(log::LevelFilter::Warn);
+    mitosis_examples::log_to_stderr("echo-server", log::LevelFilter::Warn);
     // Before anything else: a process started by `split` takes over here.
     let handed_over = mitosis::init::<State>();
     let options = Options::parse_from(mitosis::args());
@@ -383,27 +382,4 @@ fn say(line: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(format!("{line}\n").as_bytes())?;
     out.flush()
-}
-
-/// Log lines on stderr, each with the pid, since two generations may write
-/// at the same time.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        let line = format!(
-            "echo-server[{}] {}: {}\n",
-            std::process::id(),
-            record.level(),
-            record.args()
-        );
-        // One write per line, so that two processes' lines never interleave.
-        io::stderr().write_all(line.as_bytes()).ok();
-    }
-
-    fn flush(&self) {}
 }

@@ -95,8 +95,7 @@ const MAX_LINE: u64 = 8192;
 /// }
 /// ```
 pub fn run(version: &'static str) -> ExitCode {
-    log::set_logger(&StderrLog).ok();
-    log::set_max_level(log::LevelFilter::Info);
+    crate::log_to_stderr("ircbot", log::LevelFilter::Info);
     match start(version).and_then(|state| serve(state, version)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -321,27 +320,4 @@ impl State {
         self.joined
             .retain(|joined| !casemapping.eq(joined, channel));
     }
-}
-
-/// Log lines on stderr, each with the pid, since two generations of the bot
-/// may write to the same terminal.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        let line = format!(
-            "ircbot[{}] {}: {}\n",
-            std::process::id(),
-            record.level(),
-            record.args()
-        );
-        // One write per line, so that two processes' lines never interleave.
-        io::stderr().write_all(line.as_bytes()).ok();
-    }
-
-    fn flush(&self) {}
 }
