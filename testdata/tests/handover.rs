@@ -10,15 +10,6 @@ use std::net::TcpStream;
 
 use common::*;
 
-fn status(peer: &mut Peer) -> String {
-    let status = peer.command("status");
-    assert!(
-        status.starts_with("status pid="),
-        "expected a status line, got {status:?}"
-    );
-    status
-}
-
 #[test]
 fn conversation_survives_ten_generations() {
     const BLOB: usize = 100_003;

@@ -22,15 +22,6 @@ use testdata::wire;
 /// ended, not the thief's patience.
 const THIEF_PATIENCE: Duration = Duration::from_secs(60);
 
-fn status(peer: &mut Peer) -> String {
-    let status = peer.command("status");
-    assert!(
-        status.starts_with("status pid="),
-        "expected a status line, got {status:?}"
-    );
-    status
-}
-
 /// What the first generation holds before the split, to compare with what
 /// the new one holds after it.
 struct Before {

@@ -37,12 +37,6 @@ fn failed_split(run: &mut Run, peer: &mut Peer, command: &str) -> String {
     line
 }
 
-fn status(peer: &mut Peer) -> String {
-    let status = peer.command("status");
-    assert!(status.starts_with("status pid="), "{status:?}");
-    status
-}
-
 /// The fields of `status` that must survive any handover.
 fn assert_kept(before: &str, after: &str) {
     for key in ["label", "blob"] {

@@ -576,6 +576,16 @@ impl Peer {
     }
 }
 
+/// Asks for `status` and checks that the answer is a status line.
+pub fn status(peer: &mut Peer) -> String {
+    let status = peer.command("status");
+    assert!(
+        status.starts_with("status pid="),
+        "expected a status line, got {status:?}"
+    );
+    status
+}
+
 // ---------------------------------------------------------------------------
 // Parsing
 
