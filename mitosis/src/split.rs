@@ -259,7 +259,7 @@ impl SplitOptions {
             .name("mitosis-split".into())
             .spawn(move || {
                 if let Ok((parent, state, in_flight)) = job.recv() {
-                    let outcome = parent.run(state);
+                    let (outcome, handed_over) = parent.run(state);
                     drop(in_flight);
                     if outcome_sender.send(outcome).is_err() {
                         log::warn!(
@@ -267,6 +267,12 @@ impl SplitOptions {
                              failure, the state) was dropped too"
                         );
                     }
+                    // After Done: this process's copy of the handed-over
+                    // state, whose fds already point at /dev/null. Freeing a
+                    // large state takes long (a million-entry map: a fifth
+                    // of a second), and nobody needs to wait for it: the
+                    // caller may exit at once, and the kernel frees it all.
+                    drop(handed_over);
                 }
             });
         if let Err(source) = worker {
@@ -458,8 +464,14 @@ impl<S> fmt::Debug for Split<S> {
 /// ```
 #[derive(Debug)]
 pub enum Outcome<S> {
-    /// The new process committed: it owns the state and its connections, and
-    /// this process holds none of their fds any more. This process may exit.
+    /// The new process committed: it owns the state and its connections.
+    /// None of this process's fd numbers refers to a handed-over connection
+    /// any more: each now points at `/dev/null`, so no destructor can write
+    /// to the new process's connections. This process may exit.
+    ///
+    /// The old copy of the state is dropped on the handover thread right
+    /// after this is reported, which closes those placeholders and frees
+    /// its memory; a process that exits first leaves that to the kernel.
     Done {
         /// The new process's pid.
         pid: u32,
@@ -495,7 +507,10 @@ struct Parent {
 }
 
 impl Parent {
-    fn run<S: Handover>(mut self, state: S) -> Outcome<S> {
+    /// Runs the handover. On success, the state comes back too: disarmed
+    /// (its fds point at `/dev/null`), for the caller to drop after it has
+    /// reported `Done`.
+    fn run<S: Handover>(mut self, state: S) -> (Outcome<S>, Option<S>) {
         let result =
             catch_unwind(AssertUnwindSafe(|| self.hand_over(&state))).unwrap_or_else(|panic| {
                 let message = panic
@@ -508,14 +523,13 @@ impl Parent {
         let pid = self.child.id();
         match result {
             Ok(()) => {
-                drop(state);
                 log::info!("mitosis: pid {pid} took over");
-                Outcome::Done { pid }
+                (Outcome::Done { pid }, Some(state))
             }
             Err(error) => {
                 let error = self.stop_child(error);
                 log::warn!("mitosis: handover to pid {pid} failed: {error}");
-                Outcome::Failed { state, error }
+                (Outcome::Failed { state, error }, None)
             }
         }
     }
