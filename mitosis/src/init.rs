@@ -314,7 +314,7 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
                 let size = fields.u64()?;
                 fields.end()?;
                 admit(size)?;
-                let mut buffer = Vec::with_capacity(size as usize);
+                let mut buffer = receive_buffer(size as usize);
                 while (buffer.len() as u64) < size {
                     let (_, len) = conn.read_header(STEP, &[Kind::Bytes])?;
                     if buffer.len() as u64 + u64::from(len) > size {
@@ -358,4 +358,34 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
             }
         }
     }
+}
+
+/// From this size up, an out-of-line buffer asks for transparent huge pages.
+const HUGE_BUFFER: usize = 4 << 20;
+
+/// An empty `Vec` with room for `size` bytes, about to be filled from the
+/// socket. A fresh process has none of that memory yet, and faulting it in
+/// 4 KiB at a time, inside the socket reads, cost as much as the copy
+/// itself. For a big buffer, ask for transparent huge pages: 512 times
+/// fewer faults.
+fn receive_buffer(size: usize) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(size);
+    if size >= HUGE_BUFFER {
+        let spare = buffer.spare_capacity_mut();
+        let page = rustix::param::page_size();
+        let start = spare.as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(page);
+        let len = (spare.len() - (aligned - start)) / page * page;
+        // SAFETY: the range lies inside this Vec's allocation, which this
+        // function owns and which holds nothing yet. MADV_HUGEPAGE only
+        // changes how the kernel backs the range, never what it holds; if
+        // the kernel refuses (no THP support), the memory stays as it was.
+        let advised = unsafe {
+            rustix::mm::madvise(aligned as *mut _, len, rustix::mm::Advice::LinuxHugepage)
+        };
+        if let Err(error) = advised {
+            log::debug!("mitosis: no huge pages for a {size}-byte buffer: {error}");
+        }
+    }
+    buffer
 }
