@@ -227,10 +227,12 @@ fn fds_after_success() {
             "the old process still holds {target} after Done: {done:?}"
         );
     }
-    assert_eq!(
-        non_stdio(&old),
-        Vec::<String>::new(),
-        "after Done the old process holds only stdio: {done:?}"
+    // At Done the old copies point at /dev/null; the handover thread closes
+    // them right after, so there are between none and all of them.
+    let placeholders = non_stdio(&old);
+    assert!(
+        placeholders.len() <= state_targets.len() && placeholders.iter().all(|t| t == "/dev/null"),
+        "after Done the old process holds only stdio and /dev/null placeholders: {done:?}"
     );
 
     let answer = peer.command("fds");
@@ -303,10 +305,13 @@ fn spare_fds_cross_in_several_batches() {
         .expect("the done line was read")
         .clone();
     let old = parse_fds(done.split_once(" fds=").expect("fds= in the done line").1);
-    assert_eq!(
-        non_stdio(&old),
-        Vec::<String>::new(),
-        "after Done the old process holds only stdio: {done:?}"
+    // At Done the old copies point at /dev/null; the handover thread closes
+    // them right after, so there are between none and all of them.
+    let placeholders = non_stdio(&old);
+    assert!(
+        placeholders.len() <= non_stdio(&before).len()
+            && placeholders.iter().all(|t| t == "/dev/null"),
+        "after Done the old process holds only stdio and /dev/null placeholders: {done:?}"
     );
     assert_eq!(peer.command("ping spare"), "pong spare");
 }
