@@ -10,7 +10,7 @@ use crate::args;
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel;
-use crate::frame::{Conn, Deadline, Fields, Kind, Payload, Reason, WELCOME_LEN};
+use crate::frame::{Conn, Deadline, Fields, Kind, Payload, Reason, VERSIONS, WELCOME_LEN};
 use crate::handover::{Decoder, Handover};
 use crate::handshake::{self, Secret};
 use crate::spawn::{
@@ -153,15 +153,30 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     stream.set_nodelay(true).map_err(Error::io(Step::Connect))?;
     let mut conn = Conn::new(stream, deadline, Side::New);
 
-    // Step 3: prove the secret, check the old process proves it too, and
-    // learn the protocol version.
+    // Step 3: prove the secret. Step 4's OFFER follows at once, without
+    // waiting for WELCOME: this process speaks one protocol version, so it
+    // knows the OFFER's format already, and the round trip is saved
+    // (PROTOCOL.md, step 4). The fd channel is connected first: the old
+    // process may now run ahead into step 5, and if it dies there, this
+    // process must learn that from the state's frames, not from a refused
+    // fd channel.
+    const _: () = assert!(
+        VERSIONS.0 == VERSIONS.1,
+        "with a range of versions, OFFER must wait for WELCOME's choice"
+    );
+    let fd_channel: OwnedFd =
+        fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
     conn.write_all(Step::Hello, &handshake::hello(&env.secret))?;
     fault::at(Side::New, Point::Hello);
+    conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(&accepted))?;
+    fault::at(Side::New, Point::Offer);
+    // Then check that the old process proves the secret too, and learn the
+    // protocol version.
     let mut welcome = [0u8; WELCOME_LEN];
     conn.read_exact(Step::Hello, &mut welcome)?;
     handshake::check_welcome(&env.secret, &welcome)?;
 
-    let result = receive::<S>(&mut conn, &env, &accepted, &deadline);
+    let result = receive::<S>(&mut conn, &env, &accepted, fd_channel, &deadline);
     let state = match result {
         Ok(state) => state,
         Err(error) => {
@@ -214,14 +229,11 @@ fn receive<S: Handover>(
     conn: &mut Conn,
     env: &Environment,
     accepted: &[crate::Schema],
+    fd_channel: OwnedFd,
     deadline: &Deadline,
 ) -> Result<S, Error> {
-    // Step 4: say which schemas this binary accepts; the old process sends
-    // its state only if one matches.
-    let fd_channel: OwnedFd =
-        fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
-    conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(accepted))?;
-    fault::at(Side::New, Point::Offer);
+    // Step 4: the old process sends its state only if it matches one of the
+    // offered schemas.
     let (kind, payload) = conn.read_frame(Step::Offer, &[Kind::State, Kind::Reject])?;
     let mut fields = Fields::new(Step::Offer, kind, &payload);
     if kind == Kind::Reject {

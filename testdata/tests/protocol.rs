@@ -28,18 +28,15 @@ struct FakeParent {
 }
 
 impl FakeParent {
-    fn start(name: &str, with_fd_channel: bool) -> FakeParent {
+    fn start(name: &str) -> FakeParent {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake old process");
         let port = listener.local_addr().unwrap().port();
         let secret = random_secret();
         let sockets = TempDir::new(&format!("{name}-sockets"));
-        let (fd_socket, fd_listener) = if with_fd_channel {
-            let path = sockets.join("fd.sock");
-            let listener = fd_channel_listener(&path);
-            (path.display().to_string(), Some(listener))
-        } else {
-            ("/nonexistent".to_owned(), None)
-        };
+        // The new process connects to it before it sends HELLO.
+        let path = sockets.join("fd.sock");
+        let (fd_socket, fd_listener) =
+            (path.display().to_string(), Some(fd_channel_listener(&path)));
         let run = Spawn::new(name)
             .args(&[&format!("--mitosis={port}")])
             .env("MITOSIS_SECRET", &wire::hex(&secret))
@@ -85,7 +82,7 @@ impl FakeParent {
 
 #[test]
 fn protocol_version_mismatch_child_side() {
-    let mut parent = FakeParent::start("version-child", false);
+    let mut parent = FakeParent::start("version-child");
     let mut conn = parent.accept_hello();
     conn.write_all(&wire::welcome(0, 2, 2, &parent.secret))
         .expect("send the WELCOME");
@@ -128,7 +125,7 @@ fn fd_channel_listener(path: &Path) -> OwnedFd {
 
 #[test]
 fn parent_vanishing_mid_transfer_fails_init_cleanly() {
-    let mut parent = FakeParent::start("vanish", true);
+    let mut parent = FakeParent::start("vanish");
     // The fake old process runs on a thread and goes away by returning,
     // which drops (closes) its connection and its fd channel listener, into
     // whose backlog the new process has connected.
