@@ -13,7 +13,7 @@
 //!   value in memory, in the same round), and of 0 to 10,000 fds. Each is
 //!   timed from `split()` to `Outcome::Done` in this process, and from
 //!   `split()` to `init()` returning in the new process, which reports its
-//!   `CLOCK_MONOTONIC` reading over a Unix datagram socket;
+//!   `CLOCK_MONOTONIC` reading over a Unix stream socket;
 //! - **shellflip 2.1.3** restarting `shellflip-bench` with the small state,
 //!   from asking for the restart to the new process being ready, as the old
 //!   process sees it.
@@ -215,6 +215,9 @@ enum Job {
     Floor,
     /// Spawn `shellflip-bench` until it connects back.
     ShellflipFloor,
+    /// Spawn `bench` until it connects back, while holding this many fds
+    /// (close-on-exec, as a handover's are): what exec alone pays for them.
+    FloorFds(usize),
     /// shellflip: restart → ready, 1 KiB + 3 fds.
     Shellflip,
     /// mitosis: 1 KiB + 3 fds.
@@ -233,6 +236,7 @@ impl Job {
         match self {
             Job::Floor => "floor".into(),
             Job::ShellflipFloor => "shellflip-floor".into(),
+            Job::FloorFds(n) => format!("floor-fds-{n}"),
             Job::Shellflip => "shellflip".into(),
             Job::Small => "small".into(),
             Job::Blob(size) => format!("blob-{size}"),
@@ -318,7 +322,13 @@ fn harness(cli: &Cli) -> Result<()> {
     let fd_limit = raise_fd_limit(FD_COUNTS[FD_COUNTS.len() - 1] as u64 + FD_MARGIN);
     eprintln!("bench: {}", fd_limit.1);
 
-    let mut jobs = vec![Job::Floor, Job::ShellflipFloor, Job::Shellflip, Job::Small];
+    let mut jobs = vec![
+        Job::Floor,
+        Job::FloorFds(FD_COUNTS[FD_COUNTS.len() - 1]),
+        Job::ShellflipFloor,
+        Job::Shellflip,
+        Job::Small,
+    ];
     jobs.extend(BLOB_SIZES.map(Job::Blob));
     jobs.extend(FD_COUNTS.map(Job::Fds));
     jobs.push(Job::Map);
@@ -333,7 +343,7 @@ fn harness(cli: &Cli) -> Result<()> {
     }
     let mut skipped = Vec::new();
     jobs.retain(|&job| match job {
-        Job::Fds(n) if n as u64 + FD_MARGIN > fd_limit.0 => {
+        Job::Fds(n) | Job::FloorFds(n) if n as u64 + FD_MARGIN > fd_limit.0 => {
             let why = format!(
                 "RLIMIT_NOFILE is {} here, and {n} fds need {}",
                 fd_limit.0,
@@ -435,6 +445,11 @@ impl Harness {
     fn run(&mut self, job: Job, samples: &mut Samples, map: &mut Option<MapMaster>) -> Result<()> {
         match job {
             Job::Floor => samples.done.push(spawn_until_connected(&self.exe)?),
+            Job::FloorFds(n) => {
+                let held = fds_state(n, &self.exe)?;
+                samples.done.push(spawn_until_connected(&self.exe)?);
+                drop(held);
+            }
             Job::ShellflipFloor => {
                 samples
                     .done

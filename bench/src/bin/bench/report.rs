@@ -105,9 +105,19 @@ fn targets(run: &Run) -> Vec<Target> {
     targets.push(match (run.done(Job::Shellflip), small) {
         (Some(shellflip), Some(small)) => {
             let ratio = secs(shellflip) / secs(small);
+            // Both stand on an exec floor of their own binary; what each
+            // adds to it is the part a library can change.
+            let above = match (run.done(Job::Floor), run.done(Job::ShellflipFloor)) {
+                (Some(floor), Some(theirs)) => format!(
+                    "; above each binary's own exec floor: mitosis {}, shellflip {}",
+                    ms(small.p50.saturating_sub(floor.p50)),
+                    ms(shellflip.p50.saturating_sub(theirs.p50))
+                ),
+                _ => String::new(),
+            };
             target.measured(
                 format!(
-                    "{ratio:.2}× faster ({} against shellflip's {})",
+                    "{ratio:.2}× faster ({} against shellflip's {}{above})",
                     ms(small.p50),
                     ms(shellflip.p50)
                 ),
@@ -122,9 +132,25 @@ fn targets(run: &Run) -> Vec<Target> {
     targets.push(match (run.done(Job::Fds(most)), run.done(Job::Fds(0))) {
         (Some(many), Some(none)) => {
             let extra = many.p50.saturating_sub(none.p50);
+            let init = match (run.init(Job::Fds(most)), run.init(Job::Fds(0))) {
+                (Some(many), Some(none)) => {
+                    format!(
+                        "; split → init: {} more",
+                        ms(many.p50.saturating_sub(none.p50))
+                    )
+                }
+                _ => String::new(),
+            };
+            let exec = match (run.done(Job::FloorFds(most)), run.done(Job::Floor)) {
+                (Some(held), Some(floor)) => format!(
+                    "; the exec floor alone grows by {} with them open",
+                    ms(held.p50.saturating_sub(floor.p50))
+                ),
+                _ => String::new(),
+            };
             target.measured(
                 format!(
-                    "{} more ({} against {}, p50 split → Done)",
+                    "{} more ({} against {}, p50 split → Done{init}{exec})",
                     ms(extra),
                     ms(many.p50),
                     ms(none.p50)
@@ -248,6 +274,10 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         (
             "exec floor: spawn `bench` until it connects back",
             run.done(Job::Floor),
+        ),
+        (
+            "exec floor: spawn `bench` until it connects back, holding 10,000 fds",
+            run.done(Job::FloorFds(FD_COUNTS[FD_COUNTS.len() - 1])),
         ),
         (
             "exec floor: spawn `shellflip-bench` until it connects back",
@@ -398,16 +428,21 @@ All times are `CLOCK_MONOTONIC` readings, which compare across processes.
   spawns the binary (`bench floor <port>`, or `shellflip-bench floor <port>`)
   and stops the clock when `accept` returns. No handover: the least any
   re-exec upgrade can cost. The child connects before parsing its command
-  line, as a handover's new process does, and exits at once.
+  line, as a handover's new process does, and exits at once. The floor
+  *holding 10,000 fds* is the same while the harness holds the 10,000-fd
+  case's files and sockets (close-on-exec): exec then copies and closes them
+  all, which no re-exec upgrade can avoid.
 - **mitosis `split` → `Done`**: the harness builds the state (not timed),
   reads the clock, calls `SplitOptions::split` and stops the clock when
-  `Split::wait` returns `Outcome::Done`. That includes mitosis dropping the
-  old process's copy of the state. The new process is a copy of `bench`,
-  whose `main` calls `mitosis::init` first.
+  `Split::wait` returns `Outcome::Done`. That includes pointing the old
+  process's copies of the fds at `/dev/null`; mitosis frees the old copy of
+  the state after `Done`, on its handover thread. The new process is a copy
+  of `bench`, whose `main` calls `mitosis::init` first.
 - **mitosis `split` → `init` returns**: the new process reads the clock as
   soon as `init` returns, then checks the state and sends its reading to the
-  harness over a Unix datagram socket; the harness subtracts its own start
-  reading.
+  harness over a Unix stream socket; the harness subtracts its own start
+  reading. The new process then keeps its state, as a real one would, until
+  the harness has timed `Done` and hangs up.
 - **End to end**: per round, from `split` to the later of the two.
   Throughput is the `Vec<u8>`'s size over its end-to-end p50.
 - **postcard encode+decode**: `postcard::to_stdvec` then `postcard::from_bytes`
@@ -425,7 +460,11 @@ All times are `CLOCK_MONOTONIC` readings, which compare across processes.
   rebuilt its fds, calls `shellflip::startup_complete`. The restart
   coordination socket is off, so shellflip spawns without a `pre_exec` hook
   (its fastest path).
-- Every round starts after the previous round's new process has been reaped.
+- Every round starts after the previous round's new process has been
+  reaped and mitosis's handover thread has finished, and after glibc has
+  consolidated the chunks freed so far (a 64 KiB allocation): otherwise
+  freeing a million-entry map charged ~600 ms of `malloc_consolidate` to
+  the next round's spawn.
 ";
 
 /// Today's date in UTC, as YYYY-MM-DD.
