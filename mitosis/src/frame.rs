@@ -7,6 +7,7 @@
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Step};
@@ -207,6 +208,18 @@ impl Conn {
         self.reader.get_ref()
     }
 
+    /// Holds back partly filled segments (`TCP_CORK`) until the returned
+    /// guard is dropped. With `TCP_NODELAY` every frame is a segment of its
+    /// own, and the other process may wake for each; a burst written
+    /// corked leaves in as few segments as its size allows, and the other
+    /// process wakes once. Without cork (it cannot fail on a TCP socket),
+    /// the frames still go out, one segment each.
+    pub(crate) fn cork(&self) -> Corked {
+        let fd = self.stream().as_fd().try_clone_to_owned().ok();
+        let fd = fd.filter(|fd| set_cork(fd, true));
+        Corked { fd }
+    }
+
     fn arm_read(&self, step: Step) -> Result<(), Error> {
         if self.unbounded {
             return Ok(());
@@ -380,6 +393,26 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Sends what [`Conn::cork`] held back, when dropped, on every path out of
+/// the burst, errors included.
+pub(crate) struct Corked {
+    fd: Option<OwnedFd>,
+}
+
+impl Drop for Corked {
+    fn drop(&mut self) {
+        if let Some(fd) = &self.fd {
+            set_cork(fd, false);
+        }
+    }
+}
+
+fn set_cork(fd: &OwnedFd, on: bool) -> bool {
+    rustix::net::sockopt::set_tcp_cork(fd, on)
+        .inspect_err(|error| log::debug!("mitosis: TCP_CORK {on}: {error}"))
+        .is_ok()
 }
 
 fn header(kind: Kind, len: u32) -> [u8; HEADER_LEN] {

@@ -166,9 +166,11 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     );
     let fd_channel: OwnedFd =
         fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
+    let burst = conn.cork();
     conn.write_all(Step::Hello, &handshake::hello(&env.secret))?;
     fault::at(Side::New, Point::Hello);
     conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(&accepted))?;
+    drop(burst);
     fault::at(Side::New, Point::Offer);
     // Then check that the old process proves the secret too, and learn the
     // protocol version.

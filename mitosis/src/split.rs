@@ -552,6 +552,9 @@ impl Parent {
             .conn
             .insert(Conn::new(stream, self.deadline, Side::Old));
         fault::at(Side::Old, Point::Hello);
+        // Steps 3 to 5 leave as one burst: for a small state, WELCOME,
+        // STATE, the data and END share a segment.
+        let burst = conn.cork();
 
         // Step 3: prove the secret back and choose the protocol version.
         let chosen = handshake::choose_version(versions);
@@ -617,6 +620,7 @@ impl Parent {
             .u32(encoded.fds.len() as u32)
             .bytes();
         conn.write_frame(Step::State, Kind::End, &end)?;
+        drop(burst);
         log::debug!(
             "mitosis: step 5: sent {} bytes of state and {} out of line, {} fds to follow",
             encoded.total_bytes,
