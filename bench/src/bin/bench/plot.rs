@@ -128,200 +128,173 @@ where
     Ok(())
 }
 
-/// Latency against the size of a `Vec<u8>` state, with the map at the size
-/// of its postcard encoding, and the 0 B case as a horizontal line (a log
-/// axis has no 0).
-pub(crate) fn state(run: &Run, path: &Path) -> Result<()> {
-    let sizes = BLOB_SIZES.iter().filter(|&&size| size > 0);
-    let done: Vec<(f64, Stats)> = sizes
-        .clone()
-        .filter_map(|&size| Some((size as f64, run.done(Job::Blob(size))?)))
-        .collect();
-    let init: Vec<(f64, Stats)> = sizes
-        .filter_map(|&size| Some((size as f64, run.init(Job::Blob(size))?)))
-        .collect();
-    let floor = run.done(Job::Floor);
-    let zero = run.done(Job::Blob(0));
-    let map = run
-        .get(Job::Map)
-        .map(|samples| samples.encoded_bytes as f64);
-    let (map_done, map_init, postcard) = (run.done(Job::Map), run.init(Job::Map), run.postcard());
-
-    let mut values: Vec<f64> = Vec::new();
-    for &(_, s) in done.iter().chain(&init) {
-        values.extend([ms_of(s, false), ms_of(s, true)]);
-    }
-    for s in [floor, zero, map_done, map_init, postcard]
-        .into_iter()
-        .flatten()
-    {
-        values.push(ms_of(s, false));
-    }
-    let (y0, y1) = y_range(values);
-    let (x0, x1) = (512.0, 2048.0 * 1024.0 * 1024.0);
-
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "mitosis: handover latency against state size",
-            ("sans-serif", 24),
-        )
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (x0..x1)
-                .log_scale()
-                .with_key_points((5..=15).map(|k| 4f64.powi(k)).collect()),
-            (y0..y1).log_scale().with_key_points(ms_ticks((y0, y1))),
-        )?;
-    chart
-        .configure_mesh()
-        .x_desc("state size (Vec<u8> bytes; the map at its postcard size)")
-        .y_desc("latency, ms")
-        .x_label_formatter(&|x: &f64| bytes(*x as u64))
-        .y_label_formatter(&ms_label)
-        .draw()?;
-
-    if let Some(floor) = floor {
-        hline(
-            &mut chart,
-            (x0, x1),
-            ms_of(floor, false),
-            FLOOR,
-            format!("exec floor, p50 ({})", ms(floor.p50)),
-        )?;
-    }
-    if let Some(zero) = zero {
-        hline(
-            &mut chart,
-            (x0, x1),
-            ms_of(zero, false),
-            ZERO,
-            format!("0 B state, split → Done p50 ({})", ms(zero.p50)),
-        )?;
-    }
-    series(&mut chart, &done, DONE, "Vec<u8>: split → Done")?;
-    series(&mut chart, &init, INIT, "Vec<u8>: split → init returns")?;
-    if let (Some(x), Some(s)) = (map, map_done) {
-        let label = format!("1M-entry map: split → Done p50 ({})", ms(s.p50));
-        point(&mut chart, (x, ms_of(s, false)), DONE, label)?;
-    }
-    if let (Some(x), Some(s)) = (map, map_init) {
-        let label = format!("1M-entry map: split → init p50 ({})", ms(s.p50));
-        point(&mut chart, (x, ms_of(s, false)), INIT, label)?;
-    }
-    if let (Some(x), Some(s)) = (map, postcard) {
-        let label = format!("1M-entry map: postcard encode+decode p50 ({})", ms(s.p50));
-        point(&mut chart, (x, ms_of(s, false)), OTHER, label)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+/// One plot: its axes, its two series (split → Done and split → init
+/// returns, against x), and the lines and points drawn over them. The y
+/// range follows from what is drawn.
+struct Plot {
+    caption: &'static str,
+    x_desc: &'static str,
+    x_range: (f64, f64),
+    x_ticks: Vec<f64>,
+    x_label: fn(&f64) -> String,
+    /// Prefixed to the two series' legend entries.
+    series_label: &'static str,
+    done: Vec<(f64, Stats)>,
+    init: Vec<(f64, Stats)>,
+    /// Dashed horizontal lines: y in ms, colour, legend entry.
+    lines: Vec<(f64, RGBColor, String)>,
+    /// Marked points: (x, y in ms), colour, legend entry.
+    points: Vec<((f64, f64), RGBColor, String)>,
 }
 
-/// Latency against the number of fds in the state, with the 0-fd case as a
-/// horizontal line, and the small state and shellflip at 3 fds.
+impl Plot {
+    /// The two series for these jobs, at these x values.
+    fn series(run: &Run, jobs: impl Iterator<Item = (f64, Job)>) -> [Vec<(f64, Stats)>; 2] {
+        let mut done = Vec::new();
+        let mut init = Vec::new();
+        for (x, job) in jobs {
+            done.extend(run.done(job).map(|s| (x, s)));
+            init.extend(run.init(job).map(|s| (x, s)));
+        }
+        [done, init]
+    }
+
+    /// The exec floor's line, and the case with nothing in it (a log axis
+    /// has no 0) as another.
+    fn floor_and_zero(run: &Run, zero: Job, zero_label: &str) -> Vec<(f64, RGBColor, String)> {
+        let floor = run.done(Job::Floor).map(|floor| {
+            let label = format!("exec floor, p50 ({})", ms(floor.p50));
+            (ms_of(floor, false), FLOOR, label)
+        });
+        let zero = run.done(zero).map(|zero| {
+            let label = format!("{zero_label}, split → Done p50 ({})", ms(zero.p50));
+            (ms_of(zero, false), ZERO, label)
+        });
+        floor.into_iter().chain(zero).collect()
+    }
+
+    fn draw(&self, path: &Path) -> Result<()> {
+        let values = self
+            .done
+            .iter()
+            .chain(&self.init)
+            .flat_map(|&(_, s)| [ms_of(s, false), ms_of(s, true)]);
+        let (y0, y1) = y_range(
+            values
+                .chain(self.lines.iter().map(|&(y, _, _)| y))
+                .chain(self.points.iter().map(|&((_, y), _, _)| y)),
+        );
+        let (x0, x1) = self.x_range;
+
+        let root = SVGBackend::new(path, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.caption, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                (x0..x1).log_scale().with_key_points(self.x_ticks.clone()),
+                (y0..y1).log_scale().with_key_points(ms_ticks((y0, y1))),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_desc)
+            .y_desc("latency, ms")
+            .x_label_formatter(&self.x_label)
+            .y_label_formatter(&ms_label)
+            .draw()?;
+        for (y, color, label) in &self.lines {
+            hline(&mut chart, (x0, x1), *y, *color, label.clone())?;
+        }
+        let label = |what: &str| format!("{}{what}", self.series_label);
+        series(&mut chart, &self.done, DONE, &label("split → Done"))?;
+        series(&mut chart, &self.init, INIT, &label("split → init returns"))?;
+        for (at, color, label) in &self.points {
+            point(&mut chart, *at, *color, label.clone())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+/// Latency against the size of a `Vec<u8>` state, with the map at the size
+/// of its postcard encoding, and the 0 B case as a horizontal line.
+pub(crate) fn state(run: &Run, path: &Path) -> Result<()> {
+    let sizes = BLOB_SIZES.iter().filter(|&&size| size > 0);
+    let [done, init] = Plot::series(run, sizes.map(|&size| (size as f64, Job::Blob(size))));
+    let mut points = Vec::new();
+    if let Some(x) = run
+        .get(Job::Map)
+        .map(|samples| samples.encoded_bytes as f64)
+    {
+        let map = [
+            (run.done(Job::Map), DONE, "split → Done"),
+            (run.init(Job::Map), INIT, "split → init"),
+            (run.postcard(), OTHER, "postcard encode+decode"),
+        ];
+        for (stats, color, what) in map {
+            if let Some(s) = stats {
+                let label = format!("1M-entry map: {what} p50 ({})", ms(s.p50));
+                points.push(((x, ms_of(s, false)), color, label));
+            }
+        }
+    }
+    Plot {
+        caption: "mitosis: handover latency against state size",
+        x_desc: "state size (Vec<u8> bytes; the map at its postcard size)",
+        x_range: (512.0, 2048.0 * 1024.0 * 1024.0),
+        x_ticks: (5..=15).map(|k| 4f64.powi(k)).collect(),
+        x_label: |x| bytes(*x as u64),
+        series_label: "Vec<u8>: ",
+        done,
+        init,
+        lines: Plot::floor_and_zero(run, Job::Blob(0), "0 B state"),
+        points,
+    }
+    .draw(path)
+}
+
+/// Latency against the number of fds in the state, with the 0-fd case and
+/// the 10,000-fd target as horizontal lines, and the small state and
+/// shellflip at 3 fds.
 pub(crate) fn fds(run: &Run, path: &Path) -> Result<()> {
     let counts = FD_COUNTS.iter().filter(|&&n| n > 0);
-    let done: Vec<(f64, Stats)> = counts
-        .clone()
-        .filter_map(|&n| Some((n as f64, run.done(Job::Fds(n))?)))
+    let [done, init] = Plot::series(run, counts.map(|&n| (n as f64, Job::Fds(n))));
+    let mut lines = Plot::floor_and_zero(run, Job::Fds(0), "0 fds");
+    if let Some(zero) = run.done(Job::Fds(0)) {
+        let label = "target for 10,000 fds: the 0-fd p50 + 5 ms".to_string();
+        lines.push((ms_of(zero, false) + 5.0, OTHER, label));
+    }
+    let small = [
+        (Job::Small, DONE, "mitosis split → Done"),
+        (Job::Shellflip, SHELLFLIP, "shellflip restart → ready"),
+    ];
+    let points = small
+        .into_iter()
+        .filter_map(|(job, color, what)| {
+            let s = run.done(job)?;
+            let label = format!("1 KiB + 3 fds: {what} p50 ({})", ms(s.p50));
+            Some(((3.0, ms_of(s, false)), color, label))
+        })
         .collect();
-    let init: Vec<(f64, Stats)> = counts
-        .filter_map(|&n| Some((n as f64, run.init(Job::Fds(n))?)))
-        .collect();
-    let floor = run.done(Job::Floor);
-    let zero = run.done(Job::Fds(0));
-    let (small, shellflip) = (run.done(Job::Small), run.done(Job::Shellflip));
-
-    let mut values: Vec<f64> = Vec::new();
-    for &(_, s) in done.iter().chain(&init) {
-        values.extend([ms_of(s, false), ms_of(s, true)]);
+    Plot {
+        caption: "mitosis: handover latency against fd count",
+        x_desc: "fds in the state (half files, half Unix sockets)",
+        x_range: (0.7, 20_000.0),
+        x_ticks: vec![1.0, 3.0, 16.0, 256.0, 1024.0, 10_000.0],
+        x_label: |x| format!("{}", x.round()),
+        series_label: "",
+        done,
+        init,
+        lines,
+        points,
     }
-    for s in [floor, zero, small, shellflip].into_iter().flatten() {
-        values.push(ms_of(s, false));
-    }
-    if let Some(zero) = zero {
-        values.push(ms_of(zero, false) + 5.0);
-    }
-    let (y0, y1) = y_range(values);
-    let (x0, x1) = (0.7, 20_000.0);
-
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "mitosis: handover latency against fd count",
-            ("sans-serif", 24),
-        )
-        .margin(16)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (x0..x1)
-                .log_scale()
-                .with_key_points(vec![1.0, 3.0, 16.0, 256.0, 1024.0, 10_000.0]),
-            (y0..y1).log_scale().with_key_points(ms_ticks((y0, y1))),
-        )?;
-    chart
-        .configure_mesh()
-        .x_desc("fds in the state (half files, half Unix sockets)")
-        .y_desc("latency, ms")
-        .x_label_formatter(&|x: &f64| format!("{}", x.round()))
-        .y_label_formatter(&ms_label)
-        .draw()?;
-
-    if let Some(floor) = floor {
-        hline(
-            &mut chart,
-            (x0, x1),
-            ms_of(floor, false),
-            FLOOR,
-            format!("exec floor, p50 ({})", ms(floor.p50)),
-        )?;
-    }
-    if let Some(zero) = zero {
-        hline(
-            &mut chart,
-            (x0, x1),
-            ms_of(zero, false),
-            ZERO,
-            format!("0 fds, split → Done p50 ({})", ms(zero.p50)),
-        )?;
-        hline(
-            &mut chart,
-            (x0, x1),
-            ms_of(zero, false) + 5.0,
-            OTHER,
-            "target for 10,000 fds: the 0-fd p50 + 5 ms".into(),
-        )?;
-    }
-    series(&mut chart, &done, DONE, "split → Done")?;
-    series(&mut chart, &init, INIT, "split → init returns")?;
-    if let Some(s) = small {
-        let label = format!("1 KiB + 3 fds: mitosis split → Done p50 ({})", ms(s.p50));
-        point(&mut chart, (3.0, ms_of(s, false)), DONE, label)?;
-    }
-    if let Some(s) = shellflip {
-        let label = format!(
-            "1 KiB + 3 fds: shellflip restart → ready p50 ({})",
-            ms(s.p50)
-        );
-        point(&mut chart, (3.0, ms_of(s, false)), SHELLFLIP, label)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    .draw(path)
 }
