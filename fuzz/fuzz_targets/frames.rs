@@ -17,9 +17,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mitosis::__private::wire::{
-    self, EncodedState, HEADER_LEN, Kind, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, OUT_OF_LINE_BYTES,
+use mitosis::testing::wire::{
+    self, HEADER_LEN, Kind, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, OUT_OF_LINE_BYTES,
 };
+use mitosis::testing::{self as hooks, EncodedState};
 use mitosis::{Handover, Step};
 
 #[derive(Handover)]
@@ -80,7 +81,7 @@ fn valid() -> &'static (State, EncodedState) {
             spare: Some(null_fd()),
             uptime: Duration::from_millis(1500),
         };
-        let encoded = wire::encode_state(&state).unwrap();
+        let encoded = hooks::encode_state(&state).unwrap();
         assert_eq!(encoded.fds.len(), 6);
         (state, encoded)
     })
@@ -142,7 +143,7 @@ fn header(input: &[u8]) {
 }
 
 fn state(stream: &[u8], out_of_line: Vec<Vec<u8>>, fds: Vec<OwnedFd>) {
-    if let Err(error) = wire::decode_state::<State>(stream, out_of_line, fds) {
+    if let Err(error) = hooks::decode_state::<State>(stream, out_of_line, fds) {
         assert!(!error.to_string().is_empty());
     }
 }

@@ -1,5 +1,7 @@
-//! Step 3 and 4 decoders: HELLO (as the old process reads a connection's
-//! first bytes), WELCOME (as the new process reads it) and the OFFER payload.
+//! The handshake and every frame's payload: HELLO (as the old process reads
+//! a connection's first bytes), WELCOME (as the new process reads it), and
+//! OFFER, STATE, REJECT, BYTES_START, END, ABORT, COMMIT, ACK and TAKEN,
+//! through the same typed messages the handover uses.
 //!
 //! The first input byte picks the decoder and whether the rest is used as is
 //! or XORed onto a valid encoding made by the real encoder, so that the
@@ -7,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mitosis::__private::wire::{self, HELLO_LEN, SECRET_LEN, WELCOME_LEN};
+use mitosis::testing::wire::{self, Frame, HELLO_LEN, KINDS, SECRET_LEN, WELCOME_LEN};
 use mitosis::Schema;
 
 const SECRET: [u8; SECRET_LEN] = {
@@ -59,17 +61,38 @@ fn welcome(bytes: &[u8]) {
     }
 }
 
-fn offer(payload: &[u8]) {
-    if let Ok(accepted) = wire::parse_offer(payload) {
-        // A successful parse read exactly the payload.
-        let mut again = (accepted.len() as u16).to_le_bytes().to_vec();
-        for schema in &accepted {
-            again.extend(schema.version.to_le_bytes());
-            again.extend(schema.fingerprint.to_le_bytes());
-            again.extend((schema.name.len() as u16).to_le_bytes());
-            again.extend(schema.name.as_bytes());
-        }
-        assert_eq!(again, payload);
+/// A valid frame of each kind in [`KINDS`], to mutate.
+fn sample(index: usize) -> Frame {
+    let schema = Schema::new("bot::State", 2);
+    match index {
+        0 => Frame::Offer(vec![schema, Schema::new("bot::State", 1)]),
+        1 => Frame::State(schema),
+        2 => Frame::Reject {
+            reason: 1,
+            schema,
+            message: "schema mismatch".into(),
+        },
+        3 => Frame::BytesStart(1 << 20),
+        4 => Frame::End {
+            stream_bytes: 100,
+            out_of_line_bytes: 1 << 20,
+            fds: 3,
+        },
+        5 => Frame::Abort {
+            reason: 3,
+            message: "could not decode".into(),
+        },
+        6 => Frame::Commit,
+        7 => Frame::Ack,
+        _ => Frame::Taken,
+    }
+}
+
+fn frame(index: usize, payload: &[u8]) {
+    let kind = KINDS[index % KINDS.len()];
+    if let Ok(frame) = wire::decode(kind, payload) {
+        // A successful decode read exactly the payload.
+        assert_eq!(wire::encode(&frame), (kind, payload.to_vec()));
     }
 }
 
@@ -78,15 +101,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let onto_valid = mode & 0x80 != 0;
+    let index = usize::from(mode >> 2 & 0x1f) % KINDS.len();
     match mode % 3 {
         0 if onto_valid => hello(&xor_onto(&wire::hello(&SECRET), input)),
         0 => hello(input),
         1 if onto_valid => welcome(&xor_onto(&wire::welcome(&SECRET, 1), input)),
         1 => welcome(input),
-        _ if onto_valid => {
-            let accepted = [Schema::new("bot::State", 2), Schema::new("bot::State", 1)];
-            offer(&xor_onto(&wire::offer(&accepted), input))
-        }
-        _ => offer(input),
+        _ if onto_valid => frame(index, &xor_onto(&wire::encode(&sample(index)).1, input)),
+        _ => frame(index, input),
     }
 });

@@ -92,7 +92,7 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
         encode_arms.push(quote! {
             #[allow(unused_variables)]
             #pattern => {
-                __out.serde(&#index)?;
+                __out.value(&#index)?;
                 #(#encode)*
             }
         });
@@ -109,7 +109,7 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
             }
         },
         decode: quote! {
-            match __input.serde::<u32>()? {
+            match __input.value::<u32>()? {
                 #(#decode_arms)*
                 __index => ::core::result::Result::Err(
                     ::mitosis::__private::unknown_variant(#name, __index),

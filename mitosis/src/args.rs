@@ -92,7 +92,7 @@ pub(crate) fn without_flag(mut args: Vec<OsString>) -> Vec<OsString> {
 /// ```
 ///
 /// With clap, use `Parser::parse_from(mitosis::args())`, or flatten
-/// [`Flag`] into the parser.
+/// `mitosis::Flag` into the parser (with the `clap` feature, on by default).
 pub fn args() -> impl Iterator<Item = OsString> {
     let mut all: Vec<OsString> = std::env::args_os().collect();
     let rest = all.split_off(all.len().min(1));
@@ -101,7 +101,7 @@ pub fn args() -> impl Iterator<Item = OsString> {
 }
 
 /// The hidden `--mitosis` flag, for programs that parse `std::env::args`
-/// with clap.
+/// with clap (the `clap` feature, on by default).
 ///
 /// Flatten it into the parser so that clap accepts the flag that
 /// [`split`](crate::split) adds; it is hidden from `--help`. The handover
@@ -135,14 +135,17 @@ pub fn args() -> impl Iterator<Item = OsString> {
 /// assert_eq!((first.server, first.mitosis.port), ("irc:6667".into(), None));
 /// assert_eq!((later.server, later.mitosis.port), ("irc:6667".into(), Some(4000)));
 /// ```
+#[cfg(feature = "clap")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flag {
     /// The port the old process listens on, when started by `split`.
     pub port: Option<u16>,
 }
 
+#[cfg(feature = "clap")]
 const FLAG_ID: &str = "mitosis";
 
+#[cfg(feature = "clap")]
 impl clap::FromArgMatches for Flag {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
         Ok(Flag {
@@ -156,6 +159,7 @@ impl clap::FromArgMatches for Flag {
     }
 }
 
+#[cfg(feature = "clap")]
 impl clap::Args for Flag {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         cmd.arg(

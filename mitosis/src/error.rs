@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::handover::SchemaInfo;
+use crate::schema::Schema;
 
 /// The numbered steps of a handover, as PROTOCOL.md describes them.
 ///
@@ -147,9 +147,9 @@ pub enum Error {
     /// The old process's state type is not one the new process accepts.
     SchemaMismatch {
         /// The schema the old process has.
-        sent: SchemaInfo,
+        sent: Schema,
         /// The schemas the new process accepts.
-        accepted: Vec<SchemaInfo>,
+        accepted: Vec<Schema>,
     },
     /// A frame exceeded its size limit.
     FrameTooLarge {
@@ -189,8 +189,8 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
-    /// The state could not be encoded or decoded.
-    Codec {
+    /// The new process could not decode the state it received.
+    Decode {
         /// What went wrong, from postcard or from a `Handover` impl.
         detail: String,
     },
@@ -223,7 +223,7 @@ impl Error {
             | Error::LimitExceeded { step, .. } => Some(*step),
             Error::ProtocolVersion { .. } => Some(Step::Hello),
             Error::SchemaMismatch { .. } => Some(Step::Offer),
-            Error::Codec { .. } => Some(Step::Commit),
+            Error::Decode { .. } => Some(Step::Commit),
             Error::EncodePanicked { .. } => Some(Step::State),
             Error::BadFlag { .. } | Error::MissingEnvironment { .. } | Error::SplitInFlight => None,
         }
@@ -247,7 +247,7 @@ impl Error {
     }
 }
 
-fn list_schemas(f: &mut fmt::Formatter<'_>, schemas: &[SchemaInfo]) -> fmt::Result {
+fn list_schemas(f: &mut fmt::Formatter<'_>, schemas: &[Schema]) -> fmt::Result {
     for (i, schema) in schemas.iter().enumerate() {
         if i > 0 {
             f.write_str(", ")?;
@@ -338,7 +338,7 @@ impl fmt::Display for Error {
             Error::Aborted { step, reason } => {
                 write!(f, "the other process gave up in {step}: {reason}")
             }
-            Error::Codec { detail } => write!(
+            Error::Decode { detail } => write!(
                 f,
                 "could not decode the handed-over state: {detail}; the two binaries disagree on \
                  the state's encoding, so bump its schema version"
@@ -358,60 +358,5 @@ impl std::error::Error for Error {
             Error::Spawn { source, .. } | Error::Io { source, .. } => Some(source),
             _ => None,
         }
-    }
-}
-
-/// [`split`](crate::split) failed before the new process was started; the
-/// state comes back untouched.
-///
-/// ```no_run
-/// # fn main() {
-/// # let state = 7u32;
-/// match mitosis::split(state) {
-///     Ok(handle) => { /* wait for the outcome */ }
-///     Err(failed) => {
-///         eprintln!("upgrade refused: {}", failed.error);
-///         let state = failed.state; // carry on with it
-///         # let _ = state;
-///     }
-/// }
-/// # }
-/// ```
-pub struct SplitError<S> {
-    /// The state that was passed to `split`, untouched.
-    pub state: S,
-    /// Why the split was refused.
-    pub error: Error,
-}
-
-impl<S> SplitError<S> {
-    /// Takes the state back.
-    ///
-    /// ```
-    /// let failed = mitosis::SplitError { state: 1u8, error: mitosis::Error::SplitInFlight };
-    /// assert_eq!(failed.into_state(), 1);
-    /// ```
-    pub fn into_state(self) -> S {
-        self.state
-    }
-}
-
-impl<S> fmt::Debug for SplitError<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SplitError")
-            .field("error", &self.error)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> fmt::Display for SplitError<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl<S> std::error::Error for SplitError<S> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
     }
 }

@@ -1,5 +1,5 @@
 //! Fault injection, for the tests only: with the cargo feature
-//! `fault-injection`, one side of a handover dies (`SIGKILL`s itself) or
+//! `test-hooks`, one side of a handover dies (`SIGKILL`s itself) or
 //! stalls at a chosen point of PROTOCOL.md, so that the tests can check who
 //! owns the connections afterwards, whatever fails and whenever it fails.
 //!
@@ -42,7 +42,7 @@ pub(crate) enum Point {
     Offer,
     // Named only by the active module's parser; the inert tripwire never
     // asks for it.
-    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     State(u64),
     FdBatch(u32),
     Commit,
@@ -51,13 +51,13 @@ pub(crate) enum Point {
     Done,
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "test-hooks")]
 pub(crate) use active::{Tripwire, at};
 
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(feature = "test-hooks"))]
 pub(crate) use inert::{Tripwire, at};
 
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(feature = "test-hooks"))]
 mod inert {
     use super::{Point, Side};
 
@@ -86,7 +86,7 @@ mod inert {
     }
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(feature = "test-hooks")]
 mod active {
     use std::cell::Cell;
     use std::sync::OnceLock;

@@ -25,13 +25,15 @@ use rustix::net::{
 };
 use rustix::process::Pid;
 
+use crate::conn::{Deadline, timespec};
+use crate::env::{MAX_FDS, MAX_PENDING};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
-use crate::frame::{Deadline, MAX_FDS};
+use crate::wire::handshake::hex;
 
 /// Linux refuses more than 253 fds in one `SCM_RIGHTS` message
 /// (`SCM_MAX_FD`).
-pub const MAX_FDS_PER_MESSAGE: usize = 253;
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
 /// The payload of each batch: batch index (u32 LE), fd count (u16 LE).
 const BATCH_PAYLOAD: usize = 6;
@@ -81,7 +83,7 @@ impl FdListener {
         // The new process connects in step 4 and waits in this backlog
         // until step 6; a backlog as deep as the TCP port's pending limit
         // keeps a few strangers of the same user from filling it first.
-        listen(&listener.socket, crate::handshake::MAX_PENDING as i32)?;
+        listen(&listener.socket, MAX_PENDING as i32)?;
         Ok(listener)
     }
 
@@ -246,12 +248,12 @@ pub(crate) fn recv_fds(
     deadline: &Deadline,
 ) -> Result<Vec<OwnedFd>, Error> {
     const STEP: Step = Step::Fds;
-    if count > MAX_FDS {
+    if u64::from(count) > MAX_FDS {
         return Err(Error::FrameTooLarge {
             step: STEP,
             kind: "END (fd count)",
             len: count.into(),
-            max: MAX_FDS.into(),
+            max: MAX_FDS,
         });
     }
     let mut received: Vec<OwnedFd> = Vec::with_capacity(count as usize);
@@ -333,17 +335,6 @@ fn set_timeout(
     let left = deadline.remaining(step)?;
     sockopt::set_socket_timeout(channel.as_fd(), which, Some(left))
         .map_err(|e| Error::io(step)(e.into()))
-}
-
-pub(crate) fn timespec(duration: std::time::Duration) -> rustix::event::Timespec {
-    rustix::event::Timespec {
-        tv_sec: duration.as_secs().try_into().unwrap_or(i64::MAX),
-        tv_nsec: duration.subsec_nanos().into(),
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

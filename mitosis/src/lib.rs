@@ -13,7 +13,8 @@
 //! [`Split`] reports [`Outcome::Done`]. If anything fails before that (the
 //! binary is missing, the new process crashes, hangs or has an incompatible
 //! state type), the new process is stopped and the old one gets its state
-//! back in [`Outcome::Failed`]: nothing is lost either way.
+//! back in [`Outcome::Failed`]: nothing is lost either way. Every failure,
+//! including a split that cannot start at all, arrives as that one outcome.
 //!
 //! # Example
 //!
@@ -54,15 +55,12 @@
 //!         state.clients.push(client);
 //!         if line.trim() == "upgrade" {
 //!             // Runs the binary at our path on disk: the new build.
-//!             state = match mitosis::split(state) {
-//!                 Err(refused) => refused.state,
-//!                 Ok(handle) => match handle.wait() {
-//!                     Outcome::Done { .. } => return Ok(()), // it took over
-//!                     Outcome::Failed { state, error } => {
-//!                         eprintln!("upgrade failed, carrying on: {error}");
-//!                         state
-//!                     }
-//!                 },
+//!             state = match mitosis::split(state).wait() {
+//!                 Outcome::Done { .. } => return Ok(()), // it took over
+//!                 Outcome::Failed { state, error } => {
+//!                     eprintln!("upgrade failed, carrying on: {error}");
+//!                     state
+//!                 }
 //!             };
 //!         }
 //!     }
@@ -77,6 +75,11 @@
 //! Linux only: the handover uses `pidfd`s (Linux 5.3), `SO_PEERCRED` and
 //! `AT_EXECFN`.
 //!
+//! # Features
+//!
+//! - `clap` (on by default): [`Flag`], the hidden `--mitosis` flag for clap
+//!   parsers. Without it, parse [`args`] instead.
+//!
 //! # Logging
 //!
 //! mitosis never prints and never exits; it logs through the [`log`] facade.
@@ -85,31 +88,43 @@
 
 #![deny(missing_docs)]
 
-mod args;
+// The bottom layer: what everything else names.
 mod error;
+mod schema;
+
+// How a value crosses: the trait, its encoder and decoder, std's types.
+mod handover;
+
+// The bytes on the wire, the connection that carries them, the fd channel,
+// and the contract in the environment.
+mod conn;
+mod env;
 mod fault;
 mod fd_channel;
-mod frame;
-mod handover;
-mod handshake;
-mod init;
-mod spawn;
-mod split;
+mod wire;
+
+// The two sides, each a walk through PROTOCOL.md's steps.
+mod args;
+mod new;
+mod old;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use args::{Flag, args};
-pub use error::{Error, SplitError, Step};
-pub use fd_channel::MAX_FDS_PER_MESSAGE;
-pub use handover::{Decoder, Encoder, Handover, MAX_UNREAD_BYTES, Schema, SchemaInfo};
-pub use init::init;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod testing;
+
+#[cfg(feature = "clap")]
+pub use args::Flag;
+pub use args::args;
+pub use error::{Error, Step};
+pub use handover::{Decoder, Encoder, Handover};
 pub use mitosis_derive::Handover;
-pub use split::{
-    DEFAULT_COMMIT_TIMEOUT, DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_FDS, DEFAULT_MAX_STATE_BYTES,
-    Outcome, Split, SplitOptions, split,
-};
+pub use new::init;
+pub use old::{Outcome, Split, SplitOptions, split};
+pub use schema::Schema;
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[doc = include_str!("../../README.md")]

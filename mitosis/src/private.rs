@@ -18,7 +18,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::handover::{Decoder, Encoder, Handover, Schema, fnv1a};
+use crate::handover::{Decoder, Encoder, Handover};
+use crate::schema::{Schema, fnv1a};
 
 /// A field being encoded. `(&Field(&value)).encode_field(out)` picks the
 /// path for `value`'s type.
@@ -51,7 +52,7 @@ pub trait EncodeSerde<'a> {
 
 impl<'a, T: Serialize + ?Sized> EncodeSerde<'a> for &Field<'a, T> {
     fn encode_field(&self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.serde(self.0)
+        out.value(self.0)
     }
 }
 
@@ -100,7 +101,7 @@ pub trait DecodeSerde {
 impl<T: DeserializeOwned> DecodeSerde for &Slot<T> {
     type Output = T;
     fn decode_field(&self, input: &mut Decoder<'_>) -> Result<T, Error> {
-        input.serde()
+        input.value()
     }
 }
 
@@ -113,7 +114,7 @@ pub struct Probe<T: ?Sized>(PhantomData<T>);
 
 impl<T: Handover> Probe<T> {
     /// `T`'s schema fingerprint.
-    pub const FINGERPRINT: u64 = T::SCHEMA.fingerprint;
+    pub const FINGERPRINT: u64 = Schema::fingerprint_of(T::SCHEMA);
 }
 
 /// The fallback for [`Probe`] on types that do not implement `Handover`.
@@ -124,25 +125,9 @@ pub trait NotHandover {
 
 impl<T: ?Sized> NotHandover for Probe<T> {}
 
-/// Encodes `value` in memory and decodes it as `T` from `value`'s schema,
-/// passing its fds as duplicates, the way the fd channel would: a handover
-/// without the processes, for tests.
-pub fn round_trip<S: Handover, T: Handover>(value: &S) -> Result<T, Error> {
-    let mut sink = crate::handover::InMemory::default();
-    let encoded = crate::handover::Encoder::encode(&mut sink, value)?;
-    let fds = encoded
-        .fds
-        .iter()
-        .map(|fd| fd.try_clone_to_owned())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::io(crate::Step::Fds)(e))?;
-    drop(encoded);
-    Decoder::new(&sink.stream, sink.out_of_line, fds).decode_from(S::SCHEMA.fingerprint)
-}
-
 /// The error for an enum variant index that the type does not have.
 pub fn unknown_variant(ty: &str, index: u32) -> Error {
-    Error::Codec {
+    Error::Decode {
         detail: format!("{ty} has no variant number {index}"),
     }
 }
@@ -154,7 +139,7 @@ pub type Part = (&'static str, &'static str, u64);
 /// A derived type's schema: its name and version, and every part of its
 /// shape, in order.
 pub const fn schema(name: &'static str, version: u32, parts: &[Part]) -> Schema {
-    let mut fingerprint = Schema::new(name, version).fingerprint;
+    let mut fingerprint = Schema::fingerprint_of(Schema::new(name, version));
     let mut i = 0;
     while i < parts.len() {
         let (part, ty, nested) = parts[i];
@@ -166,137 +151,9 @@ pub const fn schema(name: &'static str, version: u32, parts: &[Part]) -> Schema 
         i += 1;
     }
     Schema {
-        name,
+        name: std::borrow::Cow::Borrowed(name),
         version,
         fingerprint,
-    }
-}
-
-/// The protocol's decoders on plain bytes, for the property tests in
-/// `tests/hostile_bytes.rs` and the fuzz targets in `fuzz/`: each is a thin
-/// wrapper around the function the handover itself calls (PROTOCOL.md names
-/// the fields). Not public API.
-pub mod wire {
-    use std::os::fd::OwnedFd;
-
-    use crate::error::{Error, Step};
-    use crate::frame;
-    pub use crate::frame::Kind;
-    use crate::handover::{Decoder, Encoder, Handover, InMemory, Schema, SchemaInfo};
-    use crate::handshake::{self, Progress, Secret};
-
-    /// Length of HELLO.
-    pub const HELLO_LEN: usize = frame::HELLO_LEN;
-    /// Length of WELCOME.
-    pub const WELCOME_LEN: usize = frame::WELCOME_LEN;
-    /// Length of a frame header.
-    pub const HEADER_LEN: usize = frame::HEADER_LEN;
-    /// Largest payload of any frame but DATA and BYTES.
-    pub const MAX_CONTROL_PAYLOAD: u32 = frame::MAX_CONTROL_PAYLOAD;
-    /// Largest payload of a DATA or BYTES frame.
-    pub const MAX_DATA_PAYLOAD: u32 = frame::MAX_DATA_PAYLOAD;
-    /// Largest state (stream and out-of-line bytes) the new process accepts.
-    pub const MAX_STATE_BYTES: u64 = frame::MAX_STATE_BYTES;
-    /// Byte buffers of this size or more travel out of line.
-    pub const OUT_OF_LINE_BYTES: usize = crate::handover::OUT_OF_LINE_BYTES;
-    /// Length of the secret: the new process's token, then the old one's.
-    pub const SECRET_LEN: usize = 2 * frame::TOKEN_LEN;
-
-    /// The HELLO the new process sends with `secret`.
-    pub fn hello(secret: &[u8; SECRET_LEN]) -> [u8; HELLO_LEN] {
-        handshake::hello(&Secret::from_bytes(*secret))
-    }
-
-    /// What the old process makes of the first bytes of a connection:
-    /// `Ok(None)` while they may still become a HELLO, `Ok(Some(versions))`
-    /// once they prove `secret`, and the reason it drops the connection
-    /// otherwise.
-    pub fn parse_hello(
-        secret: &[u8; SECRET_LEN],
-        received: &[u8],
-    ) -> Result<Option<(u16, u16)>, &'static str> {
-        match handshake::check_hello(&Secret::from_bytes(*secret), received) {
-            Progress::Waiting => Ok(None),
-            Progress::Proven(versions) => Ok(Some(versions)),
-            Progress::Refused(why) => Err(why),
-        }
-    }
-
-    /// The version the old process chooses for a HELLO's range, if any.
-    pub fn choose_version(theirs: (u16, u16)) -> Option<u16> {
-        handshake::choose_version(theirs)
-    }
-
-    /// The WELCOME the old process sends with `secret` (`chosen` 0: no
-    /// shared version).
-    pub fn welcome(secret: &[u8; SECRET_LEN], chosen: u16) -> [u8; WELCOME_LEN] {
-        handshake::welcome(&Secret::from_bytes(*secret), chosen)
-    }
-
-    /// What the new process makes of a WELCOME: the chosen version.
-    pub fn parse_welcome(
-        secret: &[u8; SECRET_LEN],
-        welcome: &[u8; WELCOME_LEN],
-    ) -> Result<u16, Error> {
-        handshake::check_welcome(&Secret::from_bytes(*secret), welcome)
-    }
-
-    /// The OFFER payload for `accepted`.
-    pub fn offer(accepted: &[Schema]) -> Vec<u8> {
-        handshake::offer(accepted)
-    }
-
-    /// What the old process makes of an OFFER payload.
-    pub fn parse_offer(payload: &[u8]) -> Result<Vec<SchemaInfo>, Error> {
-        handshake::parse_offer(payload)
-    }
-
-    /// What a receiver makes of a frame header when it expects one of
-    /// `expected`: the kind and the payload length it then allocates.
-    pub fn decode_header(
-        step: Step,
-        header: [u8; HEADER_LEN],
-        expected: &[Kind],
-    ) -> Result<(Kind, u32), Error> {
-        frame::decode_header(step, header, expected)
-    }
-
-    /// An encoded state, as the new process receives it.
-    pub struct EncodedState {
-        /// The stream (all DATA payloads).
-        pub stream: Vec<u8>,
-        /// The out-of-line buffers, in order.
-        pub out_of_line: Vec<Vec<u8>>,
-        /// Duplicates of the side table's fds, in order.
-        pub fds: Vec<OwnedFd>,
-    }
-
-    /// Encodes `value` as the old process would, in memory.
-    pub fn encode_state<S: Handover>(value: &S) -> Result<EncodedState, Error> {
-        let mut sink = InMemory::default();
-        let encoded = Encoder::encode(&mut sink, value)?;
-        let fds = encoded
-            .fds
-            .iter()
-            .map(|fd| fd.try_clone_to_owned())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::io(Step::Fds))?;
-        drop(encoded);
-        Ok(EncodedState {
-            stream: sink.stream,
-            out_of_line: sink.out_of_line,
-            fds,
-        })
-    }
-
-    /// Decodes a state of `S`'s own schema from what the new process
-    /// received (step 7), checking that every byte, buffer and fd is used.
-    pub fn decode_state<S: Handover>(
-        stream: &[u8],
-        out_of_line: Vec<Vec<u8>>,
-        fds: Vec<OwnedFd>,
-    ) -> Result<S, Error> {
-        Decoder::new(stream, out_of_line, fds).decode_from(S::SCHEMA.fingerprint)
     }
 }
 

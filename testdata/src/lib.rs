@@ -563,32 +563,26 @@ impl App {
             None => options.env_remove(FAULT_VAR),
         };
 
-        let split = match options.split(state) {
-            Ok(split) => split,
-            Err(refused) => {
-                let state = refused.state;
-                reply(state.peer(), &format!("split refused: {}", refused.error))?;
-                return Ok(state);
-            }
+        let split = options.split(state);
+        let Some(child) = split.pid() else {
+            // Refused before a new process ran: the outcome is already here.
+            let Outcome::Failed { state, error } = split.wait() else {
+                unreachable!("a split without a new process cannot be done");
+            };
+            reply(state.peer(), &format!("split refused: {error}"))?;
+            return Ok(state);
         };
-        say(format!("splitting child={}", split.pid()));
+        say(format!("splitting child={child}"));
 
         if twice {
             // The state is on its way; try to split something else.
-            match mitosis::split(7u32) {
-                Err(refused) => say(format!(
-                    "second split refused: {} state={}",
-                    refused.error, refused.state
-                )),
-                Ok(second) => {
-                    say(format!("second split NOT refused: child={}", second.pid()));
-                    match second.wait() {
-                        Outcome::Done { pid } => say(format!("second split done: pid={pid}")),
-                        Outcome::Failed { error, .. } => {
-                            say(format!("second split failed: {error}"))
-                        }
-                    }
+            let second = mitosis::split(7u32);
+            match (second.pid(), second.wait()) {
+                (None, Outcome::Failed { state, error }) => {
+                    say(format!("second split refused: {error} state={state}"))
                 }
+                (Some(pid), _) => say(format!("second split NOT refused: child={pid}")),
+                (None, Outcome::Done { pid }) => say(format!("second split done: pid={pid}")),
             }
         }
 

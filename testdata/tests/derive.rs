@@ -516,7 +516,7 @@ mod shapes {
 fn fingerprint_covers_names_types_order_and_version() {
     use shapes::*;
     let base = Base::SCHEMA;
-    assert_eq!((base.name, base.version), ("S", 1));
+    assert_eq!((base.name.as_ref(), base.version), ("S", 1));
     for (what, other) in [
         ("a renamed field", Renamed::SCHEMA),
         ("a field's type", Retyped::SCHEMA),
@@ -529,7 +529,10 @@ fn fingerprint_covers_names_types_order_and_version() {
         );
     }
     assert_eq!(
-        (DefaultName::SCHEMA.name, DefaultName::SCHEMA.version),
+        (
+            DefaultName::SCHEMA.name.as_ref(),
+            DefaultName::SCHEMA.version
+        ),
         ("derive::shapes::DefaultName", 0),
         "the default name is the module path and the type's name; the default version 0"
     );

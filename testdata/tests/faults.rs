@@ -1,5 +1,5 @@
 //! The fault matrix: either side of a handover dies (SIGKILL) or stalls at
-//! every point of PROTOCOL.md, through mitosis's `fault-injection` feature
+//! every point of PROTOCOL.md, through mitosis's `test-hooks` feature
 //! (`MITOSIS_FAULT=<side>:<point>:<action>`), and each time exactly the
 //! expected process ends up owning the connections and serving the peer.
 //!

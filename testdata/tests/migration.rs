@@ -99,7 +99,7 @@ fn still_serving(run: &Run, peer: &mut Peer, before: &str) {
 #[test]
 fn verbatim_copies_have_the_original_fingerprints() {
     let v1 = State::SCHEMA;
-    assert_eq!((v1.name, v1.version), (testdata::STATE_NAME, 1));
+    assert_eq!((v1.name.as_ref(), v1.version), (testdata::STATE_NAME, 1));
     assert_eq!(v2::StateV1::SCHEMA, v1, "migrate-v2's copy of v1");
     assert_eq!(v3::StateV1::SCHEMA, v1, "migrate-v3's copy of v1");
     assert_eq!(
@@ -113,16 +113,19 @@ fn verbatim_copies_have_the_original_fingerprints() {
         "the same definition without migrate_from has the same fingerprint"
     );
     assert_eq!(
-        (v2::State::SCHEMA.name, v2::State::SCHEMA.version),
+        (v2::State::SCHEMA.name.as_ref(), v2::State::SCHEMA.version),
         (testdata::STATE_NAME, 2)
     );
     assert_eq!(
-        (v3::State::SCHEMA.name, v3::State::SCHEMA.version),
+        (v3::State::SCHEMA.name.as_ref(), v3::State::SCHEMA.version),
         (testdata::STATE_NAME, 3)
     );
 
     let schema2 = schema2::State::SCHEMA;
-    assert_eq!((schema2.name, schema2.version), (testdata::STATE_NAME, 2));
+    assert_eq!(
+        (schema2.name.as_ref(), schema2.version),
+        (testdata::STATE_NAME, 2)
+    );
     assert_ne!(
         schema2.fingerprint, v1.fingerprint,
         "v1's fields, but version 2"
@@ -133,8 +136,8 @@ fn verbatim_copies_have_the_original_fingerprints() {
         "both say v2, but their fields differ"
     );
 
-    assert_eq!(State::accepted(), [v1]);
-    assert_eq!(v2::State::accepted(), [v2::State::SCHEMA, v1]);
+    assert_eq!(State::accepted(), std::slice::from_ref(&v1));
+    assert_eq!(v2::State::accepted(), [v2::State::SCHEMA, v1.clone()]);
     assert_eq!(
         v3::State::accepted(),
         [v3::State::SCHEMA, v2::State::SCHEMA, v1],

@@ -162,7 +162,10 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
     // The derived schema of testdata's state: its fingerprint covers the
     // fields, so it is not `Schema::new(name, 1)`.
     let schema = <testdata::State as mitosis::Handover>::SCHEMA;
-    assert_eq!((schema.name, schema.version), (testdata::STATE_NAME, 1));
+    assert_eq!(
+        (schema.name.as_ref(), schema.version),
+        (testdata::STATE_NAME, 1)
+    );
     let mut expected = Vec::new();
     expected.extend_from_slice(&1u16.to_le_bytes());
     expected.extend_from_slice(&schema.version.to_le_bytes());

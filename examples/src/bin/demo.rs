@@ -29,13 +29,13 @@ impl Handover for State {
     const SCHEMA: Schema = Schema::new("demo::State", 1);
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), mitosis::Error> {
-        out.serde(&(self.generation, self.messages))?;
+        out.value(&(self.generation, self.messages))?;
         self.client.encode(out)?;
         out.bytes(&self.unread)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, mitosis::Error> {
-        let (generation, messages) = input.serde()?;
+        let (generation, messages) = input.value()?;
         Ok(State {
             generation,
             messages,
@@ -128,21 +128,15 @@ fn serve(handed_over: Option<State>, port: &str) -> Result<(), Box<dyn Error>> {
             "quit" => break,
             "upgrade" => {
                 println!("server[{pid}]: upgrading: starting a new copy of my binary");
-                state = match mitosis::split(state) {
-                    Err(refused) => {
-                        println!("server[{pid}]: upgrade refused: {}", refused.error);
-                        refused.state
+                state = match mitosis::split(state).wait() {
+                    Outcome::Done { pid: new } => {
+                        println!("server[{pid}]: pid {new} took over; exiting");
+                        return Ok(());
                     }
-                    Ok(handle) => match handle.wait() {
-                        Outcome::Done { pid: new } => {
-                            println!("server[{pid}]: pid {new} took over; exiting");
-                            return Ok(());
-                        }
-                        Outcome::Failed { state, error } => {
-                            println!("server[{pid}]: upgrade failed, carrying on: {error}");
-                            state
-                        }
-                    },
+                    Outcome::Failed { state, error } => {
+                        println!("server[{pid}]: upgrade failed, carrying on: {error}");
+                        state
+                    }
                 };
                 writeln!(state.client, "upgrade failed; still pid {pid}")?;
             }

@@ -188,12 +188,9 @@ fn serve(mut state: State) -> Result<(), Box<dyn Error>> {
 /// over: this one then exits without touching a socket. Otherwise the state
 /// comes back, with the reason on the connection that asked.
 fn upgrade(state: State) -> Option<State> {
-    let (mut state, error) = match mitosis::split(state) {
-        Err(refused) => (refused.state, refused.error),
-        Ok(split) => match split.wait() {
-            Outcome::Done { .. } => return None,
-            Outcome::Failed { state, error } => (state, error),
-        },
+    let (mut state, error) = match mitosis::split(state).wait() {
+        Outcome::Done { .. } => return None,
+        Outcome::Failed { state, error } => (state, error),
     };
     log::warn!("upgrade failed, carrying on: {error}");
     let reason = error.to_string().replace(['\r', '\n'], " ");

@@ -273,15 +273,12 @@ fn upgrade(mut state: State, reply_to: String) -> Result<Option<State>, Box<dyn 
     state.say(&reply_to, "upgrading…")?;
     log::info!("upgrading, asked in {reply_to}");
     state.upgrade_asked_in = Some(reply_to);
-    let (mut state, error) = match mitosis::split(state) {
-        Err(refused) => (refused.state, refused.error),
-        Ok(split) => match split.wait() {
-            Outcome::Done { pid } => {
-                log::info!("pid {pid} took over; exiting");
-                return Ok(None);
-            }
-            Outcome::Failed { state, error } => (state, error),
-        },
+    let (mut state, error) = match mitosis::split(state).wait() {
+        Outcome::Done { pid } => {
+            log::info!("pid {pid} took over; exiting");
+            return Ok(None);
+        }
+        Outcome::Failed { state, error } => (state, error),
     };
     log::warn!("upgrade failed, carrying on: {error}");
     let reply_to = state.upgrade_asked_in.take().unwrap_or_default();

@@ -151,14 +151,7 @@ fn run<S: Case>(ctx: &Context) -> ExitCode {
                 }
             };
             say(format!("before pid={pid} {}", state.describe()));
-            let outcome = match mitosis::split(state) {
-                Ok(split) => split.wait(),
-                Err(refused) => {
-                    say(format!("failed: {}", refused.error));
-                    return ExitCode::FAILURE;
-                }
-            };
-            match outcome {
+            match mitosis::split(state).wait() {
                 Outcome::Done { pid } => {
                     say(format!("done pid={pid}"));
                     ExitCode::SUCCESS
@@ -934,12 +927,12 @@ mod foreign_codec {
         value: &'a Foreign,
         out: &mut mitosis::Encoder<'a>,
     ) -> Result<(), mitosis::Error> {
-        out.serde(&value.name)?;
+        out.value(&value.name)?;
         out.fd(value.socket.as_fd())
     }
 
     pub fn decode(input: &mut mitosis::Decoder<'_>) -> Result<Foreign, mitosis::Error> {
-        let name: String = input.serde()?;
+        let name: String = input.value()?;
         Ok(Foreign {
             name: format!("{name} (decoded by foreign_codec)"),
             socket: UnixDatagram::from(input.fd()?),

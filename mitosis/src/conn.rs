@@ -1,5 +1,5 @@
-//! Framing on the TCP connection: the two preambles, then length-prefixed
-//! frames (PROTOCOL.md, "Frames").
+//! The TCP connection between the two processes: framed reads and writes
+//! under the handover's deadline, and corking (PROTOCOL.md, "Frames").
 //!
 //! Every blocking call goes through [`Conn`], which arms the socket's timeout
 //! with what is left of the handover's deadline, so no read or write can
@@ -12,137 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Step};
 use crate::fault::{Side, Tripwire};
-use crate::handover::{Schema, SchemaInfo, StateSink};
-
-/// The first eight bytes each side sends.
-pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
-
-/// The protocol versions this build speaks.
-pub(crate) const VERSIONS: (u16, u16) = (1, 1);
-
-/// Length of the token each side proves the secret with.
-pub(crate) const TOKEN_LEN: usize = 32;
-
-/// The new process's preamble: magic, lowest and highest version, token.
-pub(crate) const HELLO_LEN: usize = 8 + 2 + 2 + TOKEN_LEN;
-
-/// The old process's preamble: magic, chosen version (0: none in common),
-/// its lowest and highest version, token.
-pub(crate) const WELCOME_LEN: usize = 8 + 2 + 2 + 2 + TOKEN_LEN;
-
-/// Frame header: kind (1 byte), payload length (u32, little-endian).
-pub(crate) const HEADER_LEN: usize = 5;
-
-/// Largest payload of any frame but DATA.
-pub(crate) const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
-
-/// Largest payload of one DATA frame.
-pub(crate) const MAX_DATA_PAYLOAD: u32 = 1024 * 1024;
-
-/// Largest state the new process accepts.
-pub(crate) const MAX_STATE_BYTES: u64 = 4 << 30;
-
-/// Most fds the new process accepts in one handover.
-pub(crate) const MAX_FDS: u32 = 1 << 20;
-
-/// The frame kinds of protocol version 1. (`pub` only so that
-/// `__private::wire` can hand it to tests and fuzz targets.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// new → old: the schemas the new process accepts.
-    Offer = 1,
-    /// old → new: the schema of the state that follows.
-    State = 2,
-    /// old → new: a chunk of the encoded state.
-    Data = 3,
-    /// old → new: the state's total length and fd count.
-    End = 4,
-    /// new → old: the state is decoded; the new process is ready.
-    Commit = 5,
-    /// old → new: ownership has passed.
-    Ack = 6,
-    /// old → new: the old process refuses to send its state.
-    Reject = 7,
-    /// new → old: the new process gives up.
-    Abort = 8,
-    /// old → new: an out-of-line byte buffer of this many bytes follows.
-    BytesStart = 9,
-    /// old → new: a chunk of an out-of-line byte buffer.
-    Bytes = 10,
-    /// new → old: the new process has the connections now.
-    Taken = 11,
-}
-
-impl Kind {
-    fn from_byte(byte: u8) -> Option<Kind> {
-        Some(match byte {
-            1 => Kind::Offer,
-            2 => Kind::State,
-            3 => Kind::Data,
-            4 => Kind::End,
-            5 => Kind::Commit,
-            6 => Kind::Ack,
-            7 => Kind::Reject,
-            8 => Kind::Abort,
-            9 => Kind::BytesStart,
-            10 => Kind::Bytes,
-            11 => Kind::Taken,
-            _ => return None,
-        })
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Kind::Offer => "OFFER",
-            Kind::State => "STATE",
-            Kind::Data => "DATA",
-            Kind::End => "END",
-            Kind::Commit => "COMMIT",
-            Kind::Ack => "ACK",
-            Kind::Reject => "REJECT",
-            Kind::Abort => "ABORT",
-            Kind::BytesStart => "BYTES_START",
-            Kind::Bytes => "BYTES",
-            Kind::Taken => "TAKEN",
-        }
-    }
-
-    fn max_payload(self) -> u32 {
-        match self {
-            Kind::Data | Kind::Bytes => MAX_DATA_PAYLOAD,
-            _ => MAX_CONTROL_PAYLOAD,
-        }
-    }
-}
-
-/// Why a REJECT or ABORT was sent (its first payload byte).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Reason {
-    /// The offered and the held schema do not match.
-    Schema = 1,
-    /// A size or count limit was exceeded.
-    Limit = 2,
-    /// The state did not decode.
-    Decode = 3,
-    /// The other side broke the protocol.
-    Protocol = 4,
-    /// An I/O error.
-    Io = 5,
-}
-
-impl Reason {
-    pub(crate) fn of(error: &Error) -> Reason {
-        match error {
-            Error::SchemaMismatch { .. } => Reason::Schema,
-            Error::FrameTooLarge { .. } | Error::LimitExceeded { .. } => Reason::Limit,
-            Error::Codec { .. } => Reason::Decode,
-            Error::Io { .. } | Error::PeerGone { .. } | Error::Timeout { .. } => Reason::Io,
-            _ => Reason::Protocol,
-        }
-    }
-}
+use crate::handover::StateSink;
+use crate::wire::{self, BytesStart, HEADER_LEN, Kind, MAX_DATA_PAYLOAD, Message};
 
 /// A point in time after which the handover has failed.
 #[derive(Debug, Clone, Copy)]
@@ -190,7 +61,7 @@ pub(crate) struct Conn {
     /// Set while a read may wait for as long as the other process lives.
     unbounded: bool,
     /// Counts step 5's bytes for the tests' `state@N` faults; nothing
-    /// without the `fault-injection` feature.
+    /// without the `test-hooks` feature.
     tripwire: Tripwire,
 }
 
@@ -304,7 +175,7 @@ impl Conn {
     }
 
     /// How many of the next `len` bytes may move before a test fault
-    /// strikes: all of them but in step 5 under `fault-injection`.
+    /// strikes: all of them but in step 5 under `test-hooks`.
     fn allow(&self, step: Step, len: usize) -> usize {
         if step == Step::State {
             self.tripwire.allow(len)
@@ -321,8 +192,19 @@ impl Conn {
 
     pub(crate) fn write_frame(&self, step: Step, kind: Kind, payload: &[u8]) -> Result<(), Error> {
         debug_assert!(payload.len() <= kind.max_payload() as usize);
-        let header = header(kind, payload.len() as u32);
+        let header = wire::header(kind, payload.len() as u32);
         self.write_all_vectored(step, &mut [IoSlice::new(&header), IoSlice::new(payload)])
+    }
+
+    /// Writes one message as a frame.
+    pub(crate) fn send<M: Message>(&self, step: Step, message: &M) -> Result<(), Error> {
+        self.write_frame(step, M::KIND, &message.encode())
+    }
+
+    /// Reads one frame, which must be an `M`.
+    pub(crate) fn recv<M: Message>(&mut self, step: Step) -> Result<M, Error> {
+        let (_, payload) = self.read_frame(step, &[M::KIND])?;
+        M::decode(step, &payload)
     }
 
     /// Reads a frame header, checking the kind against `expected` and the
@@ -334,7 +216,14 @@ impl Conn {
     ) -> Result<(Kind, u32), Error> {
         let mut header = [0u8; HEADER_LEN];
         self.read_exact(step, &mut header)?;
-        decode_header(step, header, expected)
+        wire::decode_header(step, header, expected)
+    }
+
+    /// Reads a payload of `len` bytes, whose header has been read.
+    pub(crate) fn read_payload(&mut self, step: Step, len: u32) -> Result<Vec<u8>, Error> {
+        let mut payload = vec![0; len as usize];
+        self.read_exact(step, &mut payload)?;
+        Ok(payload)
     }
 
     /// Reads a whole frame of one of the `expected` kinds.
@@ -344,9 +233,7 @@ impl Conn {
         expected: &[Kind],
     ) -> Result<(Kind, Vec<u8>), Error> {
         let (kind, len) = self.read_header(step, expected)?;
-        let mut payload = vec![0; len as usize];
-        self.read_exact(step, &mut payload)?;
-        Ok((kind, payload))
+        Ok((kind, self.read_payload(step, len)?))
     }
 
     /// From here on, reads and writes have no time limit: for step 8,
@@ -415,42 +302,6 @@ fn set_cork(fd: &OwnedFd, on: bool) -> bool {
         .is_ok()
 }
 
-fn header(kind: Kind, len: u32) -> [u8; HEADER_LEN] {
-    let len = len.to_le_bytes();
-    [kind as u8, len[0], len[1], len[2], len[3]]
-}
-
-/// Reads a frame header: the kind must be one of `expected`, and the length
-/// within that kind's maximum, so that the payload can be allocated. Only a
-/// refused header allocates, for the error's text, and only when the kind
-/// is the problem.
-pub(crate) fn decode_header(
-    step: Step,
-    header: [u8; HEADER_LEN],
-    expected: &[Kind],
-) -> Result<(Kind, u32), Error> {
-    let [kind, len @ ..] = header;
-    let kind = Kind::from_byte(kind)
-        .ok_or_else(|| Error::protocol(step, format!("unknown frame kind {kind:#04x}")))?;
-    if !expected.contains(&kind) {
-        let names: Vec<_> = expected.iter().map(|k| k.name()).collect();
-        return Err(Error::protocol(
-            step,
-            format!("expected {}, got {}", names.join(" or "), kind.name()),
-        ));
-    }
-    let len = u32::from_le_bytes(len);
-    if len > kind.max_payload() {
-        return Err(Error::FrameTooLarge {
-            step,
-            kind: kind.name(),
-            len: len.into(),
-            max: kind.max_payload().into(),
-        });
-    }
-    Ok((kind, len))
-}
-
 /// Where the encoder streams the state (step 5): plain bytes as DATA
 /// frames, and each out-of-line byte buffer as BYTES_START and BYTES frames,
 /// written straight from the state's memory.
@@ -472,150 +323,19 @@ impl StateSink for DataFrames<'_> {
     }
 
     fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let start = (bytes.len() as u64).to_le_bytes();
-        self.conn
-            .write_frame(Step::State, Kind::BytesStart, &start)?;
+        let start = BytesStart {
+            size: bytes.len() as u64,
+        };
+        self.conn.send(Step::State, &start)?;
         self.chunks(Kind::Bytes, bytes)
     }
 }
 
-/// Builds a control frame's payload (little-endian, fixed layout).
-#[derive(Default)]
-pub(crate) struct Payload(Vec<u8>);
-
-impl Payload {
-    pub(crate) fn u8(mut self, value: u8) -> Self {
-        self.0.push(value);
-        self
-    }
-
-    pub(crate) fn u16(mut self, value: u16) -> Self {
-        self.0.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    pub(crate) fn u32(mut self, value: u32) -> Self {
-        self.0.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    pub(crate) fn u64(mut self, value: u64) -> Self {
-        self.0.extend_from_slice(&value.to_le_bytes());
-        self
-    }
-
-    /// A UTF-8 string: u16 length, then the bytes; cut to fit at a char
-    /// boundary.
-    pub(crate) fn str(self, value: &str) -> Self {
-        let mut end = value.len().min(4096);
-        while !value.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut this = self.u16(end as u16);
-        this.0.extend_from_slice(&value.as_bytes()[..end]);
-        this
-    }
-
-    /// A schema: version (u32), fingerprint (u64), name (string).
-    pub(crate) fn schema(self, schema: &Schema) -> Self {
-        self.u32(schema.version)
-            .u64(schema.fingerprint)
-            .str(schema.name)
-    }
-
-    pub(crate) fn bytes(self) -> Vec<u8> {
-        self.0
-    }
-}
-
-/// Reads a control frame's payload, refusing anything short or left over.
-pub(crate) struct Fields<'p> {
-    rest: &'p [u8],
-    step: Step,
-    kind: Kind,
-}
-
-impl<'p> Fields<'p> {
-    pub(crate) fn new(step: Step, kind: Kind, payload: &'p [u8]) -> Self {
-        Fields {
-            rest: payload,
-            step,
-            kind,
-        }
-    }
-
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        if self.rest.len() < N {
-            return Err(self.short());
-        }
-        let (head, rest) = self.rest.split_at(N);
-        self.rest = rest;
-        Ok(head.try_into().expect("split_at gave N bytes"))
-    }
-
-    fn short(&self) -> Error {
-        Error::protocol(
-            self.step,
-            format!("{} frame is too short", self.kind.name()),
-        )
-    }
-
-    pub(crate) fn u8(&mut self) -> Result<u8, Error> {
-        self.take::<1>().map(|[b]| b)
-    }
-
-    pub(crate) fn u16(&mut self) -> Result<u16, Error> {
-        self.take().map(u16::from_le_bytes)
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, Error> {
-        self.take().map(u32::from_le_bytes)
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64, Error> {
-        self.take().map(u64::from_le_bytes)
-    }
-
-    pub(crate) fn str(&mut self) -> Result<String, Error> {
-        let len = self.u16()? as usize;
-        if self.rest.len() < len {
-            return Err(self.short());
-        }
-        let (text, rest) = self.rest.split_at(len);
-        self.rest = rest;
-        String::from_utf8(text.to_vec()).map_err(|_| {
-            Error::protocol(
-                self.step,
-                format!("{} frame holds invalid UTF-8", self.kind.name()),
-            )
-        })
-    }
-
-    pub(crate) fn schema(&mut self) -> Result<SchemaInfo, Error> {
-        let version = self.u32()?;
-        let fingerprint = self.u64()?;
-        let name = self.str()?;
-        Ok(SchemaInfo {
-            name,
-            version,
-            fingerprint,
-        })
-    }
-
-    /// Checks that the whole payload was read.
-    pub(crate) fn end(self) -> Result<(), Error> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::protocol(
-                self.step,
-                format!(
-                    "{} frame has {} unexpected trailing bytes",
-                    self.kind.name(),
-                    self.rest.len()
-                ),
-            ))
-        }
+/// A duration as `poll` takes it.
+pub(crate) fn timespec(duration: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: duration.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: duration.subsec_nanos().into(),
     }
 }
 
@@ -703,20 +423,5 @@ mod tests {
         let (kind, end) = conn.read_frame(Step::State, &[Kind::End]).unwrap();
         assert_eq!((kind, end), (Kind::End, vec![1, 2, 3]));
         writer.join().unwrap();
-    }
-
-    #[test]
-    fn fields_refuse_short_and_long_payloads() {
-        let payload = Payload::default().u32(7).str("héllo").bytes();
-        let mut fields = Fields::new(Step::Offer, Kind::Offer, &payload);
-        assert_eq!(fields.u32().unwrap(), 7);
-        assert_eq!(fields.str().unwrap(), "héllo");
-        fields.end().unwrap();
-        let mut short = Fields::new(Step::Offer, Kind::Offer, &payload[..6]);
-        short.u32().unwrap();
-        assert!(short.str().unwrap_err().to_string().contains("too short"));
-        let mut long = Fields::new(Step::Offer, Kind::Offer, &payload);
-        long.u32().unwrap();
-        assert!(long.end().unwrap_err().to_string().contains("trailing"));
     }
 }

@@ -6,27 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use crate::args::{self, FLAG};
-
-/// The secret's 128 hex digits: the new process's token, then the old one's.
-pub(crate) const SECRET_VAR: &str = "MITOSIS_SECRET";
-/// The path of the old process's fd channel socket.
-pub(crate) const FD_SOCKET_VAR: &str = "MITOSIS_FD_SOCKET";
-/// The commit timeout, in milliseconds, which the new process also obeys.
-pub(crate) const TIMEOUT_VAR: &str = "MITOSIS_TIMEOUT_MS";
-/// The handover's limits, which the new process enforces too: state bytes
-/// and fds.
-pub(crate) const MAX_STATE_BYTES_VAR: &str = "MITOSIS_MAX_STATE_BYTES";
-pub(crate) const MAX_FDS_VAR: &str = "MITOSIS_MAX_FDS";
-
-/// How much a handover may carry; both processes enforce it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
-    pub(crate) state_bytes: u64,
-    pub(crate) fds: u64,
-}
+use crate::env::Contract;
 
 /// The path this process was started from, as it was given to `execve`,
 /// made absolute against the working directory it had when first asked.
@@ -74,14 +56,7 @@ impl Launch<'_> {
     /// Starts the binary with `--mitosis=<port>` first, so that it comes
     /// before any `--` in the original arguments, and the handover's
     /// variables in its environment.
-    pub(crate) fn spawn(
-        &self,
-        port: u16,
-        secret_hex: &str,
-        fd_socket: &Path,
-        timeout: Duration,
-        limits: Limits,
-    ) -> std::io::Result<Child> {
+    pub(crate) fn spawn(&self, port: u16, contract: &Contract) -> std::io::Result<Child> {
         let mut original = std::env::args_os();
         let arg0 = original.next();
         let args = match self.args {
@@ -102,12 +77,7 @@ impl Launch<'_> {
                 None => command.env_remove(key),
             };
         }
-        command
-            .env(SECRET_VAR, secret_hex)
-            .env(FD_SOCKET_VAR, fd_socket)
-            .env(TIMEOUT_VAR, timeout.as_millis().to_string())
-            .env(MAX_STATE_BYTES_VAR, limits.state_bytes.to_string())
-            .env(MAX_FDS_VAR, limits.fds.to_string())
-            .spawn()
+        contract.apply(&mut command);
+        command.spawn()
     }
 }

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use mitosis::__private::round_trip;
+use mitosis::testing::round_trip;
 use mitosis::{Handover, Schema};
 
 /// The inode behind an fd: the same socket or file after a handover.
@@ -67,12 +67,12 @@ mod as_text {
         value: &'a std::net::Ipv6Addr,
         out: &mut mitosis::Encoder<'a>,
     ) -> Result<(), mitosis::Error> {
-        out.serde(&value.to_string())
+        out.value(&value.to_string())
     }
 
     pub fn decode(input: &mut mitosis::Decoder<'_>) -> Result<std::net::Ipv6Addr, mitosis::Error> {
-        let text: String = input.serde()?;
-        text.parse().map_err(|_| mitosis::Error::Codec {
+        let text: String = input.value()?;
+        text.parse().map_err(|_| mitosis::Error::Decode {
             detail: format!("not an IPv6 address: {text}"),
         })
     }
@@ -126,7 +126,7 @@ fn every_container_and_attribute_round_trips() {
     assert_eq!(back.answer, 42, "or with their default function");
     assert_eq!(back.address, state.address);
     assert_eq!(Everything::SCHEMA.version, 4);
-    assert_eq!(Everything::SCHEMA.name, "derive::Everything");
+    assert_eq!(Everything::SCHEMA.name, "derive_types::Everything");
 }
 
 #[derive(Handover, Debug, PartialEq)]
@@ -244,7 +244,7 @@ struct Outer {
 mod changed {
     /// `Settings` with one more field, under the same name.
     #[derive(mitosis::Handover)]
-    #[handover(name = "derive::Settings")]
+    #[handover(name = "derive_types::Settings")]
     pub struct Settings {
         pub nick: String,
         pub channels: Vec<String>,
@@ -252,7 +252,7 @@ mod changed {
     }
 
     #[derive(mitosis::Handover)]
-    #[handover(name = "derive::Outer")]
+    #[handover(name = "derive_types::Outer")]
     pub struct Outer {
         pub inner: Settings,
     }
@@ -261,25 +261,25 @@ mod changed {
 #[test]
 fn fingerprints_see_names_types_versions_and_nested_types() {
     #[derive(Handover)]
-    #[handover(name = "derive::Settings")]
+    #[handover(name = "derive_types::Settings")]
     struct Same {
         nick: String,
         channels: Vec<String>,
     }
     #[derive(Handover)]
-    #[handover(name = "derive::Settings")]
+    #[handover(name = "derive_types::Settings")]
     struct Renamed {
         nick: String,
         rooms: Vec<String>,
     }
     #[derive(Handover)]
-    #[handover(name = "derive::Settings")]
+    #[handover(name = "derive_types::Settings")]
     struct Retyped {
         nick: String,
         channels: VecDeque<String>,
     }
     #[derive(Handover)]
-    #[handover(name = "derive::Settings", version = 1)]
+    #[handover(name = "derive_types::Settings", version = 1)]
     struct Bumped {
         nick: String,
         channels: Vec<String>,
@@ -374,11 +374,11 @@ fn migrations_chain() {
 
 #[test]
 fn schema_names_default_to_the_module_path() {
-    assert_eq!(Settings::SCHEMA.name, "derive::Settings");
+    assert_eq!(Settings::SCHEMA.name, "derive_types::Settings");
     assert_eq!(
         versions::V1::SCHEMA,
         Schema {
-            name: "bot::State",
+            name: "bot::State".into(),
             ..versions::V1::SCHEMA
         }
     );

@@ -18,11 +18,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
-use mitosis::__private::wire::{
-    self, HEADER_LEN, HELLO_LEN, Kind, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, MAX_STATE_BYTES,
-    OUT_OF_LINE_BYTES, SECRET_LEN, WELCOME_LEN,
+use mitosis::testing::wire::{
+    self, Frame, HEADER_LEN, HELLO_LEN, Kind, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD,
+    MAX_STATE_BYTES, OUT_OF_LINE_BYTES, SECRET_LEN, WELCOME_LEN,
 };
-use mitosis::{Error, Handover, Schema, SchemaInfo, Step};
+use mitosis::testing::{self as hooks, EncodedState};
+use mitosis::{Error, Handover, Schema, Step};
 use proptest::collection::{hash_map, vec};
 use proptest::option;
 use proptest::prelude::*;
@@ -567,11 +568,16 @@ fn schemas() -> &'static [Schema] {
 
 fn schema_lists() -> impl Strategy<Value = Vec<Schema>> {
     vec(0..schemas().len(), 0..6)
-        .prop_map(|picks| picks.into_iter().map(|i| schemas()[i]).collect())
+        .prop_map(|picks| picks.into_iter().map(|i| schemas()[i].clone()).collect())
 }
 
-/// The payload `parse_offer` must have read to return `accepted`.
-fn offer_bytes(accepted: &[SchemaInfo]) -> Vec<u8> {
+/// OFFER's payload, as the new process writes it.
+fn offer(accepted: &[Schema]) -> Vec<u8> {
+    wire::encode(&Frame::Offer(accepted.to_vec())).1
+}
+
+/// The payload the OFFER decoder must have read to return `accepted`.
+fn offer_bytes(accepted: &[Schema]) -> Vec<u8> {
     let mut bytes = (accepted.len() as u16).to_le_bytes().to_vec();
     for schema in accepted {
         bytes.extend(schema.version.to_le_bytes());
@@ -583,11 +589,16 @@ fn offer_bytes(accepted: &[SchemaInfo]) -> Vec<u8> {
 }
 
 /// A schema takes at least 14 bytes of an OFFER (version, fingerprint,
-/// name length) and 40 of memory (`SchemaInfo`), in a `Vec` that at most
+/// name length) and 40 of memory (`Schema`), in a `Vec` that at most
 /// doubles: so at most 6 bytes of memory per payload byte, plus an error
 /// message. With the 64 KiB limit on the payload, at most 384 KiB.
-fn check_offer(payload: &[u8]) -> Result<Vec<SchemaInfo>, Error> {
-    let (got, stats) = measure(|| wire::parse_offer(payload));
+fn check_offer(payload: &[u8]) -> Result<Vec<Schema>, Error> {
+    let (got, stats) = measure(|| {
+        wire::decode(Kind::Offer, payload).map(|frame| match frame {
+            Frame::Offer(accepted) => accepted,
+            other => panic!("OFFER decoded as {other:?}"),
+        })
+    });
     match &got {
         // Read exactly the payload, and invented nothing.
         Ok(accepted) => assert_eq!(offer_bytes(accepted), payload),
@@ -619,7 +630,7 @@ fn check_offer(payload: &[u8]) -> Result<Vec<SchemaInfo>, Error> {
 #[test]
 fn offers_round_trip_and_every_prefix_is_refused() {
     let all = schemas();
-    let payload = wire::offer(all);
+    let payload = offer(all);
     let accepted = check_offer(&payload).unwrap();
     assert_eq!(accepted.len(), all.len());
     assert_eq!(
@@ -627,10 +638,7 @@ fn offers_round_trip_and_every_prefix_is_refused() {
         "é".repeat(2048),
         "cut at a character boundary"
     );
-    assert_eq!(
-        accepted[..4],
-        all[..4].iter().map(|&s| s.into()).collect::<Vec<_>>()
-    );
+    assert_eq!(accepted[..4], all[..4].to_vec());
     for len in 0..payload.len() {
         assert!(check_offer(&payload[..len]).is_err(), "{len}");
     }
@@ -681,7 +689,7 @@ proptest! {
 
     #[test]
     fn mutated_offers_are_refused_or_read_exactly(accepted in schema_lists(), edits in edits()) {
-        let payload = wire::offer(&accepted);
+        let payload = offer(&accepted);
         let back = check_offer(&payload).unwrap();
         prop_assert_eq!(back.len(), accepted.len());
         check_offer(&mutate(payload, &edits)).ok();
@@ -692,10 +700,142 @@ proptest! {
         accepted in schema_lists(),
         edits in edits(),
     ) {
-        let payload = wire::offer(&accepted);
+        let payload = offer(&accepted);
         let frame = [&header(Kind::Offer as u8, payload.len() as u32)[..], &payload].concat();
         check_offer_frame(&frame);
         check_offer_frame(&mutate(frame, &edits));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Every other frame's payload: STATE, REJECT, BYTES_START, END, ABORT,
+// COMMIT, ACK and TAKEN, through the same typed messages the handover uses.
+
+/// Decodes a `kind` payload and checks the verdict: either the frame the
+/// bytes hold, which encodes back to exactly those bytes, or a protocol
+/// error that names the frame and the step it is read in. What it allocates
+/// grows with the payload (a string is at most the payload), never with a
+/// length the bytes claim.
+fn check_frame(kind: Kind, payload: &[u8]) -> Result<Frame, Error> {
+    let (got, stats) = measure(|| wire::decode(kind, payload));
+    match &got {
+        Ok(frame) => {
+            let (encoded_kind, bytes) = wire::encode(frame);
+            assert_eq!(encoded_kind, kind);
+            assert_eq!(bytes, payload, "{frame:?} read other bytes than it holds");
+        }
+        Err(Error::Protocol { step, detail }) => {
+            assert_eq!(*step, wire::step_of(kind));
+            assert!(
+                detail.starts_with(&format!("{kind:?}").to_uppercase())
+                    || detail.starts_with("BYTES_START"),
+                "{kind:?}: {detail}"
+            );
+            assert!(
+                [
+                    "too short",
+                    "unexpected trailing bytes",
+                    "invalid UTF-8",
+                    "unknown reason"
+                ]
+                .iter()
+                .any(|why| detail.contains(why)),
+                "{detail}"
+            );
+        }
+        Err(other) => panic!("{kind:?}: {other:?}"),
+    }
+    assert!(
+        stats.largest <= payload.len() + 256,
+        "{kind:?}, {} bytes: {stats:?}",
+        payload.len()
+    );
+    got
+}
+
+/// Frames whose strings fit (a longer one is cut; see the OFFER tests).
+fn frames() -> impl Strategy<Value = Frame> {
+    let fits = schemas().len() - 1;
+    let schema = (0..fits).prop_map(|i| schemas()[i].clone());
+    let text = prop_oneof!["[a-z ]{0,40}", "\\PC{0,20}"];
+    prop_oneof![
+        vec(schema.clone(), 0..6).prop_map(Frame::Offer),
+        schema.clone().prop_map(Frame::State),
+        (1..=5u8, schema, text.clone()).prop_map(|(reason, schema, message)| Frame::Reject {
+            reason,
+            schema,
+            message
+        }),
+        any::<u64>().prop_map(Frame::BytesStart),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(a, b, c)| Frame::End {
+            stream_bytes: a,
+            out_of_line_bytes: b,
+            fds: c
+        }),
+        (1..=5u8, text).prop_map(|(reason, message)| Frame::Abort { reason, message }),
+        Just(Frame::Commit),
+        Just(Frame::Ack),
+        Just(Frame::Taken),
+    ]
+}
+
+#[test]
+fn every_frame_round_trips_and_every_prefix_is_refused() {
+    let all = [
+        Frame::State(schemas()[3].clone()),
+        Frame::Reject {
+            reason: 2,
+            schema: schemas()[0].clone(),
+            message: "over the limit".into(),
+        },
+        Frame::BytesStart(1 << 40),
+        Frame::End {
+            stream_bytes: 1,
+            out_of_line_bytes: 2,
+            fds: 3,
+        },
+        Frame::Abort {
+            reason: 3,
+            message: "could not decode".into(),
+        },
+        Frame::Commit,
+        Frame::Ack,
+        Frame::Taken,
+    ];
+    for frame in all {
+        let (kind, payload) = wire::encode(&frame);
+        assert_eq!(check_frame(kind, &payload).unwrap(), frame);
+        for len in 0..payload.len() {
+            assert!(
+                check_frame(kind, &payload[..len]).is_err(),
+                "{kind:?} {len}"
+            );
+        }
+        let mut long = payload.clone();
+        long.push(0);
+        assert!(
+            check_frame(kind, &long).is_err(),
+            "{kind:?} with a trailing byte"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn arbitrary_payloads_of_every_kind_are_refused_or_read_exactly(
+        kind in (0..wire::KINDS.len()).prop_map(|i| wire::KINDS[i]),
+        payload in vec(any::<u8>(), 0..128),
+    ) {
+        check_frame(kind, &payload).ok();
+    }
+
+    #[test]
+    fn mutated_frames_are_refused_or_read_exactly(frame in frames(), edits in edits()) {
+        let (kind, payload) = wire::encode(&frame);
+        prop_assert_eq!(check_frame(kind, &payload).unwrap(), frame);
+        check_frame(kind, &mutate(payload, &edits)).ok();
     }
 }
 
@@ -718,7 +858,7 @@ fn decode_within<T: Handover>(
     per_byte: usize,
     fixed: usize,
 ) -> Result<T, Error> {
-    let (got, stats) = measure(|| wire::decode_state::<T>(stream, out_of_line, fds));
+    let (got, stats) = measure(|| hooks::decode_state::<T>(stream, out_of_line, fds));
     let bound = per_byte * stream.len() + fixed;
     assert!(
         stats.largest <= bound,
@@ -731,7 +871,7 @@ fn decode_within<T: Handover>(
         stream.len()
     );
     if let Err(error) = &got {
-        assert!(matches!(error, Error::Codec { .. }), "{error:?}");
+        assert!(matches!(error, Error::Decode { .. }), "{error:?}");
         assert!(
             error
                 .to_string()
@@ -856,7 +996,7 @@ fn round_trip_then_mutate<T: Handover + PartialEq + Debug>(
     per_byte: usize,
     fixed: usize,
 ) {
-    let encoded = wire::encode_state(value).unwrap();
+    let encoded = hooks::encode_state(value).unwrap();
     assert!(encoded.fds.is_empty());
     let back: T = decode_within(
         &encoded.stream,
@@ -958,8 +1098,8 @@ fn null_fds(count: usize) -> Vec<OwnedFd> {
 }
 
 /// One sample, encoded once; each case decodes fresh duplicates of its fds.
-fn conns() -> &'static (Conns, wire::EncodedState) {
-    static CONNS: OnceLock<(Conns, wire::EncodedState)> = OnceLock::new();
+fn conns() -> &'static (Conns, EncodedState) {
+    static CONNS: OnceLock<(Conns, EncodedState)> = OnceLock::new();
     CONNS.get_or_init(|| {
         let (a, b) = UnixStream::pair().unwrap();
         let conns = Conns {
@@ -970,7 +1110,7 @@ fn conns() -> &'static (Conns, wire::EncodedState) {
             by_name: [("one".to_string(), null()), ("two".to_string(), null())].into(),
             idle: Some(Vec::new()),
         };
-        let encoded = wire::encode_state(&conns).unwrap();
+        let encoded = hooks::encode_state(&conns).unwrap();
         (conns, encoded)
     })
 }
@@ -1069,9 +1209,9 @@ struct Bytes {
 /// Decodes `stream` as a `T`, which must fail having allocated nothing but
 /// its error message.
 fn refused_without_allocating<T: Handover + Debug>(stream: &[u8], fds: Vec<OwnedFd>) -> String {
-    let (got, stats) = measure(|| wire::decode_state::<T>(stream, Vec::new(), fds));
+    let (got, stats) = measure(|| hooks::decode_state::<T>(stream, Vec::new(), fds));
     let error = got.unwrap_err();
-    let Error::Codec { detail } = &error else {
+    let Error::Decode { detail } = &error else {
         panic!("{error:?}")
     };
     assert!(stats.largest <= MESSAGE, "{detail}: {stats:?}");
@@ -1105,8 +1245,8 @@ fn a_4_gib_state_length_is_refused_before_anything_is_allocated() {
         // A collection on the serde path gets serde's cautious reservation:
         // at most 1 MiB of elements, whatever the claim.
         let (got, stats) =
-            measure(|| wire::decode_state::<SerdePath>(&lie, Vec::new(), Vec::new()));
-        assert!(matches!(got, Err(Error::Codec { .. })), "{got:?}");
+            measure(|| hooks::decode_state::<SerdePath>(&lie, Vec::new(), Vec::new()));
+        assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
         assert!(stats.largest <= 1 << 20, "{stats:?}");
     }
 }

@@ -1,147 +1,24 @@
-//! The new process's side: [`init`] finds the flag, connects back, and takes
-//! the state over. [`take_over`] walks PROTOCOL.md's steps in order.
+//! The new process's handover, step by step: [`take_over`] walks steps 2
+//! to 8 in PROTOCOL.md's order.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::args;
+use crate::conn::{Conn, Deadline};
+use crate::env::{Contract, Limits};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel;
-use crate::frame::{Conn, Deadline, Fields, Kind, Payload, Reason, VERSIONS, WELCOME_LEN};
 use crate::handover::{Decoder, Handover};
-use crate::handshake::{self, Secret};
-use crate::spawn::{
-    FD_SOCKET_VAR, Limits, MAX_FDS_VAR, MAX_STATE_BYTES_VAR, SECRET_VAR, TIMEOUT_VAR, start_path,
+use crate::schema::Schema;
+use crate::wire::handshake;
+use crate::wire::{
+    self, Abort, Ack, BytesStart, Commit, End, Kind, Message, Offer, Reason, Reject, Taken,
+    VERSIONS, Welcome,
 };
-use crate::split::{DEFAULT_MAX_FDS, DEFAULT_MAX_STATE_BYTES};
-
-/// Takes over from the old process, if this process was started by
-/// [`split`](crate::split); call it early in `main`, before starting
-/// threads.
-///
-/// - Without a `--mitosis` flag it returns `Ok(None)` at once: a fresh start,
-///   with no network activity at all.
-/// - With the flag it connects to the old process, proves the handover
-///   secret, receives the state and its fds, commits, and returns
-///   `Ok(Some(state))`. From then on this process owns the state's
-///   connections; the old one closes its copies right after acknowledging
-///   the commit, and never touches them again.
-///
-/// On `Err`, exit: the old process still has its state and carries on, and
-/// it stops this process if it does not exit by itself.
-///
-/// ```no_run
-/// # #[derive(Default)] struct State { generation: u64 }
-/// # impl mitosis::Handover for State {
-/// #     const SCHEMA: mitosis::Schema = mitosis::Schema::new("State", 1);
-/// #     fn encode<'a>(&'a self, out: &mut mitosis::Encoder<'a>) -> Result<(), mitosis::Error> { out.serde(&self.generation) }
-/// #     fn decode(input: &mut mitosis::Decoder<'_>) -> Result<Self, mitosis::Error> { Ok(State { generation: input.serde()? }) }
-/// # }
-/// fn main() -> Result<(), mitosis::Error> {
-///     let mut state = match mitosis::init::<State>()? {
-///         Some(state) => state,         // handed over: don't reconnect
-///         None => State::default(),     // fresh start: connect, listen, ...
-///     };
-///     state.generation += 1;
-///     Ok(())
-/// }
-/// ```
-pub fn init<S: Handover>() -> Result<Option<S>, Error> {
-    // Before anything else can change the working directory.
-    let _ = start_path();
-    let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let Some(flag) = args::find(&args)? else {
-        return Ok(None);
-    };
-    let handover = Environment::take()?;
-    log::debug!(
-        "mitosis: taking over from the process on port {}",
-        flag.port
-    );
-    let fd_socket = handover.fd_socket.clone();
-    take_over(flag.port, handover)
-        .inspect_err(|_| fd_channel::remove_if_left_behind(&fd_socket))
-        .map(Some)
-}
-
-/// What the old process put in this process's environment.
-struct Environment {
-    secret: Secret,
-    fd_socket: PathBuf,
-    timeout: Duration,
-    limits: Limits,
-}
-
-impl Environment {
-    /// Reads the handover's variables and removes them, so that they reach
-    /// no process this one starts.
-    fn take() -> Result<Environment, Error> {
-        let secret = std::env::var(SECRET_VAR).ok();
-        let fd_socket = std::env::var_os(FD_SOCKET_VAR);
-        let timeout = std::env::var(TIMEOUT_VAR).ok();
-        let limit = |var: &'static str, default: u64| match std::env::var(var) {
-            // Absent: an old process that predates limits; the defaults.
-            Err(std::env::VarError::NotPresent) => Ok(default),
-            Ok(value) => value.parse().map_err(|_| Error::MissingEnvironment { var }),
-            Err(_) => Err(Error::MissingEnvironment { var }),
-        };
-        let state_bytes = limit(MAX_STATE_BYTES_VAR, DEFAULT_MAX_STATE_BYTES);
-        let fds = limit(MAX_FDS_VAR, DEFAULT_MAX_FDS);
-        remove_handover_variables();
-        Ok(Environment {
-            secret: secret
-                .as_deref()
-                .and_then(Secret::from_hex)
-                .ok_or(Error::MissingEnvironment { var: SECRET_VAR })?,
-            fd_socket: fd_socket
-                .map(PathBuf::from)
-                .ok_or(Error::MissingEnvironment { var: FD_SOCKET_VAR })?,
-            timeout: timeout
-                .and_then(|ms| ms.parse().ok())
-                .map(Duration::from_millis)
-                .filter(|timeout| !timeout.is_zero())
-                .ok_or(Error::MissingEnvironment { var: TIMEOUT_VAR })?,
-            limits: Limits {
-                state_bytes: state_bytes?,
-                fds: fds?,
-            },
-        })
-    }
-}
-
-fn remove_handover_variables() {
-    if !single_threaded() {
-        log::warn!(
-            "mitosis: init was called after other threads started, so the handover's variables \
-             stay in the environment; call mitosis::init first thing in main"
-        );
-        return;
-    }
-    for var in [
-        SECRET_VAR,
-        FD_SOCKET_VAR,
-        TIMEOUT_VAR,
-        MAX_STATE_BYTES_VAR,
-        MAX_FDS_VAR,
-    ] {
-        // SAFETY: `remove_var` is only unsound when another thread reads or
-        // writes the environment at the same time; this process has exactly
-        // one thread, checked just above, and it is this one.
-        unsafe { std::env::remove_var(var) };
-    }
-}
-
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task")
-        .map(|tasks| tasks.count() == 1)
-        .unwrap_or(false)
-}
 
 /// Every step of a handover, from the new process's side.
-fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
+pub(super) fn take_over<S: Handover>(port: u16, env: Contract) -> Result<S, Error> {
     fault::at(Side::New, Point::Spawned);
     let deadline = Deadline::after(env.timeout);
     let accepted = S::accepted();
@@ -169,12 +46,15 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     let burst = conn.cork();
     conn.write_all(Step::Hello, &handshake::hello(&env.secret))?;
     fault::at(Side::New, Point::Hello);
-    conn.write_frame(Step::Offer, Kind::Offer, &handshake::offer(&accepted))?;
+    let offer = Offer {
+        accepted: accepted.clone(),
+    };
+    conn.send(Step::Offer, &offer)?;
     drop(burst);
     fault::at(Side::New, Point::Offer);
     // Then check that the old process proves the secret too, and learn the
     // protocol version.
-    let mut welcome = [0u8; WELCOME_LEN];
+    let mut welcome = [0u8; Welcome::LEN];
     conn.read_exact(Step::Hello, &mut welcome)?;
     handshake::check_welcome(&env.secret, &welcome)?;
 
@@ -185,11 +65,11 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
             if !matches!(error, Error::PeerGone { .. } | Error::SchemaMismatch { .. }) {
                 // Best effort: tell the old process why, so that its error
                 // says more than "the new process went away".
-                let abort = Payload::default()
-                    .u8(Reason::of(&error) as u8)
-                    .str(&error.to_string())
-                    .bytes();
-                let _ = conn.write_frame(Step::Commit, Kind::Abort, &abort);
+                let abort = Abort {
+                    reason: Reason::of(&error),
+                    message: error.to_string(),
+                };
+                let _ = conn.send(Step::Commit, &abort);
             }
             return Err(error);
         }
@@ -197,14 +77,14 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
 
     // Step 7 (end): the state is complete; commit.
     fault::at(Side::New, Point::Commit);
-    conn.write_frame(Step::Commit, Kind::Commit, &[])?;
+    conn.send(Step::Commit, &Commit)?;
     fault::at(Side::New, Point::Ack);
 
     // Step 8: wait for the old process's decision, for as long as it lives:
     // after COMMIT, only the old process may call the handover off, and it
     // kills this process before it does.
     conn.drop_deadline(Step::Ack)?;
-    match conn.read_frame(Step::Ack, &[Kind::Ack]) {
+    match conn.recv::<Ack>(Step::Ack) {
         Ok(_) => {}
         // The old process never closes the connection after a COMMIT
         // without acknowledging it, unless it is gone; then nobody else
@@ -218,7 +98,7 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
     fault::at(Side::New, Point::Taken);
     // Ownership passes with this frame. If the old process is gone by now,
     // it cannot read it, and the connections are this process's anyway.
-    if let Err(error) = conn.write_frame(Step::Ack, Kind::Taken, &[]) {
+    if let Err(error) = conn.send(Step::Ack, &Taken) {
         log::debug!("mitosis: could not send TAKEN ({error}); the old process is gone");
     }
     fault::at(Side::New, Point::Done);
@@ -229,25 +109,22 @@ fn take_over<S: Handover>(port: u16, env: Environment) -> Result<S, Error> {
 /// Steps 4 to 7: the schema, the state, the fds, and decoding.
 fn receive<S: Handover>(
     conn: &mut Conn,
-    env: &Environment,
-    accepted: &[crate::Schema],
+    env: &Contract,
+    accepted: &[Schema],
     fd_channel: OwnedFd,
     deadline: &Deadline,
 ) -> Result<S, Error> {
     // Step 4: the old process sends its state only if it matches one of the
     // offered schemas.
-    let (kind, payload) = conn.read_frame(Step::Offer, &[Kind::State, Kind::Reject])?;
-    let mut fields = Fields::new(Step::Offer, kind, &payload);
-    if kind == Kind::Reject {
-        let _reason = fields.u8()?;
-        let sent = fields.schema()?;
+    let (kind, payload) = conn.read_frame(Step::Offer, &[wire::State::KIND, Reject::KIND])?;
+    if kind == Reject::KIND {
+        let reject = Reject::decode(Step::Offer, &payload)?;
         return Err(Error::SchemaMismatch {
-            sent,
-            accepted: accepted.iter().copied().map(Into::into).collect(),
+            sent: reject.schema,
+            accepted: accepted.to_vec(),
         });
     }
-    let sent = fields.schema()?;
-    fields.end()?;
+    let sent = wire::State::decode(Step::Offer, &payload)?.schema;
     if !accepted
         .iter()
         .any(|schema| schema.fingerprint == sent.fingerprint)
@@ -304,29 +181,22 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
     loop {
         let (kind, len) = conn.read_header(
             STEP,
-            &[Kind::Data, Kind::BytesStart, Kind::End, Kind::Reject],
+            &[Kind::Data, BytesStart::KIND, End::KIND, Reject::KIND],
         )?;
         match kind {
             Kind::Reject => {
-                let mut reject = vec![0; len as usize];
-                conn.read_exact(STEP, &mut reject)?;
-                let mut fields = Fields::new(STEP, Kind::Reject, &reject);
-                let _reason = fields.u8()?;
-                let _schema = fields.schema()?;
-                let reason = fields.str()?;
-                fields.end()?;
-                return Err(Error::Aborted { step: STEP, reason });
+                let reject = Reject::decode(STEP, &conn.read_payload(STEP, len)?)?;
+                return Err(Error::Aborted {
+                    step: STEP,
+                    reason: reject.message,
+                });
             }
             Kind::Data => {
                 admit(len.into())?;
                 conn.read_append(STEP, &mut received.stream, len)?;
             }
             Kind::BytesStart => {
-                let mut start = vec![0; len as usize];
-                conn.read_exact(STEP, &mut start)?;
-                let mut fields = Fields::new(STEP, Kind::BytesStart, &start);
-                let size = fields.u64()?;
-                fields.end()?;
+                let BytesStart { size } = BytesStart::decode(STEP, &conn.read_payload(STEP, len)?)?;
                 admit(size)?;
                 let mut buffer = receive_buffer(size as usize);
                 while (buffer.len() as u64) < size {
@@ -342,13 +212,12 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
                 received.out_of_line.push(buffer);
             }
             _ => {
-                let mut end = vec![0; len as usize];
-                conn.read_exact(STEP, &mut end)?;
-                let mut fields = Fields::new(STEP, Kind::End, &end);
-                let stream_bytes = fields.u64()?;
-                let out_of_line_bytes = fields.u64()?;
-                received.fd_count = fields.u32()?;
-                fields.end()?;
+                let End {
+                    stream_bytes,
+                    out_of_line_bytes,
+                    fds,
+                } = End::decode(STEP, &conn.read_payload(STEP, len)?)?;
+                received.fd_count = fds;
                 if u64::from(received.fd_count) > limits.fds {
                     return Err(Error::LimitExceeded {
                         step: STEP,

@@ -1,0 +1,238 @@
+//! `Handover` for `BufReader` and `BufWriter`: the bytes in their buffers
+//! cross with them.
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use super::{Decoder, Encoder, Handover};
+use crate::error::Error;
+use crate::schema::Schema;
+
+/// The largest read buffer whose unread bytes [`BufReader`]'s `decode` puts
+/// back: they pass through a socket buffer, which holds at least this much.
+pub(crate) const MAX_UNREAD_BYTES: usize = 64 * 1024;
+
+/// A buffered reader hands over the bytes it has read but not yet returned,
+/// so that a half-read line completes in the new process.
+///
+/// `R` must be an fd type that reads with `read` or `recv` (any socket or
+/// file type). std's `BufReader` cannot be given bytes, so `decode` lets it
+/// read them from a fresh Unix socket and then swaps the real reader in;
+/// that works for up to 64 KiB of unread bytes, and a larger
+/// remainder is a decode error (the handover rolls back), never a loss.
+///
+/// ```
+/// # use std::io::BufReader;
+/// # use std::net::TcpStream;
+/// fn needs_handover<T: mitosis::Handover>() {}
+/// needs_handover::<BufReader<TcpStream>>();
+/// ```
+impl<R> Handover for BufReader<R>
+where
+    R: Handover + Read + From<OwnedFd>,
+{
+    const SCHEMA: Schema = Schema::nested("BufReader", 0, [R::SCHEMA]);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        encode_buffered(self.capacity(), self.buffer(), self.get_ref(), out)
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let (capacity, unread, inner) = decode_buffered::<R>(input, "BufReader")?;
+        if unread.is_empty() {
+            return Ok(BufReader::with_capacity(capacity, inner));
+        }
+        if unread.len() > MAX_UNREAD_BYTES {
+            return Err(Error::Decode {
+                detail: format!(
+                    "a BufReader held {} unread bytes, more than the {MAX_UNREAD_BYTES} mitosis \
+                     can put back; give it a smaller capacity",
+                    unread.len()
+                ),
+            });
+        }
+        let put_back = |error: io::Error| Error::Decode {
+            detail: format!("could not put a BufReader's unread bytes back: {error}"),
+        };
+        let (mut feed, source) = UnixStream::pair().map_err(put_back)?;
+        feed.write_all(&unread).map_err(put_back)?;
+        drop(feed);
+        let mut reader = BufReader::with_capacity(capacity, R::from(OwnedFd::from(source)));
+        let buffered = reader.fill_buf().map_err(put_back)?.len();
+        if buffered != unread.len() {
+            return Err(put_back(io::Error::other(format!(
+                "{buffered} of {} bytes came back",
+                unread.len()
+            ))));
+        }
+        // The buffer keeps the bytes; the temporary socket is dropped.
+        *reader.get_mut() = inner;
+        Ok(reader)
+    }
+}
+
+/// What a buffered reader or writer hands over: its capacity, the bytes in
+/// its buffer, and what it wraps.
+fn encode_buffered<'a, T: Handover>(
+    capacity: usize,
+    buffered: &[u8],
+    inner: &'a T,
+    out: &mut Encoder<'a>,
+) -> Result<(), Error> {
+    out.value(&capacity)?;
+    out.bytes(buffered)?;
+    inner.encode(out)
+}
+
+/// The largest capacity of one decoded buffered reader or writer.
+const MAX_BUFFER_CAPACITY: usize = 1 << 30;
+
+/// What the capacities of all the buffered readers and writers in one state
+/// may add up to: 4 GiB, the default limit on a whole state (PROTOCOL.md,
+/// "Limits"). Each capacity is allocated in full when its buffer is built,
+/// so without this a few bytes per buffer could claim 1 GiB each, past what
+/// the address space holds.
+pub(super) const MAX_BUFFER_CAPACITIES: u64 = crate::env::MAX_STATE_BYTES;
+
+/// Reads what [`encode_buffered`] wrote, refusing a capacity that cannot
+/// hold the buffered bytes, is beyond any sensible buffer (1 GiB), or would
+/// bring the state's buffers together past `MAX_BUFFER_CAPACITIES`.
+fn decode_buffered<T: Handover>(
+    input: &mut Decoder<'_>,
+    what: &str,
+) -> Result<(usize, Vec<u8>, T), Error> {
+    let capacity: usize = input.value()?;
+    let buffered = input.bytes()?;
+    let inner = T::decode(input)?;
+    if capacity < buffered.len() || capacity > MAX_BUFFER_CAPACITY {
+        return Err(Error::Decode {
+            detail: format!(
+                "{what} of capacity {capacity} cannot hold its {} buffered bytes",
+                buffered.len()
+            ),
+        });
+    }
+    let total = input.buffer_capacities + capacity as u64;
+    if total > input.buffer_capacity_limit {
+        return Err(Error::Decode {
+            detail: format!(
+                "{what} of capacity {capacity} would bring the state's buffers to {total} bytes \
+                 in all, past the limit of {}",
+                input.buffer_capacity_limit
+            ),
+        });
+    }
+    input.buffer_capacities = total;
+    Ok((capacity, buffered, inner))
+}
+
+/// A buffered writer hands over the bytes it has not written yet; the new
+/// process writes them first.
+///
+/// ```
+/// # use std::io::BufWriter;
+/// # use std::net::TcpStream;
+/// fn needs_handover<T: mitosis::Handover>() {}
+/// needs_handover::<BufWriter<TcpStream>>();
+/// ```
+impl<W> Handover for BufWriter<W>
+where
+    W: Handover + Write,
+{
+    const SCHEMA: Schema = Schema::nested("BufWriter", 0, [W::SCHEMA]);
+
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        encode_buffered(self.capacity(), self.buffer(), self.get_ref(), out)
+    }
+
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+        let (capacity, unwritten, inner) = decode_buffered::<W>(input, "BufWriter")?;
+        let mut writer = BufWriter::with_capacity(capacity, inner);
+        // Fits the buffer, so nothing is written to the fd here (at exactly
+        // the capacity, BufWriter writes through, in the same order).
+        writer
+            .write_all(&unwritten)
+            .map_err(|error| Error::Decode {
+                detail: format!("could not restore a BufWriter's unwritten bytes: {error}"),
+            })?;
+        Ok(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handover::tests::round_trip;
+    use crate::handover::{Encoder, InMemory};
+    use std::fs::File;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::OwnedFd;
+
+    #[test]
+    fn buffered_readers_and_writers_keep_their_bytes() {
+        use std::io::{BufRead, Read};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut far = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, _) = listener.accept().unwrap();
+        far.write_all(b"PRIVMSG #a :one\r\nPRIVMSG #a :tw").unwrap();
+        let mut reader = BufReader::new(near.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "PRIVMSG #a :one\r\n");
+        assert_eq!(reader.buffer(), b"PRIVMSG #a :tw");
+
+        let mut writer = BufWriter::with_capacity(100, near);
+        writer.write_all(b"PONG :x\r\n").unwrap();
+        let mut back = round_trip(&(reader, writer)).unwrap();
+        // The half line completes with what arrives later.
+        far.write_all(b"o\r\n").unwrap();
+        line.clear();
+        back.0.read_line(&mut line).unwrap();
+        assert_eq!(line, "PRIVMSG #a :two\r\n");
+        assert_eq!(back.0.capacity(), 8192);
+        // The unwritten bytes are written by the new writer, once.
+        assert_eq!(
+            (back.1.capacity(), back.1.buffer()),
+            (100, &b"PONG :x\r\n"[..])
+        );
+        back.1.flush().unwrap();
+        let mut pong = [0; 9];
+        far.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"PONG :x\r\n");
+    }
+    #[test]
+    fn buffer_capacities_are_bounded_in_all() {
+        // Found by fuzzing (fuzz/, `frames`): a few bytes made one BufReader
+        // reserve 630 MB. Each capacity is allocated up front, up to 1 GiB
+        // each, and nothing bounded them in all. Three writers of 1000
+        // bytes, against a limit of 2500.
+        let writers: Vec<BufWriter<File>> = (0..3)
+            .map(|_| BufWriter::with_capacity(1000, File::open("/dev/null").unwrap()))
+            .collect();
+        let mut sink = InMemory::default();
+        let sent: Vec<OwnedFd> = Encoder::encode(&mut sink, &writers)
+            .unwrap()
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().unwrap())
+            .collect();
+        let limited = |limit| {
+            let fds = sent.iter().map(|fd| fd.try_clone().unwrap()).collect();
+            let mut decoder = Decoder::new(&sink.stream, Vec::new(), fds);
+            decoder.buffer_capacity_limit = limit;
+            decoder.decode::<Vec<BufWriter<File>>>()
+        };
+        let back = limited(3000).unwrap();
+        assert_eq!(back.iter().map(BufWriter::capacity).sum::<usize>(), 3000);
+        let err = limited(2500).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "BufWriter of capacity 1000 would bring the state's buffers to 3000 bytes in all, \
+                 past the limit of 2500"
+            ),
+            "{err}"
+        );
+        assert_eq!(MAX_BUFFER_CAPACITIES, 4 << 30);
+    }
+}

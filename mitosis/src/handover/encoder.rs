@@ -1,0 +1,308 @@
+//! [`Encoder`]: where a state is written, streaming into a sink.
+
+use std::os::fd::BorrowedFd;
+
+use serde::Serialize;
+
+use super::Handover;
+use crate::error::Error;
+
+/// Where [`Handover::encode`] writes a value.
+///
+/// It streams: plain data passes through a 64 KiB buffer to the connection,
+/// and large byte buffers go straight to the socket, so the old process never
+/// holds a second full copy of its state.
+///
+/// ```
+/// use mitosis::{Encoder, Error, Handover, Schema, Decoder};
+/// struct Counter(u64);
+/// impl Handover for Counter {
+///     const SCHEMA: Schema = Schema::new("Counter", 1);
+///     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+///         out.value(&self.0)
+///     }
+///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+///         input.value().map(Counter)
+///     }
+/// }
+/// ```
+pub struct Encoder<'a> {
+    pub(crate) serializer: postcard::Serializer<StreamFlavor<'a>>,
+    pub(crate) fds: Vec<BorrowedFd<'a>>,
+}
+
+/// The bytes an [`Encoder`] buffers before writing them out.
+pub(crate) const ENCODE_BUFFER: usize = 64 * 1024;
+
+/// Byte buffers of this size or more travel out of line: in frames of their
+/// own, read by the new process straight into their final `Vec`, so they
+/// are copied once (PROTOCOL.md, step 5).
+pub(crate) const OUT_OF_LINE_BYTES: usize = 64 * 1024;
+
+/// Where an encoded state goes: the stream of plain bytes, and the byte
+/// buffers that travel out of line.
+pub(crate) trait StateSink {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error>;
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error>;
+}
+
+/// A sink in memory, for handovers without the processes.
+#[cfg(any(test, feature = "test-hooks"))]
+#[derive(Default)]
+pub(crate) struct InMemory {
+    pub(crate) stream: Vec<u8>,
+    pub(crate) out_of_line: Vec<Vec<u8>>,
+}
+
+#[cfg(any(test, feature = "test-hooks"))]
+impl StateSink for InMemory {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.out_of_line.push(bytes.to_vec());
+        Ok(())
+    }
+}
+
+/// A postcard flavor that streams into a sink through a bounded buffer.
+pub(crate) struct StreamFlavor<'a> {
+    buffer: Vec<u8>,
+    sink: &'a mut dyn StateSink,
+    written: u64,
+    out_of_line: u64,
+    /// postcard's flavor errors carry no payload, so the error that stopped
+    /// the stream waits here until the encoder reports it.
+    failure: Option<Error>,
+}
+
+impl StreamFlavor<'_> {
+    pub(crate) fn flush_buffer(&mut self) -> postcard::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = self.sink.data(&self.buffer);
+        self.buffer.clear();
+        self.record(result)
+    }
+
+    fn record(&mut self, result: Result<(), Error>) -> postcard::Result<()> {
+        result.map_err(|error| {
+            self.failure = Some(error);
+            postcard::Error::SerializeBufferFull
+        })
+    }
+}
+
+impl postcard::ser_flavors::Flavor for StreamFlavor<'_> {
+    type Output = u64;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.buffer.len() == ENCODE_BUFFER {
+            self.flush_buffer()?;
+        }
+        self.buffer.push(byte);
+        self.written += 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.written += data.len() as u64;
+        if data.len() <= ENCODE_BUFFER - self.buffer.len() {
+            self.buffer.extend_from_slice(data);
+            return Ok(());
+        }
+        self.flush_buffer()?;
+        if data.len() < ENCODE_BUFFER {
+            self.buffer.extend_from_slice(data);
+            Ok(())
+        } else {
+            let result = self.sink.data(data);
+            self.record(result)
+        }
+    }
+
+    fn finalize(mut self) -> postcard::Result<u64> {
+        self.flush_buffer()?;
+        Ok(self.written)
+    }
+}
+
+/// What an encoding produced besides the bytes it streamed.
+pub(crate) struct Encoded<'a> {
+    /// Bytes in the stream.
+    pub(crate) total_bytes: u64,
+    /// Bytes sent out of line.
+    pub(crate) out_of_line_bytes: u64,
+    pub(crate) fds: Vec<BorrowedFd<'a>>,
+}
+
+impl<'a> Encoder<'a> {
+    pub(crate) fn new(sink: &'a mut dyn StateSink) -> Encoder<'a> {
+        Encoder {
+            serializer: postcard::Serializer {
+                output: StreamFlavor {
+                    buffer: Vec::with_capacity(ENCODE_BUFFER),
+                    sink,
+                    written: 0,
+                    out_of_line: 0,
+                    failure: None,
+                },
+            },
+            fds: Vec::new(),
+        }
+    }
+
+    /// Encodes `value` into `sink` and flushes it.
+    pub(crate) fn encode<S: Handover>(
+        sink: &'a mut dyn StateSink,
+        value: &'a S,
+    ) -> Result<Encoded<'a>, Error> {
+        let mut encoder = Encoder::new(sink);
+        value.encode(&mut encoder)?;
+        let fds = encoder.fds;
+        let mut output = encoder.serializer.output;
+        if output.flush_buffer().is_err() {
+            return Err(stream_failure(output.failure));
+        }
+        Ok(Encoded {
+            total_bytes: output.written,
+            out_of_line_bytes: output.out_of_line,
+            fds,
+        })
+    }
+
+    fn fail(&mut self, error: postcard::Error) -> Error {
+        match self.serializer.output.failure.take() {
+            Some(failure) => failure,
+            None => Error::Decode {
+                detail: error.to_string(),
+            },
+        }
+    }
+
+    /// Writes a plain value with serde and postcard.
+    ///
+    /// ```
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_nick<'a>(nick: &'a String, out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.value(nick)
+    /// }
+    /// ```
+    pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        value
+            .serialize(&mut self.serializer)
+            .map_err(|error| self.fail(error))
+    }
+
+    /// Writes a byte buffer at copy speed. A short one goes into the stream
+    /// as `serde_bytes` writes it (a length, then the bytes); one of 64 KiB
+    /// or more leaves its length in the stream and travels out of line,
+    /// straight from this memory into the new process's final `Vec`.
+    ///
+    /// ```
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_blob<'a>(blob: &'a [u8], out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.bytes(blob)
+    /// }
+    /// ```
+    pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.len() < OUT_OF_LINE_BYTES {
+            return self.value(serde_bytes::Bytes::new(bytes));
+        }
+        self.value(&bytes.len())?;
+        let output = &mut self.serializer.output;
+        output.out_of_line += bytes.len() as u64;
+        output.sink.out_of_line(bytes)
+    }
+
+    /// Puts `fd` into the side table and writes its index into the stream.
+    /// The fd itself crosses in step 6; the old process keeps its own copy
+    /// until the new process has committed.
+    ///
+    /// ```
+    /// # use std::os::fd::AsFd;
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_file<'a>(file: &'a std::fs::File, out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.fd(file.as_fd())
+    /// }
+    /// ```
+    pub fn fd(&mut self, fd: BorrowedFd<'a>) -> Result<(), Error> {
+        let index = u32::try_from(self.fds.len()).map_err(|_| Error::Decode {
+            detail: "more than 4294967295 fds in one state".into(),
+        })?;
+        self.fds.push(fd);
+        self.value(&index)
+    }
+}
+
+fn stream_failure(failure: Option<Error>) -> Error {
+    failure.unwrap_or_else(|| Error::Decode {
+        detail: "the state stream stopped".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handover::Decoder;
+    use crate::schema::Schema;
+
+    #[test]
+    fn large_bytes_travel_out_of_line_without_copies() {
+        struct Blobs(Vec<u8>, Vec<u8>, Vec<u8>);
+        impl Handover for Blobs {
+            const SCHEMA: Schema = Schema::new("Blobs", 1);
+            fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+                out.bytes(&self.0)?;
+                out.bytes(&self.1)?;
+                out.bytes(&self.2)
+            }
+            fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+                Ok(Blobs(input.bytes()?, input.bytes()?, input.bytes()?))
+            }
+        }
+        /// Records every call it receives.
+        #[derive(Default)]
+        struct Calls(Vec<(&'static str, usize)>, InMemory);
+        impl StateSink for Calls {
+            fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+                self.0.push(("data", bytes.len()));
+                self.1.data(bytes)
+            }
+            fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+                self.0.push(("out of line", bytes.len()));
+                self.1.out_of_line(bytes)
+            }
+        }
+        let big: Vec<u8> = (0..3 * OUT_OF_LINE_BYTES).map(|i| i as u8).collect();
+        let blobs = Blobs(
+            big.clone(),
+            vec![1, 2, 3],
+            big[..OUT_OF_LINE_BYTES].to_vec(),
+        );
+        let mut sink = Calls::default();
+        Encoder::encode(&mut sink, &blobs).unwrap();
+        // The two large buffers leave at once, whole, straight from the
+        // value's memory; only their lengths and the small one are buffered.
+        assert_eq!(
+            sink.0,
+            vec![
+                ("out of line", 3 * OUT_OF_LINE_BYTES),
+                ("out of line", OUT_OF_LINE_BYTES),
+                // Two 3-byte lengths, and the small buffer inline.
+                ("data", 3 + 4 + 3)
+            ]
+        );
+        let Calls(_, memory) = sink;
+        let back: Blobs = Decoder::new(&memory.stream, memory.out_of_line, Vec::new())
+            .decode()
+            .unwrap();
+        assert!(back.0 == blobs.0 && back.2 == blobs.2);
+        assert_eq!(back.1, [1, 2, 3]);
+    }
+}

@@ -1,0 +1,360 @@
+//! The `Handover` trait: how a state value crosses from the old process to
+//! the new one.
+//!
+//! Plain data is encoded with postcard into the state stream. A value that
+//! owns a file descriptor writes an index into the stream instead, and its fd
+//! goes into a side table that travels over the fd channel (PROTOCOL.md,
+//! steps 5 and 6). Decoding reverses that: an index in the stream takes the fd
+//! at that place in the received table.
+//!
+//! [`Encoder`] and [`Decoder`] are the two ends; `impls` and `buffered` hold
+//! the implementations for std's types.
+
+mod buffered;
+mod decoder;
+mod encoder;
+mod impls;
+
+pub use decoder::Decoder;
+pub use encoder::Encoder;
+pub(crate) use encoder::StateSink;
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) use encoder::{InMemory, OUT_OF_LINE_BYTES};
+
+use crate::error::Error;
+use crate::schema::Schema;
+
+/// A value that can be handed over to a new process: plain data, file
+/// descriptors, or any mix of the two.
+///
+/// `encode` borrows the value, because the old process keeps it until the new
+/// one has committed; if the handover fails, the value goes back to the
+/// caller unchanged. `decode` rebuilds it in the new process.
+///
+/// # Deriving
+///
+/// `#[derive(Handover)]` works on structs (named, tuple, unit) and enums,
+/// generic or not. Every field goes the best way its type allows:
+///
+/// - a type that owns file descriptors (`TcpStream`, `TcpListener`,
+///   `UdpSocket`, `UnixStream`, `UnixListener`, `UnixDatagram`, `File`,
+///   `OwnedFd`, `BufReader`/`BufWriter` over one of them, any of them inside
+///   `Option`, `Vec`, `VecDeque`, `HashMap`, `BTreeMap`, `Box` or a tuple,
+///   and nested derived types) crosses over the fd channel, wherever it
+///   sits;
+/// - a `Vec<u8>` is written in one piece, at copy speed;
+/// - everything else goes through serde and postcard, so it must be
+///   `Serialize` and `DeserializeOwned`.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::io::BufReader;
+/// use std::net::{TcpListener, TcpStream};
+///
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     generation: u64,
+///     conn: BufReader<TcpStream>,      // unread bytes cross too
+///     listeners: HashMap<String, TcpListener>,
+///     channels: Vec<String>,
+///     seen: Vec<u8>,
+/// }
+///
+/// #[derive(mitosis::Handover)]
+/// enum Link {
+///     Down,
+///     Up { conn: TcpStream, since: u64 },
+/// }
+/// ```
+///
+/// Generic parameters used in sent fields get a `Handover` bound, the way
+/// serde infers its bounds:
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// struct Tagged<T> {
+///     value: T,
+///     tag: String,
+/// }
+/// fn needs_handover<T: mitosis::Handover>() {}
+/// needs_handover::<Tagged<std::fs::File>>();
+/// ```
+///
+/// ## Schema and fingerprint
+///
+/// The derive computes [`SCHEMA`](Handover::SCHEMA) at compile time. Its
+/// fingerprint covers the schema's name (by default the type's module path
+/// and name), the version, every sent field's name and type as written, and
+/// the fingerprint of every field type that is itself `Handover`, so that a
+/// change inside a nested type changes the outer fingerprint too. Skipped
+/// fields are left out: they do not change what crosses. The handshake
+/// compares fingerprints before anything is decoded.
+///
+/// ## Type attributes
+///
+/// `version = N` declares the schema's version (0 if absent). Bump it
+/// whenever the fields change, so that errors name something meaningful:
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// #[handover(version = 3)]
+/// struct State {
+///     generation: u64,
+/// }
+/// assert_eq!(<State as mitosis::Handover>::SCHEMA.version, 3);
+/// ```
+///
+/// `name = "..."` replaces the type's path in the schema. It is what keeps
+/// an old type's fingerprint when its definition moves or is renamed, as a
+/// migration source must be:
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// #[handover(name = "bot::State", version = 1)]
+/// struct StateV1 {
+///     generation: u32,
+/// }
+/// assert_eq!(<StateV1 as mitosis::Handover>::SCHEMA.name, "bot::State");
+/// ```
+///
+/// `migrate_from(Old)` lets this type be built from an `Old` state, through
+/// `impl From<Old> for Self`. `Old` is a verbatim copy of the previous
+/// build's type (same fields, types written the same way, same version),
+/// renamed, with `name` set to the previous name. It can migrate from an
+/// older type in turn, so chains work. The new process offers all of them in
+/// the handshake, and the old process sends its state only if one matches:
+///
+/// ```
+/// use mitosis::Handover;
+///
+/// // The previous build's state, copied verbatim and renamed.
+/// #[derive(Handover)]
+/// #[handover(name = "bot::State", version = 1)]
+/// struct StateV1 {
+///     generation: u32,
+/// }
+///
+/// #[derive(Handover)]
+/// #[handover(name = "bot::State", version = 2, migrate_from(StateV1))]
+/// struct State {
+///     generations: u64,     // renamed and widened
+///     nick: String,         // added
+/// }
+///
+/// impl From<StateV1> for State {
+///     fn from(old: StateV1) -> State {
+///         State { generations: old.generation.into(), nick: "bot".into() }
+///     }
+/// }
+///
+/// assert_eq!(State::accepted(), [State::SCHEMA, StateV1::SCHEMA]);
+/// ```
+///
+/// ## Field attributes
+///
+/// `skip` leaves a field out; the new process rebuilds it with `Default`,
+/// or with `default = "function"`:
+///
+/// ```
+/// # use std::collections::HashMap;
+/// fn fresh_limit() -> u32 {
+///     100
+/// }
+///
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     generation: u64,
+///     #[handover(skip)]
+///     cache: HashMap<String, String>,
+///     #[handover(skip, default = "fresh_limit")]
+///     limit: u32,
+/// }
+/// ```
+///
+/// `with = "module"` hands a foreign type over through
+/// `module::encode` and `module::decode`, for a type that is neither
+/// `Handover` nor serde:
+///
+/// ```
+/// mod as_millis {
+///     use std::time::Instant;
+///     pub fn encode<'a>(
+///         value: &'a Instant,
+///         out: &mut mitosis::Encoder<'a>,
+///     ) -> Result<(), mitosis::Error> {
+///         out.value(&(value.elapsed().as_millis() as u64))
+///     }
+///     pub fn decode(input: &mut mitosis::Decoder<'_>) -> Result<Instant, mitosis::Error> {
+///         let ago: u64 = input.value()?;
+///         Ok(Instant::now() - std::time::Duration::from_millis(ago))
+///     }
+/// }
+///
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     #[handover(with = "as_millis")]
+///     started: std::time::Instant,
+/// }
+/// ```
+///
+/// `fd` hands a field over as a plain file descriptor, for a type that is
+/// `AsFd + From<OwnedFd>` but not `Handover` (a socket type from another
+/// crate, say):
+///
+/// ```
+/// #[derive(mitosis::Handover)]
+/// struct State {
+///     #[handover(fd)]
+///     timer: std::os::fd::OwnedFd,
+/// }
+/// ```
+///
+/// Misuse (an unknown or duplicate attribute, `skip` on a type without
+/// `Default`, a union, `migrate_from` of a type that is not `Handover`, or
+/// a field given two of `skip`, `with` and `fd`) is a compile error spanned
+/// on the offending token.
+///
+/// # Implementing it by hand
+///
+/// Write plain fields with [`Encoder::value`] (or [`Encoder::bytes`] for a
+/// byte buffer), fields that own fds with their own `Handover` impl, and read
+/// them back in the same order:
+///
+/// ```
+/// use std::net::TcpStream;
+/// use mitosis::{Decoder, Encoder, Error, Handover, Schema};
+///
+/// struct State {
+///     nick: String,
+///     conn: TcpStream,
+///     seen: Vec<u8>,
+/// }
+///
+/// impl Handover for State {
+///     const SCHEMA: Schema = Schema::new("bot::State", 1);
+///
+///     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+///         out.value(&self.nick)?;
+///         self.conn.encode(out)?;
+///         out.bytes(&self.seen)
+///     }
+///
+///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+///         Ok(State {
+///             nick: input.value()?,
+///             conn: TcpStream::decode(input)?,
+///             seen: input.bytes()?,
+///         })
+///     }
+/// }
+/// ```
+pub trait Handover: Sized {
+    /// The identity of this type's encoding. Change the version whenever the
+    /// encoding changes, so that an old state is refused instead of being
+    /// decoded into the wrong shape.
+    const SCHEMA: Schema;
+
+    /// Writes the value: plain data into the stream, fds into the side table.
+    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error>;
+
+    /// Reads a value written by [`encode`](Handover::encode).
+    fn decode(input: &mut Decoder<'_>) -> Result<Self, Error>;
+
+    /// The schemas a state of this type can be built from: its own first,
+    /// then, newest first, those it migrates from. The new process offers
+    /// them in the handshake, and the old process sends its state only if
+    /// its schema is among them.
+    ///
+    /// `#[derive(Handover)]` with `#[handover(migrate_from(Old))]` fills this
+    /// in; by hand:
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Encoder, Error, Handover, Schema};
+    /// struct V1(u32);
+    /// struct V2(u64);
+    /// # impl Handover for V1 {
+    /// #     const SCHEMA: Schema = Schema::new("V", 1);
+    /// #     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> { out.value(&self.0) }
+    /// #     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> { input.value().map(V1) }
+    /// # }
+    /// impl Handover for V2 {
+    ///     const SCHEMA: Schema = Schema::new("V", 2);
+    ///     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///         out.value(&self.0)
+    ///     }
+    ///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
+    ///         input.value().map(V2)
+    ///     }
+    ///     fn accepted() -> Vec<Schema> {
+    ///         let mut accepted = vec![Self::SCHEMA];
+    ///         accepted.extend(V1::accepted());
+    ///         accepted
+    ///     }
+    ///     fn decode_from(fingerprint: u64, input: &mut Decoder<'_>) -> Result<Self, Error> {
+    ///         if fingerprint == Self::SCHEMA.fingerprint {
+    ///             Self::decode(input)
+    ///         } else {
+    ///             V1::decode_from(fingerprint, input).map(|old| V2(old.0.into()))
+    ///         }
+    ///     }
+    /// }
+    /// assert_eq!(V2::accepted(), [Schema::new("V", 2), Schema::new("V", 1)]);
+    /// ```
+    fn accepted() -> Vec<Schema> {
+        vec![Self::SCHEMA]
+    }
+
+    /// Reads a value written with the schema whose fingerprint is
+    /// `fingerprint`, one of [`accepted`](Handover::accepted): `decode` for
+    /// this type's own schema, a migration for an older one. See
+    /// [`accepted`](Handover::accepted) for an example.
+    fn decode_from(fingerprint: u64, input: &mut Decoder<'_>) -> Result<Self, Error> {
+        if fingerprint == Self::SCHEMA.fingerprint {
+            Self::decode(input)
+        } else {
+            Err(Error::Decode {
+                detail: format!(
+                    "{} has no migration from the schema with fingerprint {fingerprint:016x}",
+                    Self::SCHEMA
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+impl Decoder<'_> {
+    /// Decodes a value of `S`'s own schema.
+    pub(crate) fn decode<S: Handover>(self) -> Result<S, Error> {
+        self.decode_from(S::SCHEMA.fingerprint)
+    }
+}
+
+/// Helpers for the tests of this module's parts.
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    pub(crate) fn round_trip<S: Handover>(value: &S) -> Result<S, Error> {
+        let mut sink = InMemory::default();
+        let encoded = Encoder::encode(&mut sink, value)?;
+        let total = encoded.total_bytes;
+        let fds = encoded
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().unwrap())
+            .collect();
+        assert_eq!(total, sink.stream.len() as u64);
+        Decoder::new(&sink.stream, sink.out_of_line, fds).decode()
+    }
+    pub(crate) fn stream_of<S: Handover>(value: &S) -> Vec<u8> {
+        let mut sink = InMemory::default();
+        Encoder::encode(&mut sink, value).unwrap();
+        assert!(sink.out_of_line.is_empty());
+        sink.stream
+    }
+    pub(crate) fn inode(fd: &impl AsFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_ino
+    }
+}

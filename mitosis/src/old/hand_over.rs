@@ -1,0 +1,363 @@
+//! The old process's handover, step by step: [`Parent::start`] is step 1,
+//! and [`Parent::hand_over`] walks steps 2 to 8 in PROTOCOL.md's order.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::Child;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+
+use super::accept::accept_child;
+use super::spawn::{Launch, start_path};
+use super::{Outcome, SplitOptions};
+use crate::conn::{Conn, DataFrames, Deadline, timespec};
+use crate::env::{Contract, Limits};
+use crate::error::{Error, Step};
+use crate::fault::{self, Point, Side};
+use crate::fd_channel::{self, FdListener};
+use crate::handover::{Encoder, Handover, StateSink};
+use crate::wire::handshake::{self, Secret};
+use crate::wire::{self, Ack, Commit, End, Message, Offer, Reason, Reject, Taken};
+
+/// The old process's side of one handover.
+pub(super) struct Parent {
+    child: Child,
+    /// A pidfd: readable once the new process has exited.
+    child_exited: OwnedFd,
+    listener: Option<TcpListener>,
+    fd_listener: Option<FdListener>,
+    secret: Secret,
+    deadline: Deadline,
+    hello_timeout: Duration,
+    limits: Limits,
+    /// Kept open until the new process has been dealt with, because the new
+    /// process reads the connection closing after its COMMIT as "the old
+    /// process is gone, take over".
+    conn: Option<Conn>,
+    fd_conn: Option<OwnedFd>,
+    /// The numbers of the state's fds that crossed in step 6.
+    handed_over: Vec<RawFd>,
+}
+
+impl Parent {
+    /// Step 1: listen, then start the new binary.
+    pub(super) fn start(options: &SplitOptions) -> Result<Parent, Error> {
+        const STEP: Step = Step::Spawn;
+        let deadline = Deadline::after(options.commit_timeout);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::io(STEP))?;
+        let port = listener.local_addr().map_err(Error::io(STEP))?.port();
+        let fd_listener = FdListener::bind().map_err(Error::io(STEP))?;
+        let secret = Secret::generate().map_err(Error::io(STEP))?;
+        let launch = Launch {
+            binary: options
+                .binary
+                .clone()
+                .unwrap_or_else(|| start_path().to_path_buf()),
+            args: options.args.as_deref(),
+            extra_args: &options.extra_args,
+            env: &options.env,
+        };
+        let contract = Contract {
+            secret,
+            fd_socket: fd_listener.path().to_path_buf(),
+            timeout: options.commit_timeout,
+            limits: options.limits,
+        };
+        let mut child = launch
+            .spawn(port, &contract)
+            .map_err(|source| Error::Spawn {
+                binary: launch.binary.clone(),
+                source,
+            })?;
+        let pid = Pid::from_child(&child);
+        let child_exited = match pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::io(STEP)(e.into()));
+            }
+        };
+        log::debug!(
+            "mitosis: step 1: started {} as pid {}, handover port {port}",
+            launch.binary.display(),
+            child.id()
+        );
+        Ok(Parent {
+            child,
+            child_exited,
+            listener: Some(listener),
+            fd_listener: Some(fd_listener),
+            secret: contract.secret,
+            deadline,
+            hello_timeout: options.hello_timeout,
+            limits: options.limits,
+            conn: None,
+            fd_conn: None,
+            handed_over: Vec::new(),
+        })
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs the handover. On success, the state comes back too: disarmed
+    /// (its fds point at `/dev/null`), for the caller to drop after it has
+    /// reported `Done`.
+    pub(super) fn run<S: Handover>(mut self, state: S) -> (Outcome<S>, Option<S>) {
+        let result =
+            catch_unwind(AssertUnwindSafe(|| self.hand_over(&state))).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(not a string)".into());
+                Err(Error::EncodePanicked { message })
+            });
+        let pid = self.child.id();
+        match result {
+            Ok(()) => {
+                log::info!("mitosis: pid {pid} took over");
+                (Outcome::Done { pid }, Some(state))
+            }
+            Err(error) => {
+                let error = self.stop_child(error);
+                log::warn!("mitosis: handover to pid {pid} failed: {error}");
+                (Outcome::Failed { state, error }, None)
+            }
+        }
+    }
+
+    /// Every step of a handover, as PROTOCOL.md numbers them.
+    fn hand_over<S: Handover>(&mut self, state: &S) -> Result<(), Error> {
+        fault::at(Side::Old, Point::Spawned);
+        // Step 2: the new process connects and proves the secret. No byte
+        // goes to a connection before that.
+        let listener = self.listener.take().expect("hand_over runs once");
+        let (stream, versions) = accept_child(
+            &listener,
+            &self.secret,
+            self.child_exited.as_fd(),
+            &self.deadline,
+            self.hello_timeout,
+        )?;
+        drop(listener);
+        let conn = self
+            .conn
+            .insert(Conn::new(stream, self.deadline, Side::Old));
+        fault::at(Side::Old, Point::Hello);
+        // Steps 3 to 5 leave as one burst: for a small state, WELCOME,
+        // STATE, the data and END share a segment.
+        let burst = conn.cork();
+
+        // Step 3: prove the secret back and choose the protocol version.
+        let chosen = handshake::choose_version(versions);
+        conn.write_all(
+            Step::Hello,
+            &handshake::welcome(&self.secret, chosen.unwrap_or(0)),
+        )?;
+        if chosen.is_none() {
+            return Err(Error::ProtocolVersion {
+                ours: wire::VERSIONS,
+                theirs: versions,
+            });
+        }
+
+        // Step 4: send the state only if the new process accepts its schema.
+        let Offer { accepted } = conn.recv(Step::Offer)?;
+        fault::at(Side::Old, Point::Offer);
+        if !accepted
+            .iter()
+            .any(|schema| schema.fingerprint == S::SCHEMA.fingerprint)
+        {
+            let error = Error::SchemaMismatch {
+                sent: S::SCHEMA,
+                accepted,
+            };
+            return Err(reject::<S>(conn, Step::Offer, Reason::Schema, error));
+        }
+        conn.send(Step::Offer, &wire::State { schema: S::SCHEMA })?;
+
+        // Step 5: stream the encoded state, then its lengths and fd count;
+        // or, over a limit, a REJECT that tells the new process why.
+        let mut frames = Limited {
+            frames: DataFrames { conn },
+            max: self.limits.state_bytes,
+            sent: 0,
+        };
+        let encoded = match Encoder::encode(&mut frames, state) {
+            Ok(encoded) if encoded.fds.len() as u64 > self.limits.fds => {
+                Err(Error::LimitExceeded {
+                    step: Step::State,
+                    what: "fds",
+                    found: encoded.fds.len() as u64,
+                    max: self.limits.fds,
+                })
+            }
+            encoded => encoded,
+        };
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
+            Err(error @ Error::LimitExceeded { .. }) => {
+                return Err(reject::<S>(conn, Step::State, Reason::Limit, error));
+            }
+            Err(error) => return Err(error),
+        };
+        let end = End {
+            stream_bytes: encoded.total_bytes,
+            out_of_line_bytes: encoded.out_of_line_bytes,
+            fds: encoded.fds.len() as u32,
+        };
+        conn.send(Step::State, &end)?;
+        drop(burst);
+        log::debug!(
+            "mitosis: step 5: sent {} bytes of state and {} out of line, {} fds to follow",
+            encoded.total_bytes,
+            encoded.out_of_line_bytes,
+            encoded.fds.len()
+        );
+
+        // Step 6: the fds, over the channel only the new process can reach.
+        let fd_listener = self.fd_listener.take().expect("hand_over runs once");
+        let fd_conn = fd_listener.accept_child(
+            Pid::from_child(&self.child),
+            self.child_exited.as_fd(),
+            &self.deadline,
+        )?;
+        drop(fd_listener);
+        fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline)?;
+        self.fd_conn = Some(fd_conn);
+        self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        drop(encoded);
+
+        // Step 7: the new process decodes and commits, or says why not.
+        let conn = self.conn.as_mut().expect("connected in step 2");
+        let (kind, payload) = conn.read_frame(Step::Commit, &[Commit::KIND, wire::Abort::KIND])?;
+        if kind == wire::Abort::KIND {
+            let abort = wire::Abort::decode(Step::Commit, &payload)?;
+            return Err(Error::Aborted {
+                step: Step::Commit,
+                reason: abort.message,
+            });
+        }
+        Commit::decode(Step::Commit, &payload)?;
+        fault::at(Side::Old, Point::Commit);
+
+        // Step 8: acknowledge, then wait for the new process to say it has
+        // taken over. Until TAKEN arrives, the new process's death leaves
+        // the connections with this process, which then rolls back. There
+        // is no deadline here: after ACK, a live new process is never
+        // killed, because it may already be serving.
+        conn.send(Step::Ack, &Ack)?;
+        fault::at(Side::Old, Point::Ack);
+        conn.drop_deadline(Step::Ack)?;
+        conn.recv::<Taken>(Step::Ack)?;
+        fault::at(Side::Old, Point::Taken);
+        // From here on this process must not touch a handed-over
+        // connection, not even from a destructor.
+        if let Err(error) = fd_channel::redirect_to_dev_null(&self.handed_over) {
+            log::warn!(
+                "mitosis: could not detach the old copies of the handed-over fds ({error}); \
+                 a destructor that writes (such as BufWriter's flush) may still reach them"
+            );
+        }
+        fault::at(Side::Old, Point::Done);
+        Ok(())
+    }
+
+    /// Makes sure the new process is gone and reaped before the state goes
+    /// back, so that two processes never serve the same connections.
+    ///
+    /// When the new process knows the handover failed (it was told, it gave
+    /// up, or it died), it gets until the deadline to exit by itself, so its
+    /// own error report is not cut off; otherwise it is killed at once.
+    fn stop_child(&mut self, error: Error) -> Error {
+        let child_knows = matches!(
+            error,
+            Error::SchemaMismatch { .. }
+                | Error::ProtocolVersion { .. }
+                | Error::Aborted { .. }
+                | Error::LimitExceeded { .. }
+                | Error::PeerGone { .. }
+        );
+        if !(child_knows && self.wait_for_exit()) {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait();
+        self.conn = None;
+        self.fd_conn = None;
+        match (error, status) {
+            (Error::PeerGone { step }, Ok(status)) => Error::ChildExited { step, status },
+            (error, _) => error,
+        }
+    }
+
+    /// Waits until the new process exits or the deadline passes.
+    fn wait_for_exit(&self) -> bool {
+        loop {
+            let Ok(left) = self.deadline.remaining(Step::Commit) else {
+                return false;
+            };
+            let mut fds = [PollFd::new(&self.child_exited, PollFlags::IN)];
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(_) if !fds[0].revents().is_empty() => return true,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Tells the new process, with REJECT, why the state will not come, and
+/// returns the error for the old process's own outcome. If even the REJECT
+/// cannot be written, that error is the one to report.
+fn reject<S: Handover>(conn: &Conn, step: Step, reason: Reason, error: Error) -> Error {
+    let reject = Reject {
+        reason,
+        schema: S::SCHEMA,
+        message: error.to_string(),
+    };
+    match conn.send(step, &reject) {
+        Ok(()) => error,
+        Err(write_error) => write_error,
+    }
+}
+
+/// The state's frames, stopped at the handover's byte limit: a state over
+/// it fails before the excess is sent.
+struct Limited<'c> {
+    frames: DataFrames<'c>,
+    max: u64,
+    sent: u64,
+}
+
+impl Limited<'_> {
+    fn admit(&mut self, len: usize) -> Result<(), Error> {
+        self.sent += len as u64;
+        if self.sent > self.max {
+            return Err(Error::LimitExceeded {
+                step: Step::State,
+                what: "state bytes",
+                found: self.sent,
+                max: self.max,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl StateSink for Limited<'_> {
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.admit(bytes.len())?;
+        self.frames.data(bytes)
+    }
+
+    fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.admit(bytes.len())?;
+        self.frames.out_of_line(bytes)
+    }
+}

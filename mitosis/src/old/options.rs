@@ -1,0 +1,174 @@
+//! [`SplitOptions`]: what a split can be told.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Split;
+use crate::env::{self, Limits};
+use crate::handover::Handover;
+
+/// Options for a [`split`](crate::split): timeouts, the binary, its arguments and its
+/// environment.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # let state = 0u64;
+/// let handle = mitosis::SplitOptions::new()
+///     .commit_timeout(Duration::from_secs(30))
+///     .binary("/usr/local/bin/bot")
+///     .arg("--verbose")
+///     .env("RUST_LOG", "debug")
+///     .split(state);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SplitOptions {
+    pub(super) commit_timeout: Duration,
+    pub(super) hello_timeout: Duration,
+    pub(super) limits: Limits,
+    pub(super) binary: Option<PathBuf>,
+    pub(super) args: Option<Vec<OsString>>,
+    pub(super) extra_args: Vec<OsString>,
+    pub(super) env: Vec<(OsString, Option<OsString>)>,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        SplitOptions::new()
+    }
+}
+
+impl SplitOptions {
+    /// The defaults: a commit timeout of 10 seconds, a hello timeout of 1
+    /// second, at most 4 GiB of state and 1,048,576 fds, and the binary this
+    /// process was started from, with its arguments and its environment.
+    ///
+    /// ```
+    /// let options = mitosis::SplitOptions::new();
+    /// ```
+    pub fn new() -> SplitOptions {
+        SplitOptions {
+            commit_timeout: env::DEFAULT_COMMIT_TIMEOUT,
+            hello_timeout: env::DEFAULT_HELLO_TIMEOUT,
+            limits: Limits::default(),
+            binary: None,
+            args: None,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// How long the new process has from spawn to commit. After that it is
+    /// killed and the state comes back.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().commit_timeout(std::time::Duration::from_secs(3));
+    /// ```
+    pub fn commit_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.commit_timeout = timeout;
+        self
+    }
+
+    /// How long any connection to the handover port has to prove the secret
+    /// before it is dropped.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().hello_timeout(std::time::Duration::from_millis(200));
+    /// ```
+    pub fn hello_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.hello_timeout = timeout;
+        self
+    }
+
+    /// The most encoded bytes the state may take; default 4 GiB. A bigger
+    /// state fails the handover with
+    /// [`Error::LimitExceeded`](crate::Error::LimitExceeded) in both
+    /// processes, and comes back. The new process enforces the same limit.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().max_state_bytes(64 << 20);
+    /// ```
+    pub fn max_state_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.limits.state_bytes = bytes;
+        self
+    }
+
+    /// The most fds the state may hold; by default, and at most, 1,048,576
+    /// (Linux's default `nr_open`): a larger value counts as that. More fail
+    /// the handover with
+    /// [`Error::LimitExceeded`](crate::Error::LimitExceeded) in both
+    /// processes, and the state comes back. The new process enforces the
+    /// same limit.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().max_fds(10_000);
+    /// ```
+    pub fn max_fds(&mut self, fds: u64) -> &mut Self {
+        self.limits.fds = fds.min(env::MAX_FDS);
+        self
+    }
+
+    /// Runs this binary instead of the one this process was started from.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().binary("/opt/bot/current/bot");
+    /// ```
+    pub fn binary(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// Replaces this process's arguments (without the program name).
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().args(["--server", "irc.example.net:6667"]);
+    /// ```
+    pub fn args<I, A>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds an argument after the original (or replaced) ones.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().arg("--upgraded");
+    /// ```
+    pub fn arg(&mut self, arg: impl Into<OsString>) -> &mut Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable for the new process.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().env("RUST_LOG", "info");
+    /// ```
+    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable for the new process.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().env_remove("DEBUG_ONCE");
+    /// ```
+    pub fn env_remove(&mut self, key: impl Into<OsString>) -> &mut Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Hands `state` over with these options; see [`split`](crate::split).
+    ///
+    /// ```no_run
+    /// # let state = 0u64;
+    /// let outcome = mitosis::SplitOptions::new().split(state).wait();
+    /// ```
+    pub fn split<S: Handover + Send + 'static>(&self, state: S) -> Split<S> {
+        super::start(self, state)
+    }
+}

@@ -1,0 +1,307 @@
+//! Hooks for mitosis's own tests and fuzz targets, with the `test-hooks`
+//! feature: a handover in memory, and every decoder of the wire on plain
+//! bytes, each reached through the same types the handover uses. Not public
+//! API: the names and signatures here change with the tests.
+
+use std::os::fd::OwnedFd;
+
+use crate::error::{Error, Step};
+use crate::handover::{Decoder, Encoder, Handover, InMemory};
+
+/// Encodes `value` in memory and decodes it as `T` from `value`'s schema,
+/// passing its fds as duplicates, the way the fd channel would: a handover
+/// without the processes.
+pub fn round_trip<S: Handover, T: Handover>(value: &S) -> Result<T, Error> {
+    let encoded = encode_state(value)?;
+    decode_state_from::<T>(
+        &encoded.stream,
+        encoded.out_of_line,
+        encoded.fds,
+        S::SCHEMA.fingerprint,
+    )
+}
+
+/// An encoded state, as the new process receives it.
+pub struct EncodedState {
+    /// The stream (all DATA payloads).
+    pub stream: Vec<u8>,
+    /// The out-of-line buffers, in order.
+    pub out_of_line: Vec<Vec<u8>>,
+    /// Duplicates of the side table's fds, in order.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Encodes `value` as the old process would, in memory.
+pub fn encode_state<S: Handover>(value: &S) -> Result<EncodedState, Error> {
+    let mut sink = InMemory::default();
+    let encoded = Encoder::encode(&mut sink, value)?;
+    let fds = encoded
+        .fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::io(Step::Fds))?;
+    drop(encoded);
+    Ok(EncodedState {
+        stream: sink.stream,
+        out_of_line: sink.out_of_line,
+        fds,
+    })
+}
+
+/// Decodes a state of `S`'s own schema from what the new process received
+/// (step 7), checking that every byte, buffer and fd is used.
+pub fn decode_state<S: Handover>(
+    stream: &[u8],
+    out_of_line: Vec<Vec<u8>>,
+    fds: Vec<OwnedFd>,
+) -> Result<S, Error> {
+    decode_state_from(stream, out_of_line, fds, S::SCHEMA.fingerprint)
+}
+
+fn decode_state_from<S: Handover>(
+    stream: &[u8],
+    out_of_line: Vec<Vec<u8>>,
+    fds: Vec<OwnedFd>,
+    fingerprint: u64,
+) -> Result<S, Error> {
+    Decoder::new(stream, out_of_line, fds).decode_from(fingerprint)
+}
+
+/// The wire's decoders on plain bytes.
+pub mod wire {
+    use crate::error::{Error, Step};
+    use crate::schema::Schema;
+    use crate::wire::handshake::{self, Progress, Secret};
+    use crate::wire::{self as real, Message, Reason};
+
+    pub use crate::wire::Kind;
+
+    /// Length of HELLO.
+    pub const HELLO_LEN: usize = real::Hello::LEN;
+    /// Length of WELCOME.
+    pub const WELCOME_LEN: usize = real::Welcome::LEN;
+    /// Length of a frame header.
+    pub const HEADER_LEN: usize = real::HEADER_LEN;
+    /// Largest payload of any frame but DATA and BYTES.
+    pub const MAX_CONTROL_PAYLOAD: u32 = real::MAX_CONTROL_PAYLOAD;
+    /// Largest payload of a DATA or BYTES frame.
+    pub const MAX_DATA_PAYLOAD: u32 = real::MAX_DATA_PAYLOAD;
+    /// Largest state (stream and out-of-line bytes) accepted by default.
+    pub const MAX_STATE_BYTES: u64 = crate::env::MAX_STATE_BYTES;
+    /// Byte buffers of this size or more travel out of line.
+    pub const OUT_OF_LINE_BYTES: usize = crate::handover::OUT_OF_LINE_BYTES;
+    /// Length of the secret: the new process's token, then the old one's.
+    pub const SECRET_LEN: usize = 2 * real::TOKEN_LEN;
+
+    /// The HELLO the new process sends with `secret`.
+    pub fn hello(secret: &[u8; SECRET_LEN]) -> [u8; HELLO_LEN] {
+        handshake::hello(&Secret::from_bytes(*secret))
+    }
+
+    /// What the old process makes of the first bytes of a connection:
+    /// `Ok(None)` while they may still become a HELLO, `Ok(Some(versions))`
+    /// once they prove `secret`, and the reason it drops the connection
+    /// otherwise.
+    pub fn parse_hello(
+        secret: &[u8; SECRET_LEN],
+        received: &[u8],
+    ) -> Result<Option<(u16, u16)>, &'static str> {
+        match handshake::check_hello(&Secret::from_bytes(*secret), received) {
+            Progress::Waiting => Ok(None),
+            Progress::Proven(versions) => Ok(Some(versions)),
+            Progress::Refused(why) => Err(why),
+        }
+    }
+
+    /// The version the old process chooses for a HELLO's range, if any.
+    pub fn choose_version(theirs: (u16, u16)) -> Option<u16> {
+        handshake::choose_version(theirs)
+    }
+
+    /// The WELCOME the old process sends with `secret` (`chosen` 0: no
+    /// shared version).
+    pub fn welcome(secret: &[u8; SECRET_LEN], chosen: u16) -> [u8; WELCOME_LEN] {
+        handshake::welcome(&Secret::from_bytes(*secret), chosen)
+    }
+
+    /// What the new process makes of a WELCOME: the chosen version.
+    pub fn parse_welcome(
+        secret: &[u8; SECRET_LEN],
+        welcome: &[u8; WELCOME_LEN],
+    ) -> Result<u16, Error> {
+        handshake::check_welcome(&Secret::from_bytes(*secret), welcome)
+    }
+
+    /// What a receiver makes of a frame header when it expects one of
+    /// `expected`: the kind and the payload length it then allocates.
+    pub fn decode_header(
+        step: Step,
+        header: [u8; HEADER_LEN],
+        expected: &[Kind],
+    ) -> Result<(Kind, u32), Error> {
+        real::decode_header(step, header, expected)
+    }
+
+    /// Every frame with a payload layout, as plain data. (DATA and BYTES
+    /// carry raw chunks of the state; the state decoder reads those.)
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Frame {
+        /// OFFER: the accepted schemas.
+        Offer(Vec<Schema>),
+        /// STATE: the schema that follows.
+        State(Schema),
+        /// REJECT.
+        Reject {
+            /// The reason byte.
+            reason: u8,
+            /// The old process's schema.
+            schema: Schema,
+            /// Its error.
+            message: String,
+        },
+        /// BYTES_START: the buffer's size.
+        BytesStart(u64),
+        /// END.
+        End {
+            /// Stream bytes.
+            stream_bytes: u64,
+            /// Out-of-line bytes.
+            out_of_line_bytes: u64,
+            /// Fds to follow.
+            fds: u32,
+        },
+        /// ABORT.
+        Abort {
+            /// The reason byte.
+            reason: u8,
+            /// The new process's error.
+            message: String,
+        },
+        /// COMMIT.
+        Commit,
+        /// ACK.
+        Ack,
+        /// TAKEN.
+        Taken,
+    }
+
+    /// The frame kinds whose payloads [`decode`] reads.
+    pub const KINDS: [Kind; 9] = [
+        Kind::Offer,
+        Kind::State,
+        Kind::Reject,
+        Kind::BytesStart,
+        Kind::End,
+        Kind::Abort,
+        Kind::Commit,
+        Kind::Ack,
+        Kind::Taken,
+    ];
+
+    fn reason(byte: u8) -> Reason {
+        [
+            Reason::Schema,
+            Reason::Limit,
+            Reason::Decode,
+            Reason::Protocol,
+            Reason::Io,
+        ]
+        .into_iter()
+        .find(|reason| *reason as u8 == byte)
+        .unwrap_or(Reason::Protocol)
+    }
+
+    /// `frame`'s kind and payload, as the sending side writes them. A
+    /// reason byte that names no reason is written as "protocol" (4).
+    pub fn encode(frame: &Frame) -> (Kind, Vec<u8>) {
+        fn pair<M: Message>(message: M) -> (Kind, Vec<u8>) {
+            (M::KIND, message.encode())
+        }
+        match frame.clone() {
+            Frame::Offer(accepted) => pair(real::Offer { accepted }),
+            Frame::State(schema) => pair(real::State { schema }),
+            Frame::Reject {
+                reason: byte,
+                schema,
+                message,
+            } => pair(real::Reject {
+                reason: reason(byte),
+                schema,
+                message,
+            }),
+            Frame::BytesStart(size) => pair(real::BytesStart { size }),
+            Frame::End {
+                stream_bytes,
+                out_of_line_bytes,
+                fds,
+            } => pair(real::End {
+                stream_bytes,
+                out_of_line_bytes,
+                fds,
+            }),
+            Frame::Abort {
+                reason: byte,
+                message,
+            } => pair(real::Abort {
+                reason: reason(byte),
+                message,
+            }),
+            Frame::Commit => pair(real::Commit),
+            Frame::Ack => pair(real::Ack),
+            Frame::Taken => pair(real::Taken),
+        }
+    }
+
+    /// The step in which a receiver reads a `kind` frame.
+    pub fn step_of(kind: Kind) -> Step {
+        match kind {
+            Kind::Offer | Kind::State => Step::Offer,
+            Kind::Reject | Kind::Data | Kind::BytesStart | Kind::Bytes | Kind::End => Step::State,
+            Kind::Abort | Kind::Commit => Step::Commit,
+            Kind::Ack | Kind::Taken => Step::Ack,
+        }
+    }
+
+    /// What the receiving side makes of a `kind` frame's `payload`.
+    pub fn decode(kind: Kind, payload: &[u8]) -> Result<Frame, Error> {
+        let step = step_of(kind);
+        Ok(match kind {
+            Kind::Offer => Frame::Offer(real::Offer::decode(step, payload)?.accepted),
+            Kind::State => Frame::State(real::State::decode(step, payload)?.schema),
+            Kind::Reject => {
+                let reject = real::Reject::decode(step, payload)?;
+                Frame::Reject {
+                    reason: reject.reason as u8,
+                    schema: reject.schema,
+                    message: reject.message,
+                }
+            }
+            Kind::BytesStart => Frame::BytesStart(real::BytesStart::decode(step, payload)?.size),
+            Kind::End => {
+                let end = real::End::decode(step, payload)?;
+                Frame::End {
+                    stream_bytes: end.stream_bytes,
+                    out_of_line_bytes: end.out_of_line_bytes,
+                    fds: end.fds,
+                }
+            }
+            Kind::Abort => {
+                let abort = real::Abort::decode(step, payload)?;
+                Frame::Abort {
+                    reason: abort.reason as u8,
+                    message: abort.message,
+                }
+            }
+            Kind::Commit => real::Commit::decode(step, payload).map(|_| Frame::Commit)?,
+            Kind::Ack => real::Ack::decode(step, payload).map(|_| Frame::Ack)?,
+            Kind::Taken => real::Taken::decode(step, payload).map(|_| Frame::Taken)?,
+            Kind::Data | Kind::Bytes => {
+                return Err(Error::protocol(
+                    step,
+                    format!("{} carries raw state bytes, not a layout", kind.name()),
+                ));
+            }
+        })
+    }
+}

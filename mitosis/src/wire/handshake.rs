@@ -1,0 +1,195 @@
+//! The handshake (PROTOCOL.md, step 3): the secret, the two preambles that
+//! prove it, and the protocol version.
+
+use std::io;
+
+use super::{Hello, MAGIC, TOKEN_LEN, VERSIONS, Welcome};
+use crate::error::{Error, Step};
+
+/// A fresh random secret for one handover: the new process's token, then
+/// the old process's. It reaches the new process through its environment,
+/// never its arguments, which any local user can read.
+pub(crate) struct Secret([u8; 2 * TOKEN_LEN]);
+
+impl Secret {
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn from_bytes(bytes: [u8; 2 * TOKEN_LEN]) -> Secret {
+        Secret(bytes)
+    }
+
+    pub(crate) fn generate() -> io::Result<Secret> {
+        let mut bytes = [0u8; 2 * TOKEN_LEN];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            filled += rustix::rand::getrandom(
+                &mut bytes[filled..],
+                rustix::rand::GetRandomFlags::empty(),
+            )?;
+        }
+        Ok(Secret(bytes))
+    }
+
+    pub(crate) fn from_hex(text: &str) -> Option<Secret> {
+        let text = text.as_bytes();
+        if text.len() != 4 * TOKEN_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; 2 * TOKEN_LEN];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks(2)) {
+            let digits = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(digits, 16).ok()?;
+        }
+        Some(Secret(bytes))
+    }
+
+    pub(crate) fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    pub(crate) fn child_token(&self) -> &[u8] {
+        &self.0[..TOKEN_LEN]
+    }
+
+    pub(crate) fn parent_token(&self) -> &[u8] {
+        &self.0[TOKEN_LEN..]
+    }
+}
+
+/// Compares without an early exit, so that timing says nothing about how
+/// much of a guessed token was right.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// The new process's preamble (step 3).
+pub(crate) fn hello(secret: &Secret) -> [u8; Hello::LEN] {
+    Hello {
+        versions: VERSIONS,
+        token: secret.child_token().try_into().expect("a token"),
+    }
+    .encode()
+}
+
+/// What the first bytes of a connection prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// A HELLO so far; more bytes are needed.
+    Waiting,
+    /// Not a HELLO, or not one with the secret; why, for the log.
+    Refused(&'static str),
+    /// A HELLO with the new process's token, offering these versions.
+    Proven((u16, u16)),
+}
+
+/// Checks the first bytes a connection sent (step 3): refused as soon as
+/// they differ from the magic, then once all of HELLO is in, proven only if
+/// it holds the new process's token. Bytes past the HELLO are not looked
+/// at. Allocates nothing.
+pub(crate) fn check_hello(secret: &Secret, received: &[u8]) -> Progress {
+    let received = &received[..received.len().min(Hello::LEN)];
+    let magic_seen = received.len().min(MAGIC.len());
+    if received[..magic_seen] != MAGIC[..magic_seen] {
+        return Progress::Refused("sent bytes that are not a mitosis HELLO");
+    }
+    let Some(hello) = <&[u8; Hello::LEN]>::try_from(received)
+        .ok()
+        .and_then(Hello::decode)
+    else {
+        return Progress::Waiting;
+    };
+    if same_token(&hello.token, secret.child_token()) {
+        Progress::Proven(hello.versions)
+    } else {
+        Progress::Refused("sent a HELLO with the wrong secret")
+    }
+}
+
+/// The highest version both sides speak, if any.
+pub(crate) fn choose_version(theirs: (u16, u16)) -> Option<u16> {
+    let low = theirs.0.max(VERSIONS.0);
+    let high = theirs.1.min(VERSIONS.1);
+    (low <= high).then_some(high)
+}
+
+/// The old process's preamble (step 3); `chosen` is 0 when no version is
+/// shared.
+pub(crate) fn welcome(secret: &Secret, chosen: u16) -> [u8; Welcome::LEN] {
+    Welcome {
+        chosen,
+        versions: VERSIONS,
+        token: secret.parent_token().try_into().expect("a token"),
+    }
+    .encode()
+}
+
+/// Checks the old process's preamble and returns the version it chose.
+pub(crate) fn check_welcome(secret: &Secret, bytes: &[u8; Welcome::LEN]) -> Result<u16, Error> {
+    const STEP: Step = Step::Hello;
+    let welcome = Welcome::decode(bytes)?;
+    if !same_token(&welcome.token, secret.parent_token()) {
+        return Err(Error::protocol(
+            STEP,
+            "the process on the handover port did not prove the secret; it is not the process \
+             that started this one",
+        ));
+    }
+    let chosen = welcome.chosen;
+    if chosen == 0 {
+        return Err(Error::ProtocolVersion {
+            ours: VERSIONS,
+            theirs: welcome.versions,
+        });
+    }
+    if chosen < VERSIONS.0 || chosen > VERSIONS.1 {
+        return Err(Error::protocol(
+            STEP,
+            format!("the old process chose version {chosen}, which this process never offered"),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Lower-case hex, two digits a byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_round_trips_through_hex() {
+        let secret = Secret::generate().unwrap();
+        let again = Secret::from_hex(&secret.to_hex()).unwrap();
+        assert_eq!(secret.0, again.0);
+        assert!(Secret::from_hex("abc").is_none());
+        assert!(Secret::from_hex(&"zz".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn versions_are_negotiated_to_the_highest_shared() {
+        assert_eq!(choose_version((1, 1)), Some(1));
+        assert_eq!(choose_version((1, 7)), Some(1));
+        assert_eq!(choose_version((2, 3)), None);
+        assert_eq!(choose_version((0, 0)), None);
+    }
+
+    #[test]
+    fn welcome_is_checked() {
+        let secret = Secret::generate().unwrap();
+        assert_eq!(check_welcome(&secret, &welcome(&secret, 1)).unwrap(), 1);
+        let other = Secret::generate().unwrap();
+        assert!(matches!(
+            check_welcome(&secret, &welcome(&other, 1)),
+            Err(Error::Protocol { .. })
+        ));
+        assert!(matches!(
+            check_welcome(&secret, &welcome(&secret, 0)),
+            Err(Error::ProtocolVersion {
+                ours: (1, 1),
+                theirs: (1, 1)
+            })
+        ));
+    }
+}
