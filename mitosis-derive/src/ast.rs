@@ -1,9 +1,10 @@
 //! Borrowed views of the derive input, keeping every span for errors.
 
 use proc_macro2::Span;
-use syn::{DeriveInput, Generics, Ident, Index, Member, Result, Type};
+use syn::{DeriveInput, Generics, Ident, Index, Member, Type};
 
 use crate::attr::{self, ContainerAttrs, FieldAttrs};
+use crate::ctxt::Ctxt;
 
 pub enum Input<'a> {
     Struct(Struct<'a>),
@@ -37,60 +38,64 @@ pub struct Field<'a> {
 }
 
 impl<'a> Input<'a> {
-    pub fn from_syn(node: &'a DeriveInput) -> Result<Self> {
+    /// The input, with the container attributes parsed beforehand (so that
+    /// the crate path is known even when the input is refused). Errors are
+    /// recorded in `cx`; `None` for a union.
+    pub fn from_syn(cx: &Ctxt, node: &'a DeriveInput, attrs: ContainerAttrs) -> Option<Self> {
         match &node.data {
-            syn::Data::Struct(data) => Ok(Input::Struct(Struct {
-                attrs: attr::container(&node.attrs)?,
+            syn::Data::Struct(data) => Some(Input::Struct(Struct {
+                attrs,
                 ident: &node.ident,
                 generics: &node.generics,
-                fields: Field::multiple_from_syn(&data.fields)?,
+                fields: Field::multiple_from_syn(cx, &data.fields),
             })),
-            syn::Data::Enum(data) => Ok(Input::Enum(Enum {
-                attrs: attr::container(&node.attrs)?,
+            syn::Data::Enum(data) => Some(Input::Enum(Enum {
+                attrs,
                 ident: &node.ident,
                 generics: &node.generics,
                 variants: data
                     .variants
                     .iter()
-                    .map(Variant::from_syn)
-                    .collect::<Result<_>>()?,
+                    .map(|variant| Variant::from_syn(cx, variant))
+                    .collect(),
             })),
-            syn::Data::Union(data) => Err(syn::Error::new_spanned(
-                data.union_token,
-                "Handover cannot be derived for a union: which field is live is not known, so \
-                 it cannot be encoded; use an enum",
-            )),
+            syn::Data::Union(data) => {
+                cx.error_spanned_by(
+                    data.union_token,
+                    "Handover cannot be derived for a union: which field is live is not known, \
+                     so it cannot be encoded; use an enum",
+                );
+                None
+            }
         }
     }
 }
 
 impl<'a> Variant<'a> {
-    fn from_syn(node: &'a syn::Variant) -> Result<Self> {
-        attr::variant(&node.attrs)?;
-        Ok(Variant {
+    fn from_syn(cx: &Ctxt, node: &'a syn::Variant) -> Self {
+        attr::variant(cx, &node.attrs);
+        Variant {
             ident: &node.ident,
-            fields: Field::multiple_from_syn(&node.fields)?,
-        })
+            fields: Field::multiple_from_syn(cx, &node.fields),
+        }
     }
 }
 
 impl<'a> Field<'a> {
-    fn multiple_from_syn(fields: &'a syn::Fields) -> Result<Vec<Self>> {
+    fn multiple_from_syn(cx: &Ctxt, fields: &'a syn::Fields) -> Vec<Self> {
         fields
             .iter()
             .enumerate()
-            .map(|(i, field)| {
-                Ok(Field {
-                    attrs: attr::field(&field.attrs)?,
-                    member: match &field.ident {
-                        Some(ident) => Member::Named(ident.clone()),
-                        None => Member::Unnamed(Index {
-                            index: i as u32,
-                            span: Span::call_site(),
-                        }),
-                    },
-                    ty: &field.ty,
-                })
+            .map(|(i, field)| Field {
+                attrs: attr::field(cx, &field.attrs),
+                member: match &field.ident {
+                    Some(ident) => Member::Named(ident.clone()),
+                    None => Member::Unnamed(Index {
+                        index: i as u32,
+                        span: Span::call_site(),
+                    }),
+                },
+                ty: &field.ty,
             })
             .collect()
     }

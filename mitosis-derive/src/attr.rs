@@ -1,8 +1,13 @@
-//! Parsing `#[handover(...)]`. Every error is spanned on the offending token.
+//! Parsing `#[handover(...)]`. Every error is spanned on the offending token
+//! and recorded in the [`Ctxt`]; parsing goes on with the next attribute, so
+//! that all of them are reported at once.
 
-use proc_macro2::Span;
+use proc_macro2::{Span, TokenTree};
 use syn::meta::ParseNestedMeta;
+use syn::parse::ParseStream;
 use syn::{Attribute, ExprPath, LitInt, LitStr, Path, Result, Type, parenthesized};
+
+use crate::ctxt::Ctxt;
 
 /// `#[handover(...)]` on the type.
 #[derive(Default)]
@@ -13,6 +18,19 @@ pub struct ContainerAttrs {
     pub name: Option<LitStr>,
     /// `migrate_from(Type)`.
     pub migrate_from: Option<Type>,
+    /// `crate = "path"`: where mitosis is, for a crate that re-exports it.
+    pub krate: Option<Path>,
+}
+
+impl ContainerAttrs {
+    /// The path the expansion reaches mitosis through: `crate = "..."`, or
+    /// `::mitosis`.
+    pub fn krate(&self) -> Path {
+        match &self.krate {
+            Some(path) => path.clone(),
+            None => syn::parse_quote!(::mitosis),
+        }
+    }
 }
 
 /// `#[handover(...)]` on a field.
@@ -28,79 +46,120 @@ pub struct FieldAttrs {
     pub fd: Option<Span>,
 }
 
-const CONTAINER: &str = "the type attributes are `version = N`, `name = \"...\"` and \
-                         `migrate_from(Type)`";
+const CONTAINER: &str = "the type attributes are `version = N`, `name = \"...\"`, \
+                         `migrate_from(Type)` and `crate = \"path\"`";
 const FIELD: &str = "the field attributes are `skip`, `default = \"path\"`, \
                      `with = \"module\"` and `fd`";
 
-pub fn container(attrs: &[Attribute]) -> Result<ContainerAttrs> {
+pub fn container(cx: &Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
     let mut parsed = ContainerAttrs::default();
-    for_each_meta(attrs, |meta| {
+    for_each_meta(cx, attrs, |meta| {
         if meta.path.is_ident("version") {
-            once(&meta, parsed.version.is_some())?;
+            once(meta, parsed.version.is_some())?;
             let lit: LitInt = meta.value()?.parse()?;
             parsed.version = Some(lit.base10_parse()?);
         } else if meta.path.is_ident("name") {
-            once(&meta, parsed.name.is_some())?;
+            once(meta, parsed.name.is_some())?;
             parsed.name = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("migrate_from") {
-            once(&meta, parsed.migrate_from.is_some())?;
+            once(meta, parsed.migrate_from.is_some())?;
             let content;
             parenthesized!(content in meta.input);
             parsed.migrate_from = Some(content.parse()?);
+        } else if meta.path.is_ident("crate") {
+            once(meta, parsed.krate.is_some())?;
+            let lit: LitStr = meta.value()?.parse()?;
+            let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
+                syn::Error::new(
+                    lit.span(),
+                    format!(
+                        "`crate = {:?}` is not a path: give the path mitosis is reachable \
+                         at, such as `crate = \"my_crate::mitosis\"`",
+                        lit.value()
+                    ),
+                )
+            })?;
+            parsed.krate = Some(path);
         } else {
-            return Err(unknown(&meta, CONTAINER));
+            return Err(unknown(meta, CONTAINER));
         }
         Ok(())
-    })?;
-    Ok(parsed)
+    });
+    parsed
 }
 
-pub fn field(attrs: &[Attribute]) -> Result<FieldAttrs> {
+pub fn field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     let mut parsed = FieldAttrs::default();
-    for_each_meta(attrs, |meta| {
+    for_each_meta(cx, attrs, |meta| {
         let span = syn::spanned::Spanned::span(&meta.path);
         if meta.path.is_ident("skip") {
-            once(&meta, parsed.skip.is_some())?;
+            once(meta, parsed.skip.is_some())?;
             parsed.skip = Some(span);
         } else if meta.path.is_ident("default") {
-            once(&meta, parsed.default.is_some())?;
+            once(meta, parsed.default.is_some())?;
             let lit: LitStr = meta.value()?.parse()?;
             parsed.default = Some((span, lit.parse()?));
         } else if meta.path.is_ident("with") {
-            once(&meta, parsed.with.is_some())?;
+            once(meta, parsed.with.is_some())?;
             let lit: LitStr = meta.value()?.parse()?;
             parsed.with = Some((span, lit.parse()?));
         } else if meta.path.is_ident("fd") {
-            once(&meta, parsed.fd.is_some())?;
+            once(meta, parsed.fd.is_some())?;
             parsed.fd = Some(span);
         } else {
-            return Err(unknown(&meta, FIELD));
+            return Err(unknown(meta, FIELD));
         }
         Ok(())
-    })?;
-    Ok(parsed)
+    });
+    parsed
 }
 
-pub fn variant(attrs: &[Attribute]) -> Result<()> {
-    for_each_meta(attrs, |meta| {
+pub fn variant(cx: &Ctxt, attrs: &[Attribute]) {
+    for_each_meta(cx, attrs, |meta| {
         Err(unknown(
-            &meta,
+            meta,
             "variants take no attributes; put them on the type or on a field",
         ))
-    })
+    });
 }
 
+/// Calls `each` on every item of every `#[handover(...)]` in `attrs`. An
+/// error from `each` is recorded, the rest of that item is skipped, and
+/// parsing goes on with the next item.
 fn for_each_meta(
+    cx: &Ctxt,
     attrs: &[Attribute],
-    mut each: impl FnMut(ParseNestedMeta<'_>) -> Result<()>,
-) -> Result<()> {
+    mut each: impl FnMut(&ParseNestedMeta<'_>) -> Result<()>,
+) {
     for attr in attrs {
         if attr.path().is_ident("handover") {
-            attr.parse_nested_meta(&mut each)?;
+            let parsed = attr.parse_nested_meta(|meta| {
+                if let Err(error) = each(&meta) {
+                    cx.syn_error(error);
+                    skip_item(meta.input)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = parsed {
+                cx.syn_error(error);
+            }
         }
     }
-    Ok(())
+}
+
+/// Skips what is left of a `#[handover(...)]` item, up to the comma that
+/// ends it.
+fn skip_item(input: ParseStream<'_>) -> Result<()> {
+    input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((token, next)) = rest.token_tree() {
+            if matches!(&token, TokenTree::Punct(punct) if punct.as_char() == ',') {
+                break;
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    })
 }
 
 fn once(meta: &ParseNestedMeta<'_>, seen: bool) -> Result<()> {

@@ -1,52 +1,55 @@
 //! Writing the `Handover` impl.
 //!
-//! Generated code uses fully qualified paths only and goes through
-//! `::mitosis::__private`. Each field's path (bytes, `Handover`, or serde) is
+//! Generated code uses fully qualified paths only, rooted at the crate path
+//! (`::mitosis`, or `#[handover(crate = "...")]`), and goes through its
+//! `__private` module. Each field's path (bytes, `Handover`, or serde) is
 //! picked by method resolution on its type; see that module.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
-use syn::{DeriveInput, Generics, Ident, LitStr, Result, Type};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Generics, Ident, LitStr, Path, Type};
 
 use crate::ast::{Enum, Field, Input, Struct, Variant};
-use crate::attr::ContainerAttrs;
+use crate::attr::{self, ContainerAttrs};
+use crate::ctxt::Ctxt;
 
-pub fn derive(input: &DeriveInput) -> TokenStream {
-    match try_expand(input) {
-        Ok(expanded) => expanded,
-        // The error, plus an impl, so that uses of the type do not pile
-        // more errors on top of the one that matters.
-        Err(error) => fallback(input, error),
+pub fn derive(node: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::new();
+    let attrs = attr::container(&cx, &node.attrs);
+    let krate = attrs.krate();
+    let input = Input::from_syn(&cx, node, attrs);
+    if let Some(input) = &input {
+        input.validate(&cx);
+    }
+    match (cx.check(), input) {
+        (Ok(()), Some(Input::Struct(input))) => impl_struct(input),
+        (Ok(()), Some(Input::Enum(input))) => impl_enum(input),
+        // Every error, plus an impl, so that uses of the type do not pile
+        // more errors on top of the ones that matter.
+        (Err(error), _) => fallback(node, &krate, error),
+        (Ok(()), None) => unreachable!("a refused input records an error"),
     }
 }
 
-fn try_expand(input: &DeriveInput) -> Result<TokenStream> {
-    let input = Input::from_syn(input)?;
-    input.validate()?;
-    Ok(match input {
-        Input::Struct(input) => impl_struct(input),
-        Input::Enum(input) => impl_enum(input),
-    })
-}
-
-fn fallback(input: &DeriveInput, error: syn::Error) -> TokenStream {
+fn fallback(input: &DeriveInput, krate: &Path, error: syn::Error) -> TokenStream {
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let error = error.into_compile_error();
     quote! {
         #error
         #[automatically_derived]
-        impl #impl_generics ::mitosis::Handover for #ident #ty_generics #where_clause {
-            const SCHEMA: ::mitosis::Schema = ::mitosis::Schema::new("", 0);
+        impl #impl_generics #krate::Handover for #ident #ty_generics #where_clause {
+            const SCHEMA: #krate::Schema = #krate::Schema::new("", 0);
             fn encode<'__a>(
                 &'__a self,
-                _: &mut ::mitosis::Encoder<'__a>,
-            ) -> ::core::result::Result<(), ::mitosis::Error> {
+                _: &mut #krate::Encoder<'__a>,
+            ) -> ::core::result::Result<(), #krate::Error> {
                 ::core::unreachable!()
             }
             fn decode(
-                _: &mut ::mitosis::Decoder<'_>,
-            ) -> ::core::result::Result<Self, ::mitosis::Error> {
+                _: &mut #krate::Decoder<'_>,
+            ) -> ::core::result::Result<Self, #krate::Error> {
                 ::core::unreachable!()
             }
         }
@@ -54,7 +57,13 @@ fn fallback(input: &DeriveInput, error: syn::Error) -> TokenStream {
 }
 
 fn impl_struct(input: Struct<'_>) -> TokenStream {
-    let schema = schema(&input.attrs, input.ident, &parts(&input.fields, None));
+    let krate = input.attrs.krate();
+    let schema = schema(
+        &krate,
+        &input.attrs,
+        input.ident,
+        &parts(&krate, &input.fields, None),
+    );
     let bindings: Vec<TokenStream> = input
         .fields
         .iter()
@@ -63,8 +72,8 @@ fn impl_struct(input: Struct<'_>) -> TokenStream {
             quote!(&self.#member)
         })
         .collect();
-    let encode = encode_fields(&input.fields, &bindings);
-    let construct = construct(quote!(Self), &input.fields);
+    let encode = encode_fields(&krate, &input.fields, &bindings);
+    let construct = construct(&krate, quote!(Self), &input.fields);
     let body = Body {
         schema,
         encode: quote!(#(#encode)*),
@@ -75,12 +84,13 @@ fn impl_struct(input: Struct<'_>) -> TokenStream {
 }
 
 fn impl_enum(input: Enum<'_>) -> TokenStream {
+    let krate = input.attrs.krate();
     let mut parts_all = Vec::new();
     let mut encode_arms = Vec::new();
     let mut decode_arms = Vec::new();
     for (index, variant) in input.variants.iter().enumerate() {
         let index = index as u32;
-        parts_all.extend(parts(&variant.fields, Some(variant)));
+        parts_all.extend(parts(&krate, &variant.fields, Some(variant)));
         let Variant { ident, fields } = variant;
         let bindings: Vec<Ident> = (0..fields.len())
             .map(|i| format_ident!("__field{}", i))
@@ -88,7 +98,7 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
         let members = fields.iter().map(|field| &field.member);
         let pattern = quote!(Self::#ident { #(#members: #bindings,)* .. });
         let bound: Vec<TokenStream> = bindings.iter().map(ToTokens::to_token_stream).collect();
-        let encode = encode_fields(fields, &bound);
+        let encode = encode_fields(&krate, fields, &bound);
         encode_arms.push(quote! {
             #[allow(unused_variables)]
             #pattern => {
@@ -96,10 +106,10 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
                 #(#encode)*
             }
         });
-        let construct = construct(quote!(Self::#ident), fields);
+        let construct = construct(&krate, quote!(Self::#ident), fields);
         decode_arms.push(quote!(#index => ::core::result::Result::Ok(#construct),));
     }
-    let schema = schema(&input.attrs, input.ident, &parts_all);
+    let schema = schema(&krate, &input.attrs, input.ident, &parts_all);
     let name = input.ident.to_string();
     let body = Body {
         schema,
@@ -112,7 +122,7 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
             match __input.value::<u32>()? {
                 #(#decode_arms)*
                 __index => ::core::result::Result::Err(
-                    ::mitosis::__private::unknown_variant(#name, __index),
+                    #krate::__private::unknown_variant(#name, __index),
                 ),
             }
         },
@@ -141,33 +151,44 @@ impl Body {
             encode,
             decode,
         } = self;
-        let generics = with_bounds(generics, fields);
+        let krate = attrs.krate();
+        let generics = with_bounds(&krate, generics, fields);
         let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-        let migration = attrs.migrate_from.as_ref().map(migration);
+        let migration = attrs
+            .migrate_from
+            .as_ref()
+            .map(|old| migration(&krate, old));
+        let checks = fields.iter().filter_map(|field| check(&krate, field));
         quote! {
             #[automatically_derived]
-            impl #impl_generics ::mitosis::Handover for #ident #ty_generics #where_clause {
-                const SCHEMA: ::mitosis::Schema = {
+            impl #impl_generics #krate::Handover for #ident #ty_generics #where_clause {
+                const SCHEMA: #krate::Schema = {
                     #[allow(unused_imports)]
-                    use ::mitosis::__private::NotHandover as _;
+                    use #krate::__private::NotHandover as _;
                     #schema
                 };
 
                 fn encode<'__a>(
                     &'__a self,
-                    __out: &mut ::mitosis::Encoder<'__a>,
-                ) -> ::core::result::Result<(), ::mitosis::Error> {
+                    __out: &mut #krate::Encoder<'__a>,
+                ) -> ::core::result::Result<(), #krate::Error> {
                     #[allow(unused_imports)]
-                    use ::mitosis::__private::{EncodeHandover as _, EncodeSerde as _};
+                    use #krate::__private::{
+                        CheckHandover as _, CheckSerde as _, CheckUnsupported as _,
+                        EncodeHandover as _, EncodeSerde as _, EncodeUnsupported as _,
+                    };
+                    #(#checks)*
                     #encode
                     ::core::result::Result::Ok(())
                 }
 
                 fn decode(
-                    __input: &mut ::mitosis::Decoder<'_>,
-                ) -> ::core::result::Result<Self, ::mitosis::Error> {
+                    __input: &mut #krate::Decoder<'_>,
+                ) -> ::core::result::Result<Self, #krate::Error> {
                     #[allow(unused_imports)]
-                    use ::mitosis::__private::{DecodeHandover as _, DecodeSerde as _};
+                    use #krate::__private::{
+                        DecodeHandover as _, DecodeSerde as _, DecodeUnsupported as _,
+                    };
                     #decode
                 }
 
@@ -177,28 +198,43 @@ impl Body {
     }
 }
 
+/// For a field sent through its type's `Handover` or serde impl, the
+/// statement that fails to compile, with an error naming the type and
+/// spanned on it, when the type has neither (see `__private::HandedOver`).
+fn check(krate: &Path, field: &Field<'_>) -> Option<TokenStream> {
+    let attrs = &field.attrs;
+    if attrs.skip.is_some() || attrs.with.is_some() || attrs.fd.is_some() {
+        return None;
+    }
+    // rustc reports a method's failed bound at the method's name, and a
+    // proc macro on stable cannot make one span out of several tokens: the
+    // call is spanned on the type's first token.
+    let ty = field.ty;
+    Some(quote_spanned!(ty.span()=> #krate::__private::Slot::<#ty>::new().check_field();))
+}
+
 /// `accepted` and `decode_from` for `migrate_from(Old)`. The calls on `Old`
 /// are spanned on it, so that a type that is not `Handover`, or has no
 /// `From` into this one, is reported there.
-fn migration(old: &Type) -> TokenStream {
-    let span = syn::spanned::Spanned::span(old);
-    let accepted = quote_spanned!(span=> <#old as ::mitosis::Handover>::accepted());
+fn migration(krate: &Path, old: &Type) -> TokenStream {
+    let span = old.span();
+    let accepted = quote_spanned!(span=> <#old as #krate::Handover>::accepted());
     let decode_old =
-        quote_spanned!(span=> <#old as ::mitosis::Handover>::decode_from(__fingerprint, __input));
+        quote_spanned!(span=> <#old as #krate::Handover>::decode_from(__fingerprint, __input));
     let convert = quote_spanned!(span=> <Self as ::core::convert::From<#old>>::from);
     quote! {
-        fn accepted() -> ::std::vec::Vec<::mitosis::Schema> {
-            let mut __accepted = ::std::vec![<Self as ::mitosis::Handover>::SCHEMA];
+        fn accepted() -> ::std::vec::Vec<#krate::Schema> {
+            let mut __accepted = ::std::vec![<Self as #krate::Handover>::SCHEMA];
             __accepted.extend(#accepted);
             __accepted
         }
 
         fn decode_from(
             __fingerprint: u64,
-            __input: &mut ::mitosis::Decoder<'_>,
-        ) -> ::core::result::Result<Self, ::mitosis::Error> {
-            if __fingerprint == <Self as ::mitosis::Handover>::SCHEMA.fingerprint {
-                <Self as ::mitosis::Handover>::decode(__input)
+            __input: &mut #krate::Decoder<'_>,
+        ) -> ::core::result::Result<Self, #krate::Error> {
+            if __fingerprint == <Self as #krate::Handover>::SCHEMA.fingerprint {
+                <Self as #krate::Handover>::decode(__input)
             } else {
                 #decode_old.map(#convert)
             }
@@ -208,7 +244,12 @@ fn migration(old: &Type) -> TokenStream {
 
 /// The schema constant: the name (`name = "..."`, or the type's module path
 /// and identifier), the version, and the shape.
-fn schema(attrs: &ContainerAttrs, ident: &Ident, parts: &[TokenStream]) -> TokenStream {
+fn schema(
+    krate: &Path,
+    attrs: &ContainerAttrs,
+    ident: &Ident,
+    parts: &[TokenStream],
+) -> TokenStream {
     let version = attrs.version.unwrap_or(0);
     let name = match &attrs.name {
         Some(name) => name.to_token_stream(),
@@ -217,14 +258,14 @@ fn schema(attrs: &ContainerAttrs, ident: &Ident, parts: &[TokenStream]) -> Token
             quote!(::core::concat!(::core::module_path!(), "::", #ident))
         }
     };
-    quote!(::mitosis::__private::schema(#name, #version, &[#(#parts),*]))
+    quote!(#krate::__private::schema(#name, #version, &[#(#parts),*]))
 }
 
 /// The shape of some fields: for each field that is sent, its name, its type
 /// as written, and its type's own fingerprint where it has one. A variant
 /// contributes its name first. Skipped fields are left out: they do not
 /// change what crosses.
-fn parts(fields: &[Field<'_>], variant: Option<&Variant<'_>>) -> Vec<TokenStream> {
+fn parts(krate: &Path, fields: &[Field<'_>], variant: Option<&Variant<'_>>) -> Vec<TokenStream> {
     let mut parts = Vec::new();
     let prefix = match variant {
         Some(variant) => {
@@ -243,14 +284,14 @@ fn parts(fields: &[Field<'_>], variant: Option<&Variant<'_>>) -> Vec<TokenStream
             }
             None => ty.to_token_stream().to_string(),
         };
-        parts.push(quote!((#name, #written, ::mitosis::__private::Probe::<#ty>::FINGERPRINT)));
+        parts.push(quote!((#name, #written, #krate::__private::Probe::<#ty>::FINGERPRINT)));
     }
     parts
 }
 
 /// Statements that encode `fields`, each given as an expression of type
 /// `&FieldType`.
-fn encode_fields(fields: &[Field<'_>], bindings: &[TokenStream]) -> Vec<TokenStream> {
+fn encode_fields(krate: &Path, fields: &[Field<'_>], bindings: &[TokenStream]) -> Vec<TokenStream> {
     fields
         .iter()
         .zip(bindings)
@@ -261,7 +302,7 @@ fn encode_fields(fields: &[Field<'_>], bindings: &[TokenStream]) -> Vec<TokenStr
             } else if field.attrs.fd.is_some() {
                 quote!(__out.fd(::std::os::fd::AsFd::as_fd(#binding))?;)
             } else {
-                quote!((&::mitosis::__private::Field(#binding)).encode_field(__out)?;)
+                quote!((&#krate::__private::Field(#binding)).encode_field(__out)?;)
             }
         })
         .collect()
@@ -269,7 +310,7 @@ fn encode_fields(fields: &[Field<'_>], bindings: &[TokenStream]) -> Vec<TokenStr
 
 /// The expression that builds `path` from decoded fields, in declaration
 /// order (the order they were encoded in).
-fn construct(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
+fn construct(krate: &Path, path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
     let values = fields.iter().map(|field| {
         let member = &field.member;
         let ty = field.ty;
@@ -285,7 +326,7 @@ fn construct(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
         } else if field.attrs.fd.is_some() {
             quote!(<#ty as ::core::convert::From<::std::os::fd::OwnedFd>>::from(__input.fd()?))
         } else {
-            quote!((&::mitosis::__private::Slot::<#ty>::new()).decode_field(__input)?)
+            quote!((&#krate::__private::Slot::<#ty>::new()).decode_field(__input)?)
         };
         quote!(#member: #value)
     });
@@ -295,7 +336,7 @@ fn construct(path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
 /// The generics with `T: Handover` for every type parameter that appears in
 /// a field that is sent through its `Handover` impl, as serde infers its
 /// bounds.
-fn with_bounds(generics: &Generics, fields: &[&Field<'_>]) -> Generics {
+fn with_bounds(krate: &Path, generics: &Generics, fields: &[&Field<'_>]) -> Generics {
     let mut generics = generics.clone();
     let used: Vec<Ident> = generics
         .type_params()
@@ -313,7 +354,7 @@ fn with_bounds(generics: &Generics, fields: &[&Field<'_>]) -> Generics {
     for param in used {
         where_clause
             .predicates
-            .push(syn::parse_quote!(#param: ::mitosis::Handover));
+            .push(syn::parse_quote!(#param: #krate::Handover));
     }
     generics
 }

@@ -157,6 +157,89 @@ pub const fn schema(name: &'static str, version: u32, parts: &[Part]) -> Schema 
     }
 }
 
+// Fields whose type cannot be handed over: one readable error, spanned on
+// the field's type, instead of a failed method call on the helpers above.
+//
+// For every field sent by the first three paths, the derive emits
+// `Slot::<T>::new().check_field()`, spanned on the field's type. Method
+// resolution picks `CheckHandover` for a `Handover` type (by value), then
+// `CheckSerde` for a serde one (after autoref), and otherwise
+// `CheckUnsupported` (after `&mut` autoref), whose bound `T: HandedOver`
+// fails with the message on `HandedOver`. The call borrows nothing itself,
+// so that lints on user code (clippy's `needless_borrow`) have nothing to
+// say about it. `EncodeUnsupported` and `DecodeUnsupported` are the last
+// resort of `encode_field` and `decode_field` (also after `&mut` autoref),
+// so that those calls do not fail too; they are never run, because a type
+// that reaches them fails `check_field` at compile time.
+
+/// The bound a field's type fails when it takes none of the paths. No type
+/// implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be handed over: it is neither `Handover` nor serde \
+               `Serialize + Deserialize`",
+    label = "this field's type cannot be handed over",
+    note = "derive `Handover` for it, or serde's `Serialize` and `Deserialize`; or mark the \
+            field `#[handover(with = \"module\")]`, `#[handover(fd)]` or `#[handover(skip)]`"
+)]
+pub trait HandedOver {}
+
+/// The check for a `Handover` type: passes.
+pub trait CheckHandover {
+    /// Passes.
+    fn check_field(self);
+}
+
+impl<T: Handover> CheckHandover for Slot<T> {
+    fn check_field(self) {}
+}
+
+/// The check for a serde type: passes.
+pub trait CheckSerde {
+    /// Passes.
+    fn check_field(&self) {}
+}
+
+impl<T: Serialize + DeserializeOwned> CheckSerde for Slot<T> {}
+
+/// The check for any other type: fails to compile, naming `T`.
+pub trait CheckUnsupported<T> {
+    /// Requires `T: HandedOver`, which no type is.
+    fn check_field(&mut self)
+    where
+        T: HandedOver,
+    {
+    }
+}
+
+impl<T> CheckUnsupported<T> for Slot<T> {}
+
+/// The last resort for encoding, behind a failed `check_field`.
+pub trait EncodeUnsupported<'a> {
+    /// Never called: the derived type does not compile.
+    fn encode_field(&mut self, out: &mut Encoder<'a>) -> Result<(), Error>;
+}
+
+impl<'a, T: ?Sized> EncodeUnsupported<'a> for &Field<'a, T> {
+    fn encode_field(&mut self, _: &mut Encoder<'a>) -> Result<(), Error> {
+        unreachable!("a field that cannot be handed over fails to compile")
+    }
+}
+
+/// The last resort for decoding, behind a failed `check_field`.
+pub trait DecodeUnsupported {
+    /// The field's type.
+    type Output;
+    /// Never called: the derived type does not compile.
+    fn decode_field(&mut self, input: &mut Decoder<'_>) -> Result<Self::Output, Error>;
+}
+
+impl<T> DecodeUnsupported for &Slot<T> {
+    type Output = T;
+    fn decode_field(&mut self, _: &mut Decoder<'_>) -> Result<T, Error> {
+        unreachable!("a field that cannot be handed over fails to compile")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -383,3 +383,51 @@ fn schema_names_default_to_the_module_path() {
         }
     );
 }
+
+/// What a crate that re-exports mitosis looks like to its users.
+mod reexport {
+    pub use mitosis as m;
+}
+
+#[derive(reexport::m::Handover, Debug, PartialEq)]
+#[handover(crate = "reexport::m", version = 2)]
+struct Reexported<T> {
+    name: String,
+    blob: Vec<u8>,
+    inner: T,
+    #[handover(skip)]
+    cache: u32,
+}
+
+#[derive(reexport::m::Handover, Debug, PartialEq)]
+#[handover(crate = "reexport::m", migrate_from(Settings))]
+enum ReexportedMode {
+    Idle,
+    Counting(u64),
+}
+
+impl From<Settings> for ReexportedMode {
+    fn from(_: Settings) -> Self {
+        ReexportedMode::Idle
+    }
+}
+
+#[test]
+fn crate_path_reaches_mitosis_through_a_reexport() {
+    let state = Reexported {
+        name: "n".into(),
+        blob: vec![1, 2, 3],
+        inner: Settings {
+            nick: "bot".into(),
+            channels: vec!["#a".into()],
+        },
+        cache: 7,
+    };
+    let back: Reexported<Settings> = round_trip(&state).unwrap();
+    assert_eq!(back, Reexported { cache: 0, ..state });
+    assert_eq!(Reexported::<Settings>::SCHEMA.version, 2);
+    let mode = ReexportedMode::Counting(3);
+    assert_eq!(round_trip::<_, ReexportedMode>(&mode).unwrap(), mode);
+    let migrated: ReexportedMode = round_trip(&Settings::default()).unwrap();
+    assert_eq!(migrated, ReexportedMode::Idle);
+}

@@ -150,6 +150,24 @@ use crate::schema::Schema;
 /// assert_eq!(State::accepted(), [State::SCHEMA, StateV1::SCHEMA]);
 /// ```
 ///
+/// `crate = "path"` makes the generated code reach mitosis through `path`
+/// instead of `::mitosis`, for a crate that re-exports mitosis, so that its
+/// users can derive `Handover` without depending on mitosis themselves:
+///
+/// ```
+/// // A framework crate would have `pub use mitosis;` at its root.
+/// mod framework {
+///     pub use mitosis;
+/// }
+///
+/// #[derive(framework::mitosis::Handover)]
+/// #[handover(crate = "framework::mitosis", version = 1)]
+/// struct State {
+///     generation: u64,
+/// }
+/// assert_eq!(<State as framework::mitosis::Handover>::SCHEMA.version, 1);
+/// ```
+///
 /// ## Field attributes
 ///
 /// `skip` leaves a field out; the new process rebuilds it with `Default`,
@@ -209,10 +227,12 @@ use crate::schema::Schema;
 /// }
 /// ```
 ///
-/// Misuse (an unknown or duplicate attribute, `skip` on a type without
-/// `Default`, a union, `migrate_from` of a type that is not `Handover`, or
-/// a field given two of `skip`, `with` and `fd`) is a compile error spanned
-/// on the offending token.
+/// Misuse (an unknown or duplicate attribute, a `crate` that is not a path,
+/// `skip` on a type without `Default`, a union, `migrate_from` of a type
+/// that is not `Handover`, a field given two of `skip`, `with` and `fd`, or
+/// a field whose type is neither `Handover` nor serde) is a compile error
+/// spanned on the offending token. Every misuse of the attributes is
+/// reported at once, not only the first.
 ///
 /// # Implementing it by hand
 ///
