@@ -20,6 +20,8 @@
 //!   `<n>` being the number of spare fds in the state
 //! - `fds` → `fds <fd>:<target> ...` from /proc/self/fd
 //! - `env` → `env <names of the MITOSIS_* variables>`
+//! - `child-env` → `child-env <names of the MITOSIS_* variables>` that a
+//!   subprocess (`env`) started now sees
 //! - `split [twice] [binary=<path>] [<fault>]` → on success no answer from
 //!   this process (the new one says `ready`); stdout gets
 //!   `splitting child=<pid>`, then `done pid=<pid> fds=<fd list>` and this
@@ -122,6 +124,20 @@ pub struct Cli {
     /// 253).
     #[arg(long, default_value_t = 0)]
     pub spare_fds: usize,
+
+    /// Makes a fresh state's listener inheritable (no close-on-exec), as a
+    /// socket that systemd passes with `LISTEN_FDS` is.
+    #[arg(long)]
+    pub inheritable_listener: bool,
+
+    /// Ignores SIGCHLD (`SIG_IGN`), so that the kernel reaps children at
+    /// once and their exit status is lost, as some hosts do.
+    #[arg(long)]
+    pub ignore_sigchld: bool,
+
+    /// Starts a thread before `init`, as `#[tokio::main]` does.
+    #[arg(long)]
+    pub thread_before_init: bool,
 }
 
 /// The state handed from generation to generation: `testdata::State` v1.
@@ -323,6 +339,43 @@ pub fn say(line: impl AsRef<str>) {
     let _ = out.flush();
 }
 
+/// What the host does before `init`, as `--ignore-sigchld` and
+/// `--thread-before-init` ask (read from the raw arguments: the parser runs
+/// after `init`).
+fn host_before_init() {
+    let args: Vec<_> = std::env::args_os().collect();
+    if args.iter().any(|arg| arg == "--ignore-sigchld") {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no
+        // handler; it is done before any other thread exists.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    }
+    if args.iter().any(|arg| arg == "--thread-before-init") {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+}
+
+/// The names of the `MITOSIS_*` variables a subprocess started now sees.
+fn child_env() -> io::Result<String> {
+    let output = std::process::Command::new("env")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(key, _)| key.to_owned()))
+        .filter(|key| key.starts_with("MITOSIS_"))
+        .collect();
+    names.sort();
+    Ok(["child-env".to_owned()]
+        .into_iter()
+        .chain(names)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// Fails the way `TESTDATA_FAULT` asks, before `init`.
 fn fault() {
     let Some(fault) = std::env::var_os(FAULT_VAR) else {
@@ -357,6 +410,7 @@ fn fault() {
 pub fn run<S: AppState>(version: &str) -> ExitCode {
     // Test faults strike before init, as a broken new build would.
     fault();
+    host_before_init();
 
     // First thing in main, as mitosis documents: take over, or start fresh.
     let taken = match mitosis::init::<S>() {
@@ -441,6 +495,9 @@ impl App {
 
     fn fresh(&self) -> io::Result<Core> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        if self.cli.inheritable_listener {
+            rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty())?;
+        }
         let port = listener.local_addr()?.port();
         say(format!("listening port={port} pid={}", self.pid));
         let (peer, _) = listener.accept()?;
@@ -524,6 +581,7 @@ impl App {
                 .chain(mitosis_env())
                 .collect::<Vec<_>>()
                 .join(" "),
+            "child-env" => child_env()?,
             "split" => return self.split(state, &args),
             "exit" => std::process::exit(0),
             _ => format!("error: unknown command {line:?}"),

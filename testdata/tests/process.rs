@@ -1,0 +1,150 @@
+//! The process around a handover: fds it inherited without close-on-exec,
+//! an ignored SIGCHLD, who can read the handover's secret, and what each
+//! side says when time runs out. Real processes throughout.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+
+use common::*;
+
+/// The socket inodes in an `fds` answer that more than one fd refers to.
+fn duplicated_sockets(fds: &str) -> Vec<String> {
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for (_, target) in parse_fds(fds.strip_prefix("fds ").unwrap_or(fds)) {
+        if target.starts_with("socket:") {
+            *count.entry(target).or_default() += 1;
+        }
+    }
+    let mut twice: Vec<String> = count
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(target, n)| format!("{target} x{n}"))
+        .collect();
+    twice.sort();
+    twice
+}
+
+/// Splits and expects generation `generation` to answer `ready`.
+fn split_to(peer: &mut Peer, generation: u32) {
+    let ready = peer.command("split");
+    assert!(ready.starts_with("ready "), "{ready:?}");
+    assert_eq!(field(&ready, "generation"), generation.to_string());
+}
+
+/// A listener without close-on-exec in the state (systemd's `LISTEN_FDS`
+/// sockets are such) must reach each generation once: through the fd
+/// channel, not also by being inherited at spawn, where every later spawn
+/// would copy it again and the port would outlive the state that holds it.
+#[test]
+fn an_inheritable_listener_crosses_three_generations_once() {
+    let (_run, mut peer) = Spawn::new("inheritable")
+        .args(&["--inheritable-listener"])
+        .start();
+    let first = peer.command("fds");
+    assert_eq!(duplicated_sockets(&first), Vec::<String>::new(), "{first}");
+    for generation in [2, 3] {
+        split_to(&mut peer, generation);
+        let fds = peer.command("fds");
+        assert_eq!(
+            duplicated_sockets(&fds),
+            Vec::<String>::new(),
+            "generation {generation} holds each socket of the state once: {fds}"
+        );
+    }
+}
+
+/// With SIGCHLD ignored, the kernel reaps a child as it exits, and its exit
+/// status is lost; the failure must still blame the new process's exit, not
+/// a connection that closed.
+#[test]
+fn an_ignored_sigchld_still_reports_the_new_process_exiting() {
+    let (mut run, mut peer) = Spawn::new("sigchld-ignored")
+        .args(&["--ignore-sigchld"])
+        .start();
+    let line = peer.command("split exit");
+    assert!(line.starts_with("split failed: "), "{line:?}");
+    assert!(
+        line.contains("the new process exited"),
+        "the failure blames the new process's exit: {line:?}"
+    );
+    assert!(line.contains("step=step "), "the step is named: {line:?}");
+    let splitting = run.stdout.expect("splitting child=");
+    let child: u32 = field(&splitting, "child").parse().unwrap();
+    assert!(is_gone(child, run.first_pid), "{child} is gone: {line:?}");
+    assert_eq!(peer.command("ping still"), "pong still");
+}
+
+/// What a process started by a split shows to anyone who may read
+/// `/proc/<pid>/environ` (its own user, even under Yama's ptrace_scope,
+/// which does not guard that file) must not let them take the state.
+#[test]
+fn the_secret_is_not_in_the_new_process_environment() {
+    let (mut run, mut peer) = Spawn::new("secret-environ").start();
+    let before = peer.command("status");
+    let (child, fifo) = split_held_at_fifo(&mut run, &mut peer);
+    let environ = fs::read(format!("/proc/{child}/environ")).expect("read the child's environ");
+    let names: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (key, _) = entry.split_once('=')?;
+            key.starts_with("MITOSIS_").then(|| key.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["MITOSIS_FD_SOCKET"],
+        "only the fd channel's path, which is no secret, is in the new process's environment"
+    );
+    let ready = release_and_expect_takeover(&fifo, &mut peer);
+    assert_eq!(field(&ready, "pid"), child.to_string());
+    let after = peer.command("status");
+    assert_eq!(field(&after, "blob"), field(&before, "blob"));
+}
+
+/// A new process that calls `init` after starting threads (every
+/// `#[tokio::main]`) cannot safely clean its environment; nothing secret
+/// may be there to leak into the subprocesses it starts.
+#[test]
+fn a_subprocess_of_a_threaded_new_process_learns_no_secret() {
+    let (_run, mut peer) = Spawn::new("secret-threads")
+        .args(&["--thread-before-init"])
+        .start();
+    split_to(&mut peer, 2);
+    assert_eq!(
+        peer.command("child-env"),
+        "child-env MITOSIS_FD_SOCKET",
+        "a subprocess sees at most the fd channel's path, which is gone after the handover"
+    );
+    // A single-threaded new process cleans even that.
+    let (_run, mut peer) = Spawn::new("secret-single").start();
+    split_to(&mut peer, 2);
+    assert_eq!(peer.command("child-env"), "child-env");
+}
+
+/// When the old process stops answering, the new process's own error says
+/// so: it gives up, and nobody killed it.
+#[test]
+fn the_new_process_timeout_says_what_happened_there() {
+    let (mut run, mut peer) = Spawn::new("new-side-timeout")
+        .args(&["--timeout-ms", "1000"])
+        .env("MITOSIS_FAULT", "old:offer:stall=3000")
+        .start();
+    peer.send("split\n");
+    let error = run.stderr.wait_for("the new process's init error", |line| {
+        line.starts_with("init error: ")
+    });
+    assert!(
+        error.contains("did not complete within 1s") && error.contains("step 4"),
+        "{error:?}"
+    );
+    assert!(
+        !error.contains("was killed"),
+        "the new process gives up by itself; nobody killed it: {error:?}"
+    );
+    let line = peer.line();
+    assert!(line.starts_with("split failed: "), "{line:?}");
+    assert_eq!(peer.command("ping after"), "pong after");
+}
