@@ -42,6 +42,7 @@ impl Deadline {
         Error::Timeout {
             step,
             after: self.timeout,
+            in_new_process: false,
         }
     }
 

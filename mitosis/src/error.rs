@@ -123,12 +123,13 @@ pub enum Error {
         /// Where in the handover it happened.
         step: Step,
     },
-    /// The new process exited before committing.
+    /// The new process exited before taking over (before TAKEN).
     ChildExited {
         /// Where in the handover it happened.
         step: Step,
-        /// How it exited.
-        status: ExitStatus,
+        /// How it exited; `None` when the kernel reaped it first, as it does
+        /// when this process ignores SIGCHLD.
+        status: Option<ExitStatus>,
     },
     /// The handover did not complete in time.
     Timeout {
@@ -136,6 +137,10 @@ pub enum Error {
         step: Step,
         /// The configured commit timeout.
         after: Duration,
+        /// Whether the new process ran out of time waiting for the old one
+        /// (and gave up by itself), rather than the old process waiting for
+        /// the new one (and killing it).
+        in_new_process: bool,
     },
     /// The two sides speak no common protocol version.
     ProtocolVersion {
@@ -287,16 +292,42 @@ impl fmt::Display for Error {
                 "the other process closed the connection in {step}; it probably exited or \
                  crashed, see its own error output"
             ),
-            Error::ChildExited { step, status } => write!(
-                f,
-                "the new process exited ({status}) in {step}, before taking over; see its error \
-                 output, fix it and split again"
-            ),
-            Error::Timeout { step, after } => write!(
+            Error::ChildExited { step, status } => {
+                f.write_str("the new process exited (")?;
+                match status {
+                    Some(status) => write!(f, "{status}")?,
+                    None => f.write_str(
+                        "its exit status is unknown: this process ignores SIGCHLD, so the kernel \
+                         reaped it",
+                    )?,
+                }
+                write!(
+                    f,
+                    ") in {step}, before taking over; see its error output, fix it and split \
+                     again"
+                )
+            }
+            Error::Timeout {
+                step,
+                after,
+                in_new_process: false,
+            } => write!(
                 f,
                 "the handover did not complete within {after:?} (stuck in {step}); the new \
-                 process was killed. Raise SplitOptions::commit_timeout if it needs longer to \
-                 start, or check that it calls mitosis::init early in main"
+                 process was killed, and this process keeps its state. Raise \
+                 SplitOptions::commit_timeout if the new build needs longer to start, or check \
+                 that it calls mitosis::init early in main"
+            ),
+            Error::Timeout {
+                step,
+                after,
+                in_new_process: true,
+            } => write!(
+                f,
+                "the handover did not complete within {after:?} (stuck in {step}): the old \
+                 process stopped answering, so this process gives up and the old one keeps its \
+                 state; see the old process's log. If this build needs longer to start, the old \
+                 process's SplitOptions::commit_timeout is the one to raise"
             ),
             Error::ProtocolVersion { ours, theirs } => write!(
                 f,

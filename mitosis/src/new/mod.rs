@@ -56,6 +56,16 @@ pub fn init<S: Handover>() -> Result<Option<S>, Error> {
     );
     let fd_socket = contract.fd_socket.clone();
     take_over(flag.port, contract)
+        .map_err(|error| match error {
+            // The deadline is the same on both sides; here it is this
+            // process that waited in vain.
+            Error::Timeout { step, after, .. } => Error::Timeout {
+                step,
+                after,
+                in_new_process: true,
+            },
+            error => error,
+        })
         .inspect_err(|_| fd_channel::remove_if_left_behind(&fd_socket))
         .map(Some)
 }

@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, poll};
-use rustix::process::{Pid, PidfdFlags, pidfd_open};
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use super::accept::accept_child;
 use super::spawn::{Launch, start_path};
@@ -43,14 +43,26 @@ pub(super) struct Parent {
 }
 
 impl Parent {
-    /// Step 1: listen, then start the new binary.
-    pub(super) fn start(options: &SplitOptions) -> Result<Parent, Error> {
+    /// Step 1: listen, then start the new binary. Fails with the error and,
+    /// if the new process had started, its pid.
+    pub(super) fn start(options: &SplitOptions) -> Result<Parent, (Error, Option<u32>)> {
+        let not_started = |error| (error, None);
         const STEP: Step = Step::Spawn;
         let deadline = Deadline::after(options.commit_timeout);
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(Error::io(STEP))?;
-        let port = listener.local_addr().map_err(Error::io(STEP))?.port();
-        let fd_listener = FdListener::bind().map_err(Error::io(STEP))?;
-        let secret = Secret::generate().map_err(Error::io(STEP))?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(Error::io(STEP))
+            .map_err(not_started)?;
+        let port = listener
+            .local_addr()
+            .map_err(Error::io(STEP))
+            .map_err(not_started)?
+            .port();
+        let fd_listener = FdListener::bind()
+            .map_err(Error::io(STEP))
+            .map_err(not_started)?;
+        let secret = Secret::generate()
+            .map_err(Error::io(STEP))
+            .map_err(not_started)?;
         let launch = Launch {
             binary: options
                 .binary
@@ -71,14 +83,21 @@ impl Parent {
             .map_err(|source| Error::Spawn {
                 binary: launch.binary.clone(),
                 source,
-            })?;
+            })
+            .map_err(not_started)?;
         let pid = Pid::from_child(&child);
         let child_exited = match pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
+            // Already exited and reaped: this process ignores SIGCHLD, so
+            // no zombie kept the pid for us.
+            Err(rustix::io::Errno::SRCH) => {
+                let status = child.wait().ok();
+                return Err((Error::ChildExited { step: STEP, status }, Some(child.id())));
+            }
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::io(STEP)(e.into()));
+                return Err((Error::io(STEP)(e.into()), Some(child.id())));
             }
         };
         log::debug!(
@@ -285,14 +304,19 @@ impl Parent {
                 | Error::PeerGone { .. }
         );
         if !(child_knows && self.wait_for_exit()) {
-            let _ = self.child.kill();
+            // Through the pidfd, not the pid: when this process ignores
+            // SIGCHLD, the kernel reaps the child as it exits, and its pid
+            // may already name another process.
+            let _ = pidfd_send_signal(&self.child_exited, Signal::KILL);
         }
-        let status = self.child.wait();
+        // Err only when the kernel reaped it first (SIGCHLD ignored): its
+        // exit status is gone, but it has exited all the same.
+        let status = self.child.wait().ok();
         self.conn = None;
         self.fd_conn = None;
-        match (error, status) {
-            (Error::PeerGone { step }, Ok(status)) => Error::ChildExited { step, status },
-            (error, _) => error,
+        match error {
+            Error::PeerGone { step } => Error::ChildExited { step, status },
+            error => error,
         }
     }
 

@@ -96,7 +96,11 @@ fn start<S: Handover + Send + 'static>(options: &SplitOptions, state: S) -> Spli
     }
     let parent = match Parent::start(options) {
         Ok(parent) => parent,
-        Err(error) => return Split::failed(state, error),
+        Err((error, pid)) => {
+            let mut split = Split::failed(state, error);
+            split.pid = pid;
+            return split;
+        }
     };
     let pid = parent.pid();
     job_sender
