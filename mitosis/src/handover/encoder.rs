@@ -29,6 +29,8 @@ use crate::error::Error;
 pub struct Encoder<'a> {
     pub(crate) serializer: postcard::Serializer<StreamFlavor<'a>>,
     pub(crate) fds: Vec<BorrowedFd<'a>>,
+    /// Only the fds are wanted: plain data and bytes are skipped, unread.
+    fds_only: bool,
 }
 
 /// The bytes an [`Encoder`] buffers before writing them out.
@@ -63,6 +65,19 @@ impl StateSink for InMemory {
 
     fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.out_of_line.push(bytes.to_vec());
+        Ok(())
+    }
+}
+
+/// A sink for encoders that write nothing.
+struct Discard;
+
+impl StateSink for Discard {
+    fn data(&mut self, _: &[u8]) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn out_of_line(&mut self, _: &[u8]) -> Result<(), Error> {
         Ok(())
     }
 }
@@ -143,10 +158,14 @@ pub(crate) struct Encoded<'a> {
 
 impl<'a> Encoder<'a> {
     pub(crate) fn new(sink: &'a mut dyn StateSink) -> Encoder<'a> {
+        Encoder::build(sink, Vec::with_capacity(ENCODE_BUFFER), false)
+    }
+
+    fn build(sink: &'a mut dyn StateSink, buffer: Vec<u8>, fds_only: bool) -> Encoder<'a> {
         Encoder {
             serializer: postcard::Serializer {
                 output: StreamFlavor {
-                    buffer: Vec::with_capacity(ENCODE_BUFFER),
+                    buffer,
                     sink,
                     written: 0,
                     out_of_line: 0,
@@ -154,7 +173,20 @@ impl<'a> Encoder<'a> {
                 },
             },
             fds: Vec::new(),
+            fds_only,
         }
+    }
+
+    /// The fds in `value`, in the order `encode` puts them in the side
+    /// table, found without encoding anything else: a walk that costs one
+    /// call per `Handover` value, however much plain data there is.
+    pub(crate) fn fds_of<S: Handover>(value: &'a S) -> Result<Vec<BorrowedFd<'a>>, Error> {
+        // A zero-sized sink: leaking it allocates nothing, and lends it for
+        // as long as the fds are borrowed.
+        let nowhere: &'a mut Discard = Box::leak(Box::new(Discard));
+        let mut encoder = Encoder::build(nowhere, Vec::new(), true);
+        value.encode(&mut encoder)?;
+        Ok(encoder.fds)
     }
 
     /// Encodes `value` into `sink` and flushes it.
@@ -194,6 +226,9 @@ impl<'a> Encoder<'a> {
     /// }
     /// ```
     pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        if self.fds_only {
+            return Ok(());
+        }
         value
             .serialize(&mut self.serializer)
             .map_err(|error| self.fail(error))
@@ -211,6 +246,9 @@ impl<'a> Encoder<'a> {
     /// }
     /// ```
     pub fn bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.fds_only {
+            return Ok(());
+        }
         if bytes.len() < OUT_OF_LINE_BYTES {
             return self.value(serde_bytes::Bytes::new(bytes));
         }
@@ -304,5 +342,17 @@ mod tests {
             .unwrap();
         assert!(back.0 == blobs.0 && back.2 == blobs.2);
         assert_eq!(back.1, [1, 2, 3]);
+    }
+
+    #[test]
+    fn fds_of_finds_the_side_table_without_encoding() {
+        use std::fs::File;
+        use std::os::fd::AsRawFd;
+        let files: Vec<File> = (0..3).map(|_| File::open("/dev/null").unwrap()).collect();
+        let state = (files, vec![7u8; 3 * OUT_OF_LINE_BYTES], String::from("x"));
+        let mut sink = crate::handover::InMemory::default();
+        let encoded = Encoder::encode(&mut sink, &state).unwrap();
+        let raw = |fds: &[BorrowedFd<'_>]| fds.iter().map(AsRawFd::as_raw_fd).collect::<Vec<_>>();
+        assert_eq!(raw(&Encoder::fds_of(&state).unwrap()), raw(&encoded.fds));
     }
 }

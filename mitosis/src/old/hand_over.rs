@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Child;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use super::accept::accept_child;
-use super::spawn::{Launch, start_path};
+use super::spawn::{Launch, start_path, without_panics};
 use super::{Outcome, SplitOptions};
 use crate::conn::{Conn, DataFrames, Deadline, timespec};
 use crate::env::{Contract, Limits};
@@ -128,15 +127,7 @@ impl Parent {
     /// (its fds point at `/dev/null`), for the caller to drop after it has
     /// reported `Done`.
     pub(super) fn run<S: Handover>(mut self, state: S) -> (Outcome<S>, Option<S>) {
-        let result =
-            catch_unwind(AssertUnwindSafe(|| self.hand_over(&state))).unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(not a string)".into());
-                Err(Error::EncodePanicked { message })
-            });
+        let result = without_panics(|| self.hand_over(&state));
         let pid = self.child.id();
         match result {
             Ok(()) => {

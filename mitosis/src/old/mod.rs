@@ -63,6 +63,9 @@ fn start<S: Handover + Send + 'static>(options: &SplitOptions, state: S) -> Spli
     let Some(in_flight) = InFlight::claim() else {
         return Split::failed(state, Error::SplitInFlight);
     };
+    if let Err(error) = spawn::close_on_exec(&state) {
+        return Split::failed(state, error);
+    }
     let (job_sender, job) = mpsc::channel::<(Parent, S, InFlight)>();
     let (outcome_sender, outcome) = mpsc::sync_channel(1);
     let worker = thread::Builder::new()

@@ -3,12 +3,48 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
 
+use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
+
 use crate::args::{self, FLAG};
 use crate::env::Contract;
+use crate::error::{Error, Step};
+use crate::handover::{Encoder, Handover};
+
+/// Makes every fd in `state` close-on-exec before the new process is
+/// started. The new process receives them in step 6; one that it also
+/// inherited at spawn (a socket systemd passed with `LISTEN_FDS`, an
+/// `OwnedFd` from a C library) would stay open in it, and in every later
+/// generation, after the state had let it go.
+pub(crate) fn close_on_exec<S: Handover>(state: &S) -> Result<(), Error> {
+    without_panics(|| {
+        for fd in Encoder::fds_of(state)? {
+            let flags = fcntl_getfd(fd).map_err(|e| Error::io(Step::Spawn)(e.into()))?;
+            if !flags.contains(FdFlags::CLOEXEC) {
+                fcntl_setfd(fd, flags | FdFlags::CLOEXEC)
+                    .map_err(|e| Error::io(Step::Spawn)(e.into()))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs the state's own code (its `Handover::encode`), turning a panic into
+/// an error, so that the state is never lost to it.
+pub(crate) fn without_panics(run: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not a string)".into());
+        Err(Error::EncodePanicked { message })
+    })
+}
 
 /// The path this process was started from, as it was given to `execve`,
 /// made absolute against the working directory it had when first asked.
