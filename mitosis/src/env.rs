@@ -1,36 +1,28 @@
-//! The contract between the two processes outside the wire: the variables
-//! the old process puts in the new one's environment (PROTOCOL.md, step 1),
-//! and the limits both enforce, with their defaults and hard ceilings.
+//! The contract between the two processes outside the TCP stream, and the
+//! limits both enforce, with their defaults and hard ceilings.
 //!
-//! The old side writes it with [`Contract::apply`]; the new side reads it
-//! back, and removes it, with [`Contract::take`]. Nothing else in the crate
-//! names a variable.
+//! It has two parts (PROTOCOL.md, steps 1 and 2):
+//!
+//! - the environment holds only where the fd channel is
+//!   ([`apply`] on the old side, [`take`] on the new), which is no secret:
+//!   the channel lives in a 0700 directory and serves only the new
+//!   process's pid;
+//! - the [`Terms`] (the secret, the commit timeout and the limits) travel
+//!   as the fd channel's first message, KEY, once the kernel has shown
+//!   that the new process is the one connected.
+//!
+//! Nothing else in the crate names a variable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::wire::Key;
 use crate::wire::handshake::Secret;
 
-/// The secret's 128 hex digits: the new process's token, then the old one's.
-const SECRET_VAR: &str = "MITOSIS_SECRET";
 /// The path of the old process's fd channel socket.
 const FD_SOCKET_VAR: &str = "MITOSIS_FD_SOCKET";
-/// The commit timeout, in milliseconds, which the new process also obeys.
-const TIMEOUT_VAR: &str = "MITOSIS_TIMEOUT_MS";
-/// The handover's limits, which the new process enforces too.
-const MAX_STATE_BYTES_VAR: &str = "MITOSIS_MAX_STATE_BYTES";
-const MAX_FDS_VAR: &str = "MITOSIS_MAX_FDS";
-
-/// Every variable of the contract.
-const ALL: [&str; 5] = [
-    SECRET_VAR,
-    FD_SOCKET_VAR,
-    TIMEOUT_VAR,
-    MAX_STATE_BYTES_VAR,
-    MAX_FDS_VAR,
-];
 
 /// How long the new process has, from spawn to commit, by default: enough
 /// for a large program to start and for a 1 GiB state to cross loopback, and
@@ -69,76 +61,67 @@ impl Default for Limits {
     }
 }
 
-/// What the old process tells the new one through its environment.
-pub(crate) struct Contract {
+/// Puts the fd channel's path in `command`'s environment.
+pub(crate) fn apply(command: &mut Command, fd_socket: &Path) {
+    command.env(FD_SOCKET_VAR, fd_socket);
+}
+
+/// Reads the fd channel's path and removes it from the environment, so that
+/// it reaches no process this one starts.
+pub(crate) fn take() -> Result<PathBuf, Error> {
+    let fd_socket = std::env::var_os(FD_SOCKET_VAR);
+    remove(FD_SOCKET_VAR);
+    fd_socket
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+        .ok_or(Error::MissingEnvironment { var: FD_SOCKET_VAR })
+}
+
+/// What the old process tells the new one in KEY.
+pub(crate) struct Terms {
     pub(crate) secret: Secret,
-    pub(crate) fd_socket: PathBuf,
     pub(crate) timeout: Duration,
     pub(crate) limits: Limits,
 }
 
-impl Contract {
-    /// Puts the contract in `command`'s environment.
-    pub(crate) fn apply(&self, command: &mut Command) {
-        command
-            .env(SECRET_VAR, self.secret.to_hex())
-            .env(FD_SOCKET_VAR, &self.fd_socket)
-            .env(TIMEOUT_VAR, self.timeout.as_millis().to_string())
-            .env(MAX_STATE_BYTES_VAR, self.limits.state_bytes.to_string())
-            .env(MAX_FDS_VAR, self.limits.fds.to_string());
+impl Terms {
+    pub(crate) fn key(&self) -> Key {
+        Key {
+            secret: *self.secret.bytes(),
+            // Milliseconds to spare: u64::MAX of them is half a billion
+            // years, so saturating loses nothing anyone waits for.
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_state_bytes: self.limits.state_bytes,
+            max_fds: self.limits.fds,
+        }
     }
 
-    /// Reads the contract and removes it from the environment, so that it
-    /// reaches no process this one starts.
-    pub(crate) fn take() -> Result<Contract, Error> {
-        let secret = std::env::var(SECRET_VAR).ok();
-        let fd_socket = std::env::var_os(FD_SOCKET_VAR);
-        let timeout = std::env::var(TIMEOUT_VAR).ok();
-        let limit = |var: &'static str, default: u64| match std::env::var(var) {
-            // Absent: an old process that predates limits; the defaults.
-            Err(std::env::VarError::NotPresent) => Ok(default),
-            Ok(value) => value.parse().map_err(|_| Error::MissingEnvironment { var }),
-            Err(_) => Err(Error::MissingEnvironment { var }),
-        };
-        let defaults = Limits::default();
-        let state_bytes = limit(MAX_STATE_BYTES_VAR, defaults.state_bytes);
-        let fds = limit(MAX_FDS_VAR, defaults.fds);
-        remove_all();
-        Ok(Contract {
-            secret: secret
-                .as_deref()
-                .and_then(Secret::from_hex)
-                .ok_or(Error::MissingEnvironment { var: SECRET_VAR })?,
-            fd_socket: fd_socket
-                .map(PathBuf::from)
-                .ok_or(Error::MissingEnvironment { var: FD_SOCKET_VAR })?,
-            timeout: timeout
-                .and_then(|ms| ms.parse().ok())
-                .map(Duration::from_millis)
-                .filter(|timeout| !timeout.is_zero())
-                .ok_or(Error::MissingEnvironment { var: TIMEOUT_VAR })?,
+    pub(crate) fn from_key(key: Key) -> Terms {
+        Terms {
+            secret: Secret::from_bytes(key.secret),
+            timeout: Duration::from_millis(key.timeout_ms),
             limits: Limits {
-                state_bytes: state_bytes?,
-                fds: fds?,
+                state_bytes: key.max_state_bytes,
+                // A newer old process may allow more; this one's ceiling
+                // is what its fd transfer can take.
+                fds: key.max_fds.min(MAX_FDS),
             },
-        })
+        }
     }
 }
 
-fn remove_all() {
+fn remove(var: &str) {
     if !single_threaded() {
         log::warn!(
-            "mitosis: init was called after other threads started, so the handover's variables \
-             stay in the environment; call mitosis::init first thing in main"
+            "mitosis: init was called after other threads started, so {var} stays in the \
+             environment (it holds no secret); call mitosis::init first thing in main"
         );
         return;
     }
-    for var in ALL {
-        // SAFETY: `remove_var` is only unsound when another thread reads or
-        // writes the environment at the same time; this process has exactly
-        // one thread, checked just above, and it is this one.
-        unsafe { std::env::remove_var(var) };
-    }
+    // SAFETY: `remove_var` is only unsound when another thread reads or
+    // writes the environment at the same time; this process has exactly one
+    // thread, checked just above, and it is this one.
+    unsafe { std::env::remove_var(var) };
 }
 
 fn single_threaded() -> bool {

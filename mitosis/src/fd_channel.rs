@@ -1,9 +1,10 @@
-//! The fd channel: a Unix SEQPACKET socket that carries the state's file
-//! descriptors (PROTOCOL.md, step 6).
+//! The fd channel: a Unix SEQPACKET socket that carries the handover's KEY
+//! (PROTOCOL.md, step 2) and then the state's file descriptors (step 6).
 //!
 //! The old process listens on it inside a fresh 0700 directory, so no other
 //! user can even reach it, and accepts only the connection whose
-//! `SO_PEERCRED` pid is the child it spawned. Each message carries one batch
+//! `SO_PEERCRED` pid is the child it spawned; only then does it send KEY,
+//! the secret that the new process proves on TCP. Each later message carries one batch
 //! of at most [`MAX_FDS_PER_MESSAGE`] fds in one `SCM_RIGHTS` control message,
 //! with a six-byte payload naming the batch and its size. The receiver sets
 //! `MSG_CMSG_CLOEXEC`, so no received fd is ever visible to a concurrent
@@ -16,19 +17,20 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-    accept_with, bind, connect, listen, recvmsg, sendmsg, socket_with, sockopt,
+    accept_with, bind, connect, listen, recv, recvmsg, send, sendmsg, socket_with, sockopt,
 };
 use rustix::process::Pid;
 
-use crate::conn::{Deadline, timespec};
+use crate::conn::Deadline;
 use crate::env::{MAX_FDS, MAX_PENDING};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
+use crate::wire::Key;
 use crate::wire::handshake::hex;
 
 /// Linux refuses more than 253 fds in one `SCM_RIGHTS` message
@@ -60,10 +62,12 @@ impl FdListener {
         DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("fd.sock");
         let listener = FdListener {
+            // Non-blocking, so that accepting never waits on a connection
+            // that went away after poll saw it.
             socket: socket_with(
                 AddressFamily::UNIX,
                 SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
                 None,
             )?,
             dir,
@@ -80,9 +84,9 @@ impl FdListener {
             )
         })?;
         bind(&listener.socket, &address)?;
-        // The new process connects in step 4 and waits in this backlog
-        // until step 6; a backlog as deep as the TCP port's pending limit
-        // keeps a few strangers of the same user from filling it first.
+        // A backlog as deep as the TCP port's pending limit keeps a few
+        // strangers of the same user from filling it before the new process
+        // connects.
         listen(&listener.socket, MAX_PENDING as i32)?;
         Ok(listener)
     }
@@ -91,41 +95,22 @@ impl FdListener {
         &self.path
     }
 
-    /// Waits for the child's connection. Connections from any other process
-    /// are closed and logged; the wait goes on until the deadline, or until
-    /// `child_exited` becomes readable.
-    pub(crate) fn accept_child(
-        &self,
-        child: Pid,
-        child_exited: BorrowedFd<'_>,
-        deadline: &Deadline,
-    ) -> Result<OwnedFd, Error> {
-        const STEP: Step = Step::Fds;
+    /// Step 2: accepts the connections waiting on the channel (it never
+    /// blocks), closing and logging each one that is not from `child`
+    /// (`SO_PEERCRED`), until the child's or none is left.
+    pub(crate) fn accept_child(&self, child: Pid) -> Result<Option<OwnedFd>, Error> {
+        const STEP: Step = Step::Connect;
         loop {
-            let left = deadline.remaining(STEP)?;
-            let mut fds = [
-                PollFd::new(&self.socket, PollFlags::IN),
-                PollFd::new(&child_exited, PollFlags::IN),
-            ];
-            match poll(&mut fds, Some(&timespec(left))) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(Error::io(STEP)(e.into())),
-            }
-            if !fds[1].revents().is_empty() {
-                return Err(Error::PeerGone { step: STEP });
-            }
-            if fds[0].revents().is_empty() {
-                continue;
-            }
             let conn = match accept_with(&self.socket, SocketFlags::CLOEXEC) {
                 Ok(conn) => conn,
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                // Gone between connect and accept: that one's business.
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
                 Err(e) => return Err(Error::io(STEP)(e.into())),
             };
             let peer = sockopt::socket_peercred(&conn).map_err(|e| Error::io(STEP)(e.into()))?;
             if peer.pid == child {
-                return Ok(conn);
+                return Ok(Some(conn));
             }
             log::warn!(
                 "mitosis: closed an fd channel connection from pid {} (uid {}); only the new \
@@ -135,6 +120,12 @@ impl FdListener {
                 child.as_raw_nonzero(),
             );
         }
+    }
+}
+
+impl AsFd for FdListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 
@@ -173,6 +164,63 @@ pub(crate) fn connect_to(path: &Path) -> io::Result<OwnedFd> {
     )?;
     connect(&socket, &SocketAddrUnix::new(path)?)?;
     Ok(socket)
+}
+
+/// Step 2: sends KEY, the channel's first message, to the new process.
+pub(crate) fn send_key(
+    channel: BorrowedFd<'_>,
+    key: &Key,
+    deadline: &Deadline,
+) -> Result<(), Error> {
+    const STEP: Step = Step::Connect;
+    set_timeout(channel, sockopt::Timeout::Send, deadline, STEP)?;
+    let key = key.encode();
+    loop {
+        match send(channel, &key, SendFlags::NOSIGNAL) {
+            Ok(n) if n == key.len() => return Ok(()),
+            Ok(n) => {
+                return Err(Error::protocol(
+                    STEP,
+                    format!("KEY: sent {n} of {} bytes", key.len()),
+                ));
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(deadline.io_error(STEP)(e.into())),
+        }
+    }
+}
+
+/// How long the new process waits for KEY: the old process sends it as it
+/// accepts the connection, so this only bounds a wait on an old process
+/// that stopped (SIGSTOP) between spawning and accepting.
+const KEY_WAIT: Duration = Duration::from_secs(10);
+
+/// Step 2: receives KEY, the old process's first message.
+pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<Key, Error> {
+    const STEP: Step = Step::Connect;
+    sockopt::set_socket_timeout(channel, sockopt::Timeout::Recv, Some(KEY_WAIT))
+        .map_err(|e| Error::io(STEP)(e.into()))?;
+    // One byte more than KEY, so that a longer message shows as a length
+    // mismatch; MSG_TRUNC says if it was longer still.
+    let mut key = [0u8; Key::LEN + 1];
+    let received = loop {
+        match recv(channel, &mut key, RecvFlags::TRUNC) {
+            Ok((_, 0)) => return Err(Error::PeerGone { step: STEP }),
+            Ok((_, len)) => break len,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(Error::protocol(
+                    STEP,
+                    format!(
+                        "the old process accepted the fd channel but sent no KEY within \
+                         {KEY_WAIT:?}"
+                    ),
+                ));
+            }
+            Err(e) => return Err(Error::io(STEP)(e.into())),
+        }
+    };
+    Key::decode(&key[..received.min(key.len())])
 }
 
 /// Sends `fds` in batches of at most [`MAX_FDS_PER_MESSAGE`].

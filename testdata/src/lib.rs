@@ -732,19 +732,46 @@ pub mod wire {
         [kind, len[0], len[1], len[2], len[3]]
     }
 
-    pub fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    /// KEY, the fd channel's first message: magic, the secret, the
+    /// commit timeout in milliseconds, the state byte limit, the fd limit.
+    pub fn key(
+        secret: &[u8; SECRET_LEN],
+        timeout_ms: u64,
+        max_bytes: u64,
+        max_fds: u64,
+    ) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(secret);
+        out.extend_from_slice(&timeout_ms.to_le_bytes());
+        out.extend_from_slice(&max_bytes.to_le_bytes());
+        out.extend_from_slice(&max_fds.to_le_bytes());
+        out
     }
 
-    /// Decodes the 128 hex digits of `MITOSIS_SECRET`.
-    pub fn parse_secret(text: &str) -> Option<[u8; SECRET_LEN]> {
-        if text.len() != 2 * SECRET_LEN {
-            return None;
+    /// Connects to the fd channel at `path` and reads KEY: the channel and
+    /// the secret.
+    pub fn connect_and_read_key(
+        path: &std::path::Path,
+    ) -> Result<(std::os::fd::OwnedFd, [u8; SECRET_LEN]), String> {
+        use rustix::net::{
+            AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType, connect, recv,
+            socket_with,
+        };
+        let channel = socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| format!("socket: {e}"))?;
+        let address = SocketAddrUnix::new(path).map_err(|e| format!("address: {e}"))?;
+        connect(&channel, &address).map_err(|e| format!("connect the fd channel: {e}"))?;
+        let mut key = [0u8; 8 + SECRET_LEN + 24 + 1];
+        let (_, len) =
+            recv(&channel, &mut key, RecvFlags::empty()).map_err(|e| format!("recv KEY: {e}"))?;
+        if len != key.len() - 1 || key[..8] != MAGIC {
+            return Err(format!("not a KEY: {len} bytes"));
         }
-        let mut secret = [0u8; SECRET_LEN];
-        for (i, byte) in secret.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(secret)
+        Ok((channel, key[8..8 + SECRET_LEN].try_into().unwrap()))
     }
 }

@@ -164,13 +164,13 @@ fn malformed_flag_is_a_clear_error() {
         ),
         (
             &["--mitosis=4000"],
-            "started with --mitosis but the environment variable MITOSIS_SECRET is missing",
+            "started with --mitosis but the environment variable MITOSIS_FD_SOCKET is missing",
         ),
     ];
     for (args, expected) in cases {
         let output = std::process::Command::new(TESTDATA)
             .args(args)
-            .env_remove("MITOSIS_SECRET")
+            .env_remove("MITOSIS_FD_SOCKET")
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();

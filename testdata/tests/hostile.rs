@@ -121,9 +121,9 @@ fn fd_channel_refuses_another_process_of_the_same_user() {
     let (child, fifo) = split_held_at_fifo(&mut run, &mut peer);
     let socket = fd_channel_socket(run.first_pid);
 
-    // The thief connects while the old process waits for the real child on
-    // TCP: its connection waits in the fd channel's backlog, ahead of the
-    // child's, until the old process accepts after the state transfer.
+    // The thief connects before the real child: the old process accepts
+    // it, sees another pid (SO_PEERCRED), and closes it without sending
+    // KEY.
     let mut thief = Thief::start(Command::new(FD_THIEF), &socket);
     thief.stderr.expect("fd-thief: connected to ");
 

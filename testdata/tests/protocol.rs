@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
+use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{
     AddressFamily, SocketAddrUnix, SocketFlags, SocketType, bind, listen, socket_with,
 };
@@ -23,6 +24,8 @@ struct FakeParent {
     listener: TcpListener,
     secret: [u8; 64],
     fd_listener: Option<OwnedFd>,
+    /// The new process's end of the fd channel, accepted.
+    fd_conn: Option<OwnedFd>,
     run: Run,
     _sockets: TempDir,
 }
@@ -39,14 +42,17 @@ impl FakeParent {
             (path.display().to_string(), Some(fd_channel_listener(&path)));
         let run = Spawn::new(name)
             .args(&[&format!("--mitosis={port}")])
-            .env("MITOSIS_SECRET", &wire::hex(&secret))
             .env("MITOSIS_FD_SOCKET", &fd_socket)
-            .env("MITOSIS_TIMEOUT_MS", "5000")
             .spawn();
+        // The new process connects to the fd channel first and reads KEY:
+        // the secret, a 5 s commit timeout, and the default limits.
+        let key = wire::key(&secret, 5000, 4 << 30, 1 << 20);
+        let fd_conn = accept_and_send(fd_listener.as_ref().unwrap(), &key);
         FakeParent {
             listener,
             secret,
             fd_listener,
+            fd_conn: Some(fd_conn),
             run,
             _sockets: sockets,
         }
@@ -109,6 +115,20 @@ fn protocol_version_mismatch_child_side() {
     );
 }
 
+/// Accepts the new process on the fd channel (waiting at most [`TIMEOUT`])
+/// and sends it `key`.
+fn accept_and_send(listener: &OwnedFd, key: &[u8]) -> OwnedFd {
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    poll(&mut fds, Some(&timespec(TIMEOUT))).expect("poll the fd channel");
+    assert!(
+        !fds[0].revents().is_empty(),
+        "the new process connects to the fd channel within {TIMEOUT:?}"
+    );
+    let conn = rustix::net::accept_with(listener, SocketFlags::CLOEXEC).expect("accept");
+    rustix::net::send(&conn, key, rustix::net::SendFlags::NOSIGNAL).expect("send KEY");
+    conn
+}
+
 /// A SEQPACKET listener at `path`, like the old process's fd channel.
 fn fd_channel_listener(path: &Path) -> OwnedFd {
     let socket = socket_with(
@@ -130,10 +150,12 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
     // which drops (closes) its connection and its fd channel listener, into
     // whose backlog the new process has connected.
     let fd_listener = parent.fd_listener.take().expect("an fd channel");
+    let fd_conn = parent.fd_conn.take().expect("the new process's fd channel");
     let secret = parent.secret;
     let hello_checked = parent.accept_hello();
     let fake = std::thread::spawn(move || {
         let _fd_listener = fd_listener;
+        let _fd_conn = fd_conn;
         let mut conn = hello_checked;
         conn.write_all(&wire::welcome(1, 1, 1, &secret))
             .expect("send the WELCOME");

@@ -4,7 +4,7 @@
 mod take_over;
 
 use crate::args;
-use crate::env::Contract;
+use crate::env;
 use crate::error::Error;
 use crate::fd_channel;
 use crate::handover::Handover;
@@ -49,13 +49,12 @@ pub fn init<S: Handover>() -> Result<Option<S>, Error> {
     let Some(flag) = args::find(&args)? else {
         return Ok(None);
     };
-    let contract = Contract::take()?;
+    let fd_socket = env::take()?;
     log::debug!(
         "mitosis: taking over from the process on port {}",
         flag.port
     );
-    let fd_socket = contract.fd_socket.clone();
-    take_over(flag.port, contract)
+    take_over(flag.port, &fd_socket)
         .map_err(|error| match error {
             // The deadline is the same on both sides; here it is this
             // process that waited in vain.

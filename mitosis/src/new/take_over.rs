@@ -3,9 +3,10 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use crate::conn::{Conn, Deadline};
-use crate::env::{Contract, Limits};
+use crate::env::{Limits, Terms};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel;
@@ -18,12 +19,17 @@ use crate::wire::{
 };
 
 /// Every step of a handover, from the new process's side.
-pub(super) fn take_over<S: Handover>(port: u16, env: Contract) -> Result<S, Error> {
+pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, Error> {
     fault::at(Side::New, Point::Spawned);
-    let deadline = Deadline::after(env.timeout);
     let accepted = S::accepted();
 
-    // Step 2: connect back over loopback.
+    // Step 2: connect to the fd channel, where the old process checks who
+    // this is and sends the secret and the terms (KEY); then connect back
+    // over loopback. The fd channel stays open for step 6.
+    let fd_channel: OwnedFd =
+        fd_channel::connect_to(fd_socket).map_err(Error::io(Step::Connect))?;
+    let terms = Terms::from_key(fd_channel::recv_key(fd_channel.as_fd())?);
+    let deadline = Deadline::after(terms.timeout);
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let stream = TcpStream::connect_timeout(&address, deadline.remaining(Step::Connect)?)
         .map_err(deadline.io_error(Step::Connect))?;
@@ -33,18 +39,13 @@ pub(super) fn take_over<S: Handover>(port: u16, env: Contract) -> Result<S, Erro
     // Step 3: prove the secret. Step 4's OFFER follows at once, without
     // waiting for WELCOME: this process speaks one protocol version, so it
     // knows the OFFER's format already, and the round trip is saved
-    // (PROTOCOL.md, step 4). The fd channel is connected first: the old
-    // process may now run ahead into step 5, and if it dies there, this
-    // process must learn that from the state's frames, not from a refused
-    // fd channel.
+    // (PROTOCOL.md, step 4).
     const _: () = assert!(
         VERSIONS.0 == VERSIONS.1,
         "with a range of versions, OFFER must wait for WELCOME's choice"
     );
-    let fd_channel: OwnedFd =
-        fd_channel::connect_to(&env.fd_socket).map_err(Error::io(Step::Offer))?;
     let burst = conn.cork();
-    conn.write_all(Step::Hello, &handshake::hello(&env.secret))?;
+    conn.write_all(Step::Hello, &handshake::hello(&terms.secret))?;
     fault::at(Side::New, Point::Hello);
     let offer = Offer {
         accepted: accepted.clone(),
@@ -56,9 +57,9 @@ pub(super) fn take_over<S: Handover>(port: u16, env: Contract) -> Result<S, Erro
     // protocol version.
     let mut welcome = [0u8; Welcome::LEN];
     conn.read_exact(Step::Hello, &mut welcome)?;
-    handshake::check_welcome(&env.secret, &welcome)?;
+    handshake::check_welcome(&terms.secret, &welcome)?;
 
-    let result = receive::<S>(&mut conn, &env, &accepted, fd_channel, &deadline);
+    let result = receive::<S>(&mut conn, &terms, &accepted, fd_channel, &deadline);
     let state = match result {
         Ok(state) => state,
         Err(error) => {
@@ -109,7 +110,7 @@ pub(super) fn take_over<S: Handover>(port: u16, env: Contract) -> Result<S, Erro
 /// Steps 4 to 7: the schema, the state, the fds, and decoding.
 fn receive<S: Handover>(
     conn: &mut Conn,
-    env: &Contract,
+    terms: &Terms,
     accepted: &[Schema],
     fd_channel: OwnedFd,
     deadline: &Deadline,
@@ -136,7 +137,7 @@ fn receive<S: Handover>(
     }
 
     // Step 5: the state's bytes, up to the END frame.
-    let state = receive_state(conn, env.limits)?;
+    let state = receive_state(conn, terms.limits)?;
 
     // Step 6: the fds.
     let fds = fd_channel::recv_fds(fd_channel.as_fd(), state.fd_count, deadline)?;

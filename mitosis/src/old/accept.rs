@@ -1,16 +1,18 @@
-//! Step 2 on the old side: waiting for the new process's connection on the
-//! handover port, among any others that arrive.
+//! Step 2 on the old side: waiting for the new process on the fd channel
+//! and on the handover port, among any others that arrive.
 
 use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::Pid;
 
 use crate::conn::{Deadline, timespec};
-use crate::env::MAX_PENDING;
+use crate::env::{MAX_PENDING, Terms};
 use crate::error::{Error, Step};
+use crate::fd_channel::{self, FdListener};
 use crate::wire::Hello;
 use crate::wire::handshake::{Progress, Secret, check_hello};
 
@@ -42,20 +44,43 @@ impl Pending {
     }
 }
 
-/// Step 2: waits for the new process to connect and send a HELLO that proves
-/// the secret. Connections are read concurrently, without blocking, so an
-/// idle or garbage-sending connection cannot delay the real one; each gets
-/// `hello_timeout`, and none is ever sent a byte. Returns the proven
-/// connection and the version range it offers.
-pub(crate) fn accept_child(
-    listener: &TcpListener,
-    secret: &Secret,
-    child_exited: BorrowedFd<'_>,
-    deadline: &Deadline,
-    hello_timeout: Duration,
-) -> Result<(TcpStream, (u16, u16)), Error> {
+/// The two doors the new process comes through in step 2, and what tells
+/// it apart from anyone else who knocks.
+pub(crate) struct Doors<'p> {
+    /// The handover port.
+    pub(crate) listener: &'p TcpListener,
+    /// The fd channel, which only the new process's pid may use.
+    pub(crate) fd_listener: &'p FdListener,
+    pub(crate) child: Pid,
+    /// Readable once the new process has exited.
+    pub(crate) child_exited: BorrowedFd<'p>,
+    /// The secret, the timeout and the limits, for KEY.
+    pub(crate) terms: &'p Terms,
+    pub(crate) hello_timeout: Duration,
+}
+
+/// Who arrived: the new process's fd channel, which has KEY, and its TCP
+/// connection, which proved the secret, with the versions it speaks.
+pub(crate) struct Arrived {
+    pub(crate) fd_channel: OwnedFd,
+    pub(crate) stream: TcpStream,
+    pub(crate) versions: (u16, u16),
+}
+
+/// Step 2: waits for the new process at both doors. On the fd channel the
+/// kernel names the pid of each connection: the child's gets KEY, any
+/// other is closed. On the port, connections are read concurrently, without
+/// blocking, so that an idle or garbage-sending one cannot delay the real
+/// one; each gets `hello_timeout`, and none is ever sent a byte. The child
+/// is the one whose HELLO proves the secret, which only KEY told it.
+pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arrived, Error> {
     const STEP: Step = Step::Connect;
-    listener.set_nonblocking(true).map_err(Error::io(STEP))?;
+    let hello_timeout = doors.hello_timeout;
+    doors
+        .listener
+        .set_nonblocking(true)
+        .map_err(Error::io(STEP))?;
+    let mut fd_channel: Option<OwnedFd> = None;
     let mut pending: Vec<Pending> = Vec::new();
     loop {
         let now = Instant::now();
@@ -69,13 +94,24 @@ pub(crate) fn accept_child(
         let left = deadline.remaining(STEP)?;
         let wait = pending
             .iter()
-            .map(|conn| conn.expires - now)
+            .map(|conn| conn.expires.saturating_duration_since(now))
             .fold(left, Duration::min);
 
-        let (listener_ready, child_gone, readable) = {
-            let mut fds = Vec::with_capacity(2 + pending.len());
-            fds.push(PollFd::new(listener, PollFlags::IN));
-            fds.push(PollFd::new(&child_exited, PollFlags::IN));
+        const PORT: usize = 0;
+        const EXITED: usize = 1;
+        const CHANNEL: usize = 2;
+        const FIRST_PENDING: usize = 3;
+        let (ready, readable) = {
+            let mut fds = Vec::with_capacity(FIRST_PENDING + pending.len());
+            fds.push(PollFd::new(doors.listener, PollFlags::IN));
+            fds.push(PollFd::new(&doors.child_exited, PollFlags::IN));
+            // Once the child has its KEY, nobody else's connection matters.
+            let channel = if fd_channel.is_none() {
+                PollFlags::IN
+            } else {
+                PollFlags::empty()
+            };
+            fds.push(PollFd::new(doors.fd_listener, channel));
             fds.extend(
                 pending
                     .iter()
@@ -85,21 +121,25 @@ pub(crate) fn accept_child(
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::io(STEP)(e.into())),
             }
-            let readable: Vec<bool> = fds[2..].iter().map(|fd| !fd.revents().is_empty()).collect();
-            (
-                !fds[0].revents().is_empty(),
-                !fds[1].revents().is_empty(),
-                readable,
-            )
+            let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+            let readable = ready[FIRST_PENDING..].to_vec();
+            (ready, readable)
         };
-        if child_gone {
+        if ready[EXITED] {
             return Err(Error::PeerGone { step: STEP });
+        }
+        if ready[CHANNEL]
+            && fd_channel.is_none()
+            && let Some(conn) = doors.fd_listener.accept_child(doors.child)?
+        {
+            fd_channel::send_key(conn.as_fd(), &doors.terms.key(), deadline)?;
+            fd_channel = Some(conn);
         }
         for index in (0..pending.len()).rev() {
             if !readable[index] {
                 continue;
             }
-            match pending[index].advance(secret) {
+            match pending[index].advance(&doors.terms.secret) {
                 Progress::Waiting => {}
                 Progress::Refused(why) => {
                     let conn = pending.swap_remove(index);
@@ -110,17 +150,26 @@ pub(crate) fn accept_child(
                 }
                 Progress::Proven(versions) => {
                     let conn = pending.swap_remove(index);
+                    // Only KEY, sent on the child's channel, holds the
+                    // secret this HELLO proves.
+                    let fd_channel = fd_channel.take().ok_or_else(|| {
+                        Error::protocol(STEP, "a HELLO proved the secret before KEY was sent")
+                    })?;
                     conn.stream
                         .set_nonblocking(false)
                         .map_err(Error::io(STEP))?;
                     conn.stream.set_nodelay(true).map_err(Error::io(STEP))?;
-                    return Ok((conn.stream, versions));
+                    return Ok(Arrived {
+                        fd_channel,
+                        stream: conn.stream,
+                        versions,
+                    });
                 }
             }
         }
-        if listener_ready {
+        if ready[PORT] {
             loop {
-                match listener.accept() {
+                match doors.listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(true).map_err(Error::io(STEP))?;
                         if pending.len() == MAX_PENDING {

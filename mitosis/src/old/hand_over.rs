@@ -9,11 +9,11 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
-use super::accept::accept_child;
+use super::accept::{Doors, accept_child};
 use super::spawn::{Launch, start_path, without_panics};
 use super::{Outcome, SplitOptions};
 use crate::conn::{Conn, DataFrames, Deadline, timespec};
-use crate::env::{Contract, Limits};
+use crate::env::Terms;
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener};
@@ -28,10 +28,10 @@ pub(super) struct Parent {
     child_exited: OwnedFd,
     listener: Option<TcpListener>,
     fd_listener: Option<FdListener>,
-    secret: Secret,
+    /// The secret, the timeout and the limits, for KEY.
+    terms: Terms,
     deadline: Deadline,
     hello_timeout: Duration,
-    limits: Limits,
     /// Kept open until the new process has been dealt with, because the new
     /// process reads the connection closing after its COMMIT as "the old
     /// process is gone, take over".
@@ -71,14 +71,13 @@ impl Parent {
             extra_args: &options.extra_args,
             env: &options.env,
         };
-        let contract = Contract {
+        let terms = Terms {
             secret,
-            fd_socket: fd_listener.path().to_path_buf(),
             timeout: options.commit_timeout,
             limits: options.limits,
         };
         let mut child = launch
-            .spawn(port, &contract)
+            .spawn(port, fd_listener.path())
             .map_err(|source| Error::Spawn {
                 binary: launch.binary.clone(),
                 source,
@@ -109,10 +108,9 @@ impl Parent {
             child_exited,
             listener: Some(listener),
             fd_listener: Some(fd_listener),
-            secret: contract.secret,
+            terms,
             deadline,
             hello_timeout: options.hello_timeout,
-            limits: options.limits,
             conn: None,
             fd_conn: None,
             handed_over: Vec::new(),
@@ -145,17 +143,27 @@ impl Parent {
     /// Every step of a handover, as PROTOCOL.md numbers them.
     fn hand_over<S: Handover>(&mut self, state: &S) -> Result<(), Error> {
         fault::at(Side::Old, Point::Spawned);
-        // Step 2: the new process connects and proves the secret. No byte
-        // goes to a connection before that.
+        // Step 2: the new process connects to the fd channel, where the
+        // kernel says who it is (SO_PEERCRED), and only then learns the
+        // secret and the terms, in KEY. Then it connects over TCP and
+        // proves the secret. No byte goes to anyone else.
         let listener = self.listener.take().expect("hand_over runs once");
-        let (stream, versions) = accept_child(
-            &listener,
-            &self.secret,
-            self.child_exited.as_fd(),
+        let fd_listener = self.fd_listener.take().expect("hand_over runs once");
+        let arrived = accept_child(
+            &Doors {
+                listener: &listener,
+                fd_listener: &fd_listener,
+                child: Pid::from_child(&self.child),
+                child_exited: self.child_exited.as_fd(),
+                terms: &self.terms,
+                hello_timeout: self.hello_timeout,
+            },
             &self.deadline,
-            self.hello_timeout,
         )?;
-        drop(listener);
+        drop((listener, fd_listener));
+        let versions = arrived.versions;
+        let fd_conn: &OwnedFd = self.fd_conn.insert(arrived.fd_channel);
+        let stream = arrived.stream;
         let conn = self
             .conn
             .insert(Conn::new(stream, self.deadline, Side::Old));
@@ -168,7 +176,7 @@ impl Parent {
         let chosen = handshake::choose_version(versions);
         conn.write_all(
             Step::Hello,
-            &handshake::welcome(&self.secret, chosen.unwrap_or(0)),
+            &handshake::welcome(&self.terms.secret, chosen.unwrap_or(0)),
         )?;
         if chosen.is_none() {
             return Err(Error::ProtocolVersion {
@@ -196,16 +204,16 @@ impl Parent {
         // or, over a limit, a REJECT that tells the new process why.
         let mut frames = Limited {
             frames: DataFrames { conn },
-            max: self.limits.state_bytes,
+            max: self.terms.limits.state_bytes,
             sent: 0,
         };
         let encoded = match Encoder::encode(&mut frames, state) {
-            Ok(encoded) if encoded.fds.len() as u64 > self.limits.fds => {
+            Ok(encoded) if encoded.fds.len() as u64 > self.terms.limits.fds => {
                 Err(Error::LimitExceeded {
                     step: Step::State,
                     what: "fds",
                     found: encoded.fds.len() as u64,
-                    max: self.limits.fds,
+                    max: self.terms.limits.fds,
                 })
             }
             encoded => encoded,
@@ -232,15 +240,7 @@ impl Parent {
         );
 
         // Step 6: the fds, over the channel only the new process can reach.
-        let fd_listener = self.fd_listener.take().expect("hand_over runs once");
-        let fd_conn = fd_listener.accept_child(
-            Pid::from_child(&self.child),
-            self.child_exited.as_fd(),
-            &self.deadline,
-        )?;
-        drop(fd_listener);
         fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline)?;
-        self.fd_conn = Some(fd_conn);
         self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
         drop(encoded);
 

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
 
 use crate::args::{self, FLAG};
-use crate::env::Contract;
+use crate::env;
 use crate::error::{Error, Step};
 use crate::handover::{Encoder, Handover};
 
@@ -90,9 +90,9 @@ pub(crate) struct Launch<'o> {
 
 impl Launch<'_> {
     /// Starts the binary with `--mitosis=<port>` first, so that it comes
-    /// before any `--` in the original arguments, and the handover's
-    /// variables in its environment.
-    pub(crate) fn spawn(&self, port: u16, contract: &Contract) -> std::io::Result<Child> {
+    /// before any `--` in the original arguments, and the fd channel's path
+    /// in its environment.
+    pub(crate) fn spawn(&self, port: u16, fd_socket: &Path) -> std::io::Result<Child> {
         let mut original = std::env::args_os();
         let arg0 = original.next();
         let args = match self.args {
@@ -113,7 +113,7 @@ impl Launch<'_> {
                 None => command.env_remove(key),
             };
         }
-        contract.apply(&mut command);
+        env::apply(&mut command, fd_socket);
         command.spawn()
     }
 }

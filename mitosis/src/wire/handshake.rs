@@ -7,12 +7,12 @@ use super::{Hello, MAGIC, TOKEN_LEN, VERSIONS, Welcome};
 use crate::error::{Error, Step};
 
 /// A fresh random secret for one handover: the new process's token, then
-/// the old process's. It reaches the new process through its environment,
-/// never its arguments, which any local user can read.
+/// the old process's. It reaches the new process in the fd channel's KEY,
+/// once the kernel has shown who is connected; never in its arguments or
+/// its environment, which other processes can read.
 pub(crate) struct Secret([u8; 2 * TOKEN_LEN]);
 
 impl Secret {
-    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn from_bytes(bytes: [u8; 2 * TOKEN_LEN]) -> Secret {
         Secret(bytes)
     }
@@ -29,21 +29,8 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
-    pub(crate) fn from_hex(text: &str) -> Option<Secret> {
-        let text = text.as_bytes();
-        if text.len() != 4 * TOKEN_LEN {
-            return None;
-        }
-        let mut bytes = [0u8; 2 * TOKEN_LEN];
-        for (byte, pair) in bytes.iter_mut().zip(text.chunks(2)) {
-            let digits = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(digits, 16).ok()?;
-        }
-        Some(Secret(bytes))
-    }
-
-    pub(crate) fn to_hex(&self) -> String {
-        hex(&self.0)
+    pub(crate) fn bytes(&self) -> &[u8; 2 * TOKEN_LEN] {
+        &self.0
     }
 
     pub(crate) fn child_token(&self) -> &[u8] {
@@ -157,15 +144,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_round_trips_through_hex() {
-        let secret = Secret::generate().unwrap();
-        let again = Secret::from_hex(&secret.to_hex()).unwrap();
-        assert_eq!(secret.0, again.0);
-        assert!(Secret::from_hex("abc").is_none());
-        assert!(Secret::from_hex(&"zz".repeat(64)).is_none());
-    }
 
     #[test]
     fn versions_are_negotiated_to_the_highest_shared() {

@@ -106,6 +106,59 @@ impl Welcome {
     }
 }
 
+/// KEY, the first message on the fd channel (old → new, step 2), sent only
+/// once the kernel has shown (`SO_PEERCRED`) that the new process is the
+/// one connected: magic, the secret, the commit timeout in milliseconds
+/// (`u64::MAX`: none), and the handover's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) secret: [u8; 2 * TOKEN_LEN],
+    pub(crate) timeout_ms: u64,
+    pub(crate) max_state_bytes: u64,
+    pub(crate) max_fds: u64,
+}
+
+impl Key {
+    pub(crate) const LEN: usize = 8 + 2 * TOKEN_LEN + 8 + 8 + 8;
+
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        let mut key = [0u8; Self::LEN];
+        key[..8].copy_from_slice(&MAGIC);
+        key[8..72].copy_from_slice(&self.secret);
+        key[72..80].copy_from_slice(&self.timeout_ms.to_le_bytes());
+        key[80..88].copy_from_slice(&self.max_state_bytes.to_le_bytes());
+        key[88..].copy_from_slice(&self.max_fds.to_le_bytes());
+        key
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Key, Error> {
+        let bytes = <&[u8; Self::LEN]>::try_from(bytes).map_err(|_| {
+            Error::protocol(
+                Step::Connect,
+                format!(
+                    "the fd channel's KEY is {} bytes, not {}; the old process speaks another \
+                     protocol",
+                    bytes.len(),
+                    Self::LEN
+                ),
+            )
+        })?;
+        if bytes[..8] != MAGIC {
+            return Err(Error::protocol(
+                Step::Connect,
+                "the fd channel's KEY has the wrong magic bytes",
+            ));
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Ok(Key {
+            secret: bytes[8..72].try_into().expect("64 bytes"),
+            timeout_ms: u64_at(72),
+            max_state_bytes: u64_at(80),
+            max_fds: u64_at(88),
+        })
+    }
+}
+
 /// OFFER (new → old, step 4): the schemas the new process accepts, its own
 /// first: a count (u16), then each schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +387,22 @@ mod tests {
         payload[0] = 99;
         let err = Abort::decode(Step::Commit, &payload).unwrap_err();
         assert!(err.to_string().contains("unknown reason 99"), "{err}");
+    }
+
+    #[test]
+    fn key_round_trips_and_refuses_other_sizes() {
+        let key = Key {
+            secret: [3; 2 * TOKEN_LEN],
+            timeout_ms: u64::MAX,
+            max_state_bytes: 1 << 32,
+            max_fds: 10,
+        };
+        let bytes = key.encode();
+        assert_eq!(Key::decode(&bytes).unwrap(), key);
+        assert!(Key::decode(&bytes[..Key::LEN - 1]).is_err());
+        let mut bad = bytes;
+        bad[0] = 0;
+        assert!(Key::decode(&bad).is_err());
     }
 
     #[test]

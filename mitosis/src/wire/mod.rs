@@ -9,7 +9,7 @@ pub(crate) mod handshake;
 mod messages;
 
 pub(crate) use messages::{
-    Abort, Ack, BytesStart, Commit, End, Hello, Message, Offer, Reject, State, Taken, Welcome,
+    Abort, Ack, BytesStart, Commit, End, Hello, Key, Message, Offer, Reject, State, Taken, Welcome,
 };
 
 use crate::error::{Error, Step};

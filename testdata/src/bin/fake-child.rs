@@ -1,7 +1,8 @@
 //! A fake new binary that speaks only protocol version 2.
 //!
-//! Started by a real `split` in place of the new program, it connects back,
-//! sends a HELLO claiming versions 2..=2 with the correct token, reads the
+//! Started by a real `split` in place of the new program, it reads the
+//! secret from the fd channel's KEY, connects back, sends a HELLO claiming
+//! versions 2..=2 with the correct token, reads the
 //! WELCOME, reports it on stderr as
 //! `fake-child: welcome chosen=<c> min=<a> max=<b> token=<ok|bad>`, and exits
 //! 0. This drives the old process's side of a version mismatch.
@@ -29,8 +30,8 @@ fn run() -> Result<(), String> {
     // them, with the flag.
     let cli = testdata::Cli::parse();
     let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
-    let secret = std::env::var("MITOSIS_SECRET").map_err(|e| format!("MITOSIS_SECRET: {e}"))?;
-    let secret = wire::parse_secret(&secret).ok_or("MITOSIS_SECRET is not 128 hex digits")?;
+    let fd_socket = std::env::var_os("MITOSIS_FD_SOCKET").ok_or("MITOSIS_FD_SOCKET is not set")?;
+    let (_channel, secret) = wire::connect_and_read_key(fd_socket.as_ref())?;
 
     let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(20)))
