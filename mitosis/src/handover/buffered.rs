@@ -202,6 +202,42 @@ mod tests {
         assert_eq!(&pong, b"PONG :x\r\n");
     }
     #[test]
+    fn decoding_a_full_bufwriter_writes_nothing() {
+        // Found by review: at exactly its capacity, the unwritten bytes went
+        // straight to the socket while decoding, before COMMIT; after a
+        // rollback the old process wrote them again.
+        use std::io::{ErrorKind, Read};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut far = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, _) = listener.accept().unwrap();
+        for size in [2, 16, 4096] {
+            let unwritten: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut writer = BufWriter::with_capacity(size, near.try_clone().unwrap());
+            // One byte short, then the last: buffered, not written.
+            writer.write_all(&unwritten[..size - 1]).unwrap();
+            writer.write_all(&unwritten[size - 1..]).unwrap();
+            assert_eq!(writer.buffer(), &unwritten[..], "a full buffer to start");
+            let mut back = round_trip(&writer).unwrap();
+            // Nothing reached the socket.
+            far.set_nonblocking(true).unwrap();
+            let mut byte = [0; 1];
+            let read = far.read(&mut byte);
+            assert!(
+                matches!(&read, Err(e) if e.kind() == ErrorKind::WouldBlock),
+                "{size} bytes: decoding wrote to the socket: {read:?}"
+            );
+            far.set_nonblocking(false).unwrap();
+            assert_eq!(back.buffer(), writer.buffer(), "{size} bytes");
+            // They are written when the new writer flushes, once.
+            back.flush().unwrap();
+            let mut got = vec![0; writer.buffer().len()];
+            far.read_exact(&mut got).unwrap();
+            assert_eq!(got, writer.buffer(), "{size} bytes");
+            // The old writer's bytes are not its business any more.
+            let _ = writer.into_parts();
+        }
+    }
+    #[test]
     fn buffer_capacities_are_bounded_in_all() {
         // Found by fuzzing (fuzz/, `frames`): a few bytes made one BufReader
         // reserve 630 MB. Each capacity is allocated up front, up to 1 GiB

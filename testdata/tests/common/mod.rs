@@ -849,3 +849,8 @@ pub fn split_to_ready(
     }
     ready
 }
+
+// ---------------------------------------------------------------------------
+// testdata-buffered (tests/buffers.rs)
+
+pub const TESTDATA_BUFFERED: &str = env!("CARGO_BIN_EXE_testdata-buffered");
