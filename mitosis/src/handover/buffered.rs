@@ -128,7 +128,14 @@ fn decode_buffered<T: Handover>(
 }
 
 /// A buffered writer hands over the bytes it has not written yet; the new
-/// process writes them first.
+/// writer holds them, unwritten, and writes them when it next flushes, so
+/// they reach the fd once, before anything written after the handover.
+///
+/// Decoding writes nothing to the fd, so that a handover that rolls back
+/// after it leaves the bytes to the old process alone. A writer whose
+/// buffer was exactly full comes back with a capacity one byte larger:
+/// std's `BufWriter` cannot be given bytes, and it buffers a write only
+/// when the write is smaller than its capacity.
 ///
 /// ```
 /// # use std::io::BufWriter;
@@ -148,14 +155,23 @@ where
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
         let (capacity, unwritten, inner) = decode_buffered::<W>(input, "BufWriter")?;
-        let mut writer = BufWriter::with_capacity(capacity, inner);
-        // Fits the buffer, so nothing is written to the fd here (at exactly
-        // the capacity, BufWriter writes through, in the same order).
+        if unwritten.is_empty() {
+            return Ok(BufWriter::with_capacity(capacity, inner));
+        }
+        // The new process must not touch the fd before it has taken over
+        // (PROTOCOL.md, step 8): if the handover rolls back, the old process
+        // writes these bytes itself. `write_all` into an empty BufWriter
+        // buffers them only if they are fewer than its capacity; as many
+        // would go straight to the fd. So a buffer that was exactly full
+        // gets one byte more room.
+        let room = capacity.max(unwritten.len() + 1);
+        let mut writer = BufWriter::with_capacity(room, inner);
         writer
             .write_all(&unwritten)
             .map_err(|error| Error::Decode {
                 detail: format!("could not restore a BufWriter's unwritten bytes: {error}"),
             })?;
+        debug_assert_eq!(writer.buffer(), &unwritten[..], "buffered, not written");
         Ok(writer)
     }
 }
@@ -228,6 +244,7 @@ mod tests {
             );
             far.set_nonblocking(false).unwrap();
             assert_eq!(back.buffer(), writer.buffer(), "{size} bytes");
+            assert_eq!(back.capacity(), size + 1, "one byte more room");
             // They are written when the new writer flushes, once.
             back.flush().unwrap();
             let mut got = vec![0; writer.buffer().len()];
