@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
 
 use common::*;
 
@@ -13,6 +14,14 @@ use common::*;
 /// returns the run, the test's end of the connection, and the old
 /// process's description (without `before pid=<pid> `).
 fn start(case: &str, env: &[(&str, &str)]) -> (Run, TcpStream, String) {
+    let (mut run, conn) = connect(case, env);
+    let before = before(&mut run);
+    (run, conn, before)
+}
+
+/// Starts `testdata-buffered <case> --connect <port>` with `env`, and
+/// returns the run and the test's end of the connection.
+fn connect(case: &str, env: &[(&str, &str)]) -> (Run, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let mut spawn = Spawn::new(case)
@@ -22,11 +31,27 @@ fn start(case: &str, env: &[(&str, &str)]) -> (Run, TcpStream, String) {
     for (key, value) in env {
         spawn = spawn.env(key, value);
     }
-    let mut run = spawn.spawn();
+    let run = spawn.spawn();
     let conn = accept_timeout(&listener);
+    (run, conn)
+}
+
+/// The old process's description, without `before pid=<pid> `.
+fn before(run: &mut Run) -> String {
     let before = run.stdout.expect("before ");
-    let before = without_pid(&before, "before", run.first_pid);
-    (run, conn, before)
+    without_pid(&before, "before", run.first_pid)
+}
+
+/// Checks that the old process reported `rolled back` and exited 0, and
+/// that no new process got to use the state.
+fn rolled_back(run: &mut Run) {
+    assert_eq!(run.stdout.expect("rolled back"), "rolled back");
+    assert!(run.wait_first().success());
+    let rest = run.stdout.wait_eof();
+    assert!(
+        !rest.iter().any(|line| line.starts_with("after ")),
+        "no new process got to use the state: {rest:?}"
+    );
 }
 
 /// `<word> pid=<pid> <description>` → the description, checking the pid.
@@ -120,5 +145,107 @@ fn a_full_bufwriter_is_written_once_after_a_rollback() {
     assert!(
         !rest.iter().any(|line| line.starts_with("after ")),
         "the new process never got to use the state: {rest:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Failures the old process finds while encoding
+
+/// A state whose `Serialize` fails (a path that is not UTF-8): the old
+/// process reports an encoding failure in step 5, blaming the state's
+/// encoding, not a disagreement between the binaries; and it keeps its
+/// state, connection and all.
+#[test]
+fn an_encoder_failure_is_reported_as_encoding_by_the_old_process() {
+    let (mut run, mut conn, before) = start("bad-path", &[]);
+    assert_eq!(
+        without_inode(&before),
+        r#"conn=tcp#_ label="kept" path="log-\xFF.txt""#
+    );
+    let failed = run.stdout.expect("failed: ");
+    assert!(
+        failed.starts_with(
+            "failed: could not encode the state in the old process: the Serialize impl of \
+             std::path::PathBuf returned an error; "
+        ),
+        "the failure names the encoding and the type whose impl failed: {failed:?}"
+    );
+    assert!(
+        failed.contains("the old process keeps its state"),
+        "{failed:?}"
+    );
+    assert!(
+        !failed.contains("bump its schema version"),
+        "no advice meant for a decoding failure: {failed:?}"
+    );
+    assert!(
+        failed.ends_with("| step=step 5 (state transfer)"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        run.stdout.expect("kept "),
+        format!("kept {before}"),
+        "the old process has its state back, the same socket and values"
+    );
+    rolled_back(&mut run);
+    let (bytes, end) = read_to_end(&mut conn, "the bad-path peer");
+    assert_eq!(
+        (String::from_utf8_lossy(&bytes).as_ref(), end),
+        ("kept\n", "eof"),
+        "only the old process wrote to the connection"
+    );
+}
+
+/// A `BufReader` holding more than 64 KiB of unread bytes cannot be put
+/// back by the new process. The old process finds that while encoding, in
+/// step 5, and refuses with REJECT instead of sending the state: both sides
+/// name the limit and what to do, and the old process keeps the bytes and
+/// can still read them through the same `BufReader`.
+#[test]
+fn a_bufreader_over_the_limit_is_refused_by_the_old_process_which_keeps_it() {
+    let (mut run, mut conn) = connect("overfull-reader", &[]);
+    let payload = testdata::blob(70_000);
+    conn.write_all(b"first\n").unwrap();
+    conn.write_all(&payload).unwrap();
+    conn.shutdown(Shutdown::Write).unwrap();
+    let summary = testdata::blob_summary(&payload);
+    assert_eq!(
+        without_inode(&before(&mut run)),
+        format!("reader=tcp#_ unread={summary}"),
+        "the old process read the first line and holds the payload unread"
+    );
+
+    let advice = "a BufReader in the state holds 70000 bytes it has read but not yet returned, \
+                  more than the 65536 a handover can put back, in step 5 (state transfer); the \
+                  old process keeps its state. Consume those bytes before splitting, or give \
+                  the BufReader a capacity of at most 65536 bytes";
+    let failed = run.stdout.expect("failed: ");
+    assert_eq!(
+        failed,
+        format!("failed: {advice} | step=step 5 (state transfer)"),
+        "the old process found it while encoding"
+    );
+    let refused = run.stdout.expect("init failed: ");
+    assert_eq!(
+        refused,
+        format!(
+            "init failed: the other process gave up in step 5 (state transfer): {advice} | \
+             step=step 5 (state transfer)"
+        ),
+        "the new process was refused in step 5, before any state was decoded"
+    );
+    assert_eq!(
+        run.stdout.expect("kept "),
+        format!("kept unread={summary}"),
+        "the old process reads the buffered bytes after the rollback"
+    );
+    rolled_back(&mut run);
+    let (echoed, end) = read_to_end(&mut conn, "the overfull-reader peer");
+    assert_eq!(end, "eof");
+    assert!(
+        echoed == payload,
+        "the payload comes back intact: {} bytes, {}",
+        echoed.len(),
+        testdata::blob_summary(&echoed)
     );
 }

@@ -255,6 +255,36 @@ mod tests {
         }
     }
     #[test]
+    fn the_old_process_refuses_a_bufreader_it_cannot_hand_over() {
+        // Found by review: only the new process noticed, after the whole
+        // state had crossed, and its error advised a schema bump.
+        let (mut feed, source) = UnixStream::pair().unwrap();
+        let mut reader = BufReader::with_capacity(2 * MAX_UNREAD_BYTES, source);
+        let unread = vec![7; MAX_UNREAD_BYTES + 1];
+        feed.write_all(&unread).unwrap();
+        assert_eq!(reader.fill_buf().unwrap(), &unread[..]);
+        let mut sink = InMemory::default();
+        let err = Encoder::encode(&mut sink, &(String::from("before"), reader))
+            .err()
+            .unwrap();
+        assert_eq!(err.step(), Some(crate::Step::State));
+        assert_eq!(
+            err.to_string(),
+            "a BufReader in the state holds 65537 bytes it has read but not yet returned, more \
+             than the 65536 a handover can put back, in step 5 (state transfer); the old \
+             process keeps its state. Consume those bytes before splitting, or give the \
+             BufReader a capacity of at most 65536 bytes"
+        );
+        assert!(sink.stream.is_empty() && sink.out_of_line.is_empty());
+        // One byte fewer crosses.
+        let (mut feed, source) = UnixStream::pair().unwrap();
+        let mut reader = BufReader::with_capacity(2 * MAX_UNREAD_BYTES, source);
+        feed.write_all(&unread[1..]).unwrap();
+        reader.fill_buf().unwrap();
+        let back = round_trip(&reader).unwrap();
+        assert_eq!(back.buffer(), &unread[1..]);
+    }
+    #[test]
     fn buffer_capacities_are_bounded_in_all() {
         // Found by fuzzing (fuzz/, `frames`): a few bytes made one BufReader
         // reserve 630 MB. Each capacity is allocated up front, up to 1 GiB

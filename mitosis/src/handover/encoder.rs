@@ -291,6 +291,25 @@ mod tests {
     use crate::schema::Schema;
 
     #[test]
+    fn a_failing_serialize_is_an_encoding_error() {
+        // Found by review: it was reported as a decoding error, advising a
+        // schema bump, from the old process.
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"\xff"));
+        let mut sink = InMemory::default();
+        let err = Encoder::encode(&mut sink, &(7u32, path)).err().unwrap();
+        assert_eq!(err.step(), Some(crate::Step::State));
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "could not encode the state in the old process: the Serialize impl of \
+                 std::path::PathBuf returned an error; the old process keeps its state"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("schema version"), "{text}");
+    }
+    #[test]
     fn large_bytes_travel_out_of_line_without_copies() {
         struct Blobs(Vec<u8>, Vec<u8>, Vec<u8>);
         impl Handover for Blobs {

@@ -27,10 +27,24 @@
 //!   16 unwritten bytes, `0123456789abcdef`. Whoever holds the state in the
 //!   end flushes it; the new process then writes `after\n` and flushes
 //!   again.
+//! - `bad-path`: the connection, a label, and a path that is not UTF-8,
+//!   which serde refuses to serialize: the old process cannot encode the
+//!   state. After the rollback it prints `kept <description>` and writes
+//!   `kept\n` to the connection.
+//! - `overfull-reader`: a `BufReader<TcpStream>` of capacity 128 KiB. The
+//!   test sends `first\n`, then a payload, then shuts its side down; the
+//!   process waits for that shutdown (so that one read takes it all), reads
+//!   the first line, and keeps the payload buffered, unread (described as
+//!   `unread=<len>:<fnv1a64>`). After the rollback it reads the rest
+//!   through the same `BufReader`, prints `kept unread=<len>:<fnv1a64>` and
+//!   echoes it back.
 
-use std::io::{self, BufWriter, Write};
-use std::net::TcpStream;
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use mitosis::{Handover, Outcome};
@@ -38,8 +52,9 @@ use testdata::say;
 
 /// One state type: how to build it, show it, and use it afterwards.
 trait Case: Handover + Send + 'static {
-    /// Builds the state in the first process around `conn`.
-    fn build(conn: TcpStream) -> io::Result<Self>;
+    /// Builds the state in the first process, connected to the test on
+    /// `port`.
+    fn build(port: u16) -> io::Result<Self>;
 
     fn describe(&self) -> String;
 
@@ -72,6 +87,8 @@ fn main() -> ExitCode {
     };
     match case {
         "full-writer" => run::<FullWriter>(port),
+        "bad-path" => run::<BadPath>(port),
+        "overfull-reader" => run::<OverfullReader>(port),
         other => {
             eprintln!("testdata-buffered: unknown case {other:?}");
             ExitCode::from(4)
@@ -91,7 +108,7 @@ fn run<S: Case>(port: u16) -> ExitCode {
             finish(state.taken_over(), "after the handover")
         }
         Ok(None) => {
-            let state = match TcpStream::connect(("127.0.0.1", port)).and_then(S::build) {
+            let state = match S::build(port) {
                 Ok(state) => state,
                 Err(e) => {
                     eprintln!("testdata-buffered: building the state: {e}");
@@ -148,7 +165,8 @@ struct FullWriter {
 const UNWRITTEN: &[u8; 16] = b"0123456789abcdef";
 
 impl Case for FullWriter {
-    fn build(conn: TcpStream) -> io::Result<Self> {
+    fn build(port: u16) -> io::Result<Self> {
+        let conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
         let mut writer = BufWriter::with_capacity(UNWRITTEN.len(), conn);
         // All bytes at once would go straight to the socket (a write as
         // large as the buffer is not buffered); one less, then the last,
@@ -182,5 +200,109 @@ impl Case for FullWriter {
 
     fn rolled_back(mut self) -> io::Result<()> {
         self.writer.flush()
+    }
+}
+
+/// A state the old process cannot encode.
+#[derive(Handover)]
+struct BadPath {
+    conn: TcpStream,
+    label: String,
+    /// Not UTF-8: serde's `Serialize` for paths returns an error.
+    path: PathBuf,
+}
+
+impl Case for BadPath {
+    fn build(port: u16) -> io::Result<Self> {
+        Ok(BadPath {
+            conn: TcpStream::connect((Ipv4Addr::LOCALHOST, port))?,
+            label: "kept".into(),
+            path: PathBuf::from(OsStr::from_bytes(b"log-\xff.txt")),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "conn={} label={:?} path={:?}",
+            tcp(&self.conn),
+            self.label,
+            self.path
+        )
+    }
+
+    fn taken_over(self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn rolled_back(self) -> io::Result<()> {
+        say(format!("kept {}", self.describe()));
+        (&self.conn).write_all(b"kept\n")
+    }
+}
+
+/// A `BufReader` holding more unread bytes than a handover can put back.
+#[derive(Handover)]
+struct OverfullReader {
+    reader: BufReader<TcpStream>,
+}
+
+/// The reader's capacity, and the connection's receive buffer: room for
+/// the whole payload, so that the test's writes never wait for this
+/// process to read.
+const ROOM: usize = 128 * 1024;
+
+impl Case for OverfullReader {
+    fn build(port: u16) -> io::Result<Self> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+        // The receive buffer is set before connecting, so that the window
+        // the connection starts with already has room for it all.
+        let socket = rustix::net::socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        sockopt::set_socket_recv_buffer_size(&socket, ROOM)?;
+        rustix::net::connect(&socket, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
+        let conn = TcpStream::from(socket);
+        // Everything has arrived once the test has shut its side down: the
+        // FIN comes after the last byte.
+        loop {
+            let mut fds = [PollFd::new(&conn, PollFlags::RDHUP)];
+            match poll(&mut fds, None) {
+                Ok(_) if !fds[0].revents().is_empty() => break,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut reader = BufReader::with_capacity(ROOM, conn);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line != "first\n" {
+            return Err(io::Error::other(format!(
+                "expected \"first\\n\", read {line:?}"
+            )));
+        }
+        Ok(OverfullReader { reader })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "reader={} unread={}",
+            tcp(self.reader.get_ref()),
+            testdata::blob_summary(self.reader.buffer())
+        )
+    }
+
+    fn taken_over(self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn rolled_back(mut self) -> io::Result<()> {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest)?;
+        say(format!("kept unread={}", testdata::blob_summary(&rest)));
+        self.reader.get_ref().write_all(&rest)
     }
 }
