@@ -199,6 +199,38 @@ pub enum Error {
         /// What went wrong, from postcard or from a `Handover` impl.
         detail: String,
     },
+    /// The old process could not encode its state: a `Serialize` or
+    /// `Handover` impl in it returned an error. Nothing was decoded, and
+    /// the old process keeps its state.
+    ///
+    /// ```
+    /// let err = mitosis::Error::Encode { detail: "a path is not UTF-8".into() };
+    /// assert_eq!(err.step(), Some(mitosis::Step::State));
+    /// assert!(err.to_string().contains("the old process keeps its state"));
+    /// ```
+    Encode {
+        /// What went wrong, from postcard or from a `Handover` impl.
+        detail: String,
+    },
+    /// A `BufReader` in the state holds more bytes it has read but not yet
+    /// returned than a handover can put back into a new `BufReader`.
+    ///
+    /// The old process checks this while encoding, in step 5, and refuses
+    /// to send the state; the new process checks it again while decoding.
+    ///
+    /// ```
+    /// use mitosis::{Error, Step};
+    /// let err = Error::UnreadBytes { step: Step::State, unread: 70_000, max: 65_536 };
+    /// assert!(err.to_string().contains("capacity of at most 65536 bytes"));
+    /// ```
+    UnreadBytes {
+        /// Where in the handover it was found.
+        step: Step,
+        /// How many unread bytes the `BufReader` holds.
+        unread: u64,
+        /// The most a handover puts back.
+        max: u64,
+    },
     /// The state's `Handover::encode` panicked; the state was kept.
     EncodePanicked {
         /// The panic message, if it was a string.
@@ -225,11 +257,12 @@ impl Error {
             | Error::FrameTooLarge { step, .. }
             | Error::Protocol { step, .. }
             | Error::Aborted { step, .. }
-            | Error::LimitExceeded { step, .. } => Some(*step),
+            | Error::LimitExceeded { step, .. }
+            | Error::UnreadBytes { step, .. } => Some(*step),
             Error::ProtocolVersion { .. } => Some(Step::Hello),
             Error::SchemaMismatch { .. } => Some(Step::Offer),
             Error::Decode { .. } => Some(Step::Commit),
-            Error::EncodePanicked { .. } => Some(Step::State),
+            Error::Encode { .. } | Error::EncodePanicked { .. } => Some(Step::State),
             Error::BadFlag { .. } | Error::MissingEnvironment { .. } | Error::SplitInFlight => None,
         }
     }
@@ -373,6 +406,20 @@ impl fmt::Display for Error {
                 f,
                 "could not decode the handed-over state: {detail}; the two binaries disagree on \
                  the state's encoding, so bump its schema version"
+            ),
+            Error::Encode { detail } => write!(
+                f,
+                "could not encode the state in the old process: {detail}; the old process keeps \
+                 its state and the new process was stopped. The fault is in the state's \
+                 Serialize or Handover impl, or in a value it cannot encode, not in the new \
+                 binary: fix the impl, or change the value, before splitting again"
+            ),
+            Error::UnreadBytes { step, unread, max } => write!(
+                f,
+                "a BufReader in the state holds {unread} bytes it has read but not yet \
+                 returned, more than the {max} a handover can put back, in {step}; the old \
+                 process keeps its state. Consume those bytes before splitting, or give the \
+                 BufReader a capacity of at most {max} bytes"
             ),
             Error::EncodePanicked { message } => write!(
                 f,

@@ -6,11 +6,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 use super::{Decoder, Encoder, Handover};
-use crate::error::Error;
+use crate::error::{Error, Step};
 use crate::schema::Schema;
 
-/// The largest read buffer whose unread bytes [`BufReader`]'s `decode` puts
-/// back: they pass through a socket buffer, which holds at least this much.
+/// The most unread bytes [`BufReader`]'s `decode` puts back: they pass
+/// through a socket buffer, which holds at least this much. The old
+/// process refuses to hand over a reader holding more, before sending it.
 pub(crate) const MAX_UNREAD_BYTES: usize = 64 * 1024;
 
 /// A buffered reader hands over the bytes it has read but not yet returned,
@@ -19,8 +20,10 @@ pub(crate) const MAX_UNREAD_BYTES: usize = 64 * 1024;
 /// `R` must be an fd type that reads with `read` or `recv` (any socket or
 /// file type). std's `BufReader` cannot be given bytes, so `decode` lets it
 /// read them from a fresh Unix socket and then swaps the real reader in;
-/// that works for up to 64 KiB of unread bytes, and a larger
-/// remainder is a decode error (the handover rolls back), never a loss.
+/// that works for up to 64 KiB of unread bytes. For a larger remainder,
+/// the old process refuses to hand the state over
+/// ([`Error::UnreadBytes`], in step 5): it keeps the state and the bytes,
+/// and nothing is lost.
 ///
 /// ```
 /// # use std::io::BufReader;
@@ -35,6 +38,7 @@ where
     const SCHEMA: Schema = Schema::nested("BufReader", 0, [R::SCHEMA]);
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+        check_unread(self.buffer().len(), Step::State)?;
         encode_buffered(self.capacity(), self.buffer(), self.get_ref(), out)
     }
 
@@ -43,15 +47,8 @@ where
         if unread.is_empty() {
             return Ok(BufReader::with_capacity(capacity, inner));
         }
-        if unread.len() > MAX_UNREAD_BYTES {
-            return Err(Error::Decode {
-                detail: format!(
-                    "a BufReader held {} unread bytes, more than the {MAX_UNREAD_BYTES} mitosis \
-                     can put back; give it a smaller capacity",
-                    unread.len()
-                ),
-            });
-        }
+        // An old process of this build has checked already.
+        check_unread(unread.len(), Step::Commit)?;
         let put_back = |error: io::Error| Error::Decode {
             detail: format!("could not put a BufReader's unread bytes back: {error}"),
         };
@@ -70,6 +67,18 @@ where
         *reader.get_mut() = inner;
         Ok(reader)
     }
+}
+
+/// Refuses more unread bytes than [`BufReader`]'s `decode` can put back.
+fn check_unread(unread: usize, step: Step) -> Result<(), Error> {
+    if unread > MAX_UNREAD_BYTES {
+        return Err(Error::UnreadBytes {
+            step,
+            unread: unread as u64,
+            max: MAX_UNREAD_BYTES as u64,
+        });
+    }
+    Ok(())
 }
 
 /// What a buffered reader or writer hands over: its capacity, the bytes in
@@ -267,7 +276,7 @@ mod tests {
         let err = Encoder::encode(&mut sink, &(String::from("before"), reader))
             .err()
             .unwrap();
-        assert_eq!(err.step(), Some(crate::Step::State));
+        assert_eq!(err.step(), Some(Step::State));
         assert_eq!(
             err.to_string(),
             "a BufReader in the state holds 65537 bytes it has read but not yet returned, more \

@@ -208,13 +208,20 @@ impl<'a> Encoder<'a> {
         })
     }
 
-    fn fail(&mut self, error: postcard::Error) -> Error {
-        match self.serializer.output.failure.take() {
-            Some(failure) => failure,
-            None => Error::Decode {
-                detail: error.to_string(),
-            },
+    /// The error that stopped the encoding of a `what`: the sink's, if the
+    /// stream stopped, or else postcard's.
+    fn fail(&mut self, error: postcard::Error, what: &str) -> Error {
+        if let Some(failure) = self.serializer.output.failure.take() {
+            return failure;
         }
+        let detail = match error {
+            // postcard keeps no message from a custom error.
+            postcard::Error::SerdeSerCustom => {
+                format!("the Serialize impl of {what} returned an error")
+            }
+            other => format!("{what}: {other}"),
+        };
+        Error::Encode { detail }
     }
 
     /// Writes a plain value with serde and postcard.
@@ -231,7 +238,7 @@ impl<'a> Encoder<'a> {
         }
         value
             .serialize(&mut self.serializer)
-            .map_err(|error| self.fail(error))
+            .map_err(|error| self.fail(error, std::any::type_name::<T>()))
     }
 
     /// Writes a byte buffer at copy speed. A short one goes into the stream
@@ -270,7 +277,7 @@ impl<'a> Encoder<'a> {
     /// }
     /// ```
     pub fn fd(&mut self, fd: BorrowedFd<'a>) -> Result<(), Error> {
-        let index = u32::try_from(self.fds.len()).map_err(|_| Error::Decode {
+        let index = u32::try_from(self.fds.len()).map_err(|_| Error::Encode {
             detail: "more than 4294967295 fds in one state".into(),
         })?;
         self.fds.push(fd);
@@ -279,7 +286,7 @@ impl<'a> Encoder<'a> {
 }
 
 fn stream_failure(failure: Option<Error>) -> Error {
-    failure.unwrap_or_else(|| Error::Decode {
+    failure.unwrap_or_else(|| Error::Encode {
         detail: "the state stream stopped".into(),
     })
 }

@@ -220,7 +220,7 @@ impl Parent {
         };
         let encoded = match encoded {
             Ok(encoded) => encoded,
-            Err(error @ Error::LimitExceeded { .. }) => {
+            Err(error @ (Error::LimitExceeded { .. } | Error::UnreadBytes { .. })) => {
                 return Err(reject::<S>(conn, Step::State, Reason::Limit, error));
             }
             Err(error) => return Err(error),
@@ -292,6 +292,7 @@ impl Parent {
                 | Error::ProtocolVersion { .. }
                 | Error::Aborted { .. }
                 | Error::LimitExceeded { .. }
+                | Error::UnreadBytes { .. }
                 | Error::PeerGone { .. }
         );
         if !(child_knows && self.wait_for_exit()) {

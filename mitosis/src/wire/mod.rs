@@ -123,7 +123,9 @@ impl Reason {
     pub(crate) fn of(error: &Error) -> Reason {
         match error {
             Error::SchemaMismatch { .. } => Reason::Schema,
-            Error::FrameTooLarge { .. } | Error::LimitExceeded { .. } => Reason::Limit,
+            Error::FrameTooLarge { .. }
+            | Error::LimitExceeded { .. }
+            | Error::UnreadBytes { .. } => Reason::Limit,
             Error::Decode { .. } => Reason::Decode,
             Error::Io { .. } | Error::PeerGone { .. } | Error::Timeout { .. } => Reason::Io,
             _ => Reason::Protocol,
