@@ -22,7 +22,17 @@ use crate::handover::{Encoder, Handover};
 /// generation, after the state had let it go.
 pub(crate) fn close_on_exec<S: Handover>(state: &S) -> Result<(), Error> {
     without_panics(|| {
-        for fd in Encoder::fds_of(state)? {
+        // A state that its own encode refuses is refused here, in step 1,
+        // before any process starts.
+        let fds = Encoder::fds_of(state).map_err(|error| match error {
+            Error::UnreadBytes { unread, max, .. } => Error::UnreadBytes {
+                step: Step::Spawn,
+                unread,
+                max,
+            },
+            error => error,
+        })?;
+        for fd in fds {
             let flags = fcntl_getfd(fd).map_err(|e| Error::io(Step::Spawn)(e.into()))?;
             if !flags.contains(FdFlags::CLOEXEC) {
                 fcntl_setfd(fd, flags | FdFlags::CLOEXEC)
