@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rustix::time::{ClockId, clock_gettime};
 
-/// The plain data in the small state: 1 KiB, as in `handover-bench`.
+/// The plain data in the small state: 1 KiB.
 pub const SMALL_BLOB_BYTES: usize = 1024;
 
 /// `CLOCK_MONOTONIC`, in nanoseconds.

@@ -6,11 +6,12 @@
 //! [`split`] with its state when it wants to upgrade. mitosis starts the
 //! binary from its path on disk, which now holds the new build, with the same
 //! arguments plus `--mitosis=<port>`. The new process calls [`init`] early in
-//! `main`, connects back over loopback, proves a one-time secret, and receives
-//! the state: plain data encoded with postcard, and every file descriptor
-//! inside it (sockets, listeners, files) over a private Unix socket. Once it
-//! has decoded everything it commits, the old process closes its copies, and
-//! [`Split`] reports [`Outcome::Done`]. If anything fails before that (the
+//! `main`, learns a one-time secret over a private Unix socket that only it
+//! may use, connects back over loopback, proves the secret, and receives the
+//! state: plain data encoded with postcard, and every file descriptor inside
+//! it (sockets, listeners, files) over that Unix socket. Once it has decoded
+//! everything it commits; the old process acknowledges, the new one says it
+//! has taken over, and only then does [`Split`] report [`Outcome::Done`]. If anything fails before that (the
 //! binary is missing, the new process crashes, hangs or has an incompatible
 //! state type), the new process is stopped and the old one gets its state
 //! back in [`Outcome::Failed`]: nothing is lost either way. Every failure,

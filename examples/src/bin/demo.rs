@@ -12,37 +12,21 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use mitosis::{Decoder, Encoder, Handover, Outcome, Schema};
+use mitosis::{Handover, Outcome};
 
 /// How many times the demo upgrades the server.
 const UPGRADES: u64 = 3;
 
+/// Everything the server hands to its next generation: the counters, the
+/// client's connection (as an fd), and the bytes read from it but not yet
+/// handled.
+#[derive(Handover)]
+#[handover(version = 1)]
 struct State {
     generation: u64,
     messages: u64,
     client: TcpStream,
-    /// Bytes read from the client but not yet handled.
     unread: Vec<u8>,
-}
-
-impl Handover for State {
-    const SCHEMA: Schema = Schema::new("demo::State", 1);
-
-    fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), mitosis::Error> {
-        out.value(&(self.generation, self.messages))?;
-        self.client.encode(out)?;
-        out.bytes(&self.unread)
-    }
-
-    fn decode(input: &mut Decoder<'_>) -> Result<Self, mitosis::Error> {
-        let (generation, messages) = input.value()?;
-        Ok(State {
-            generation,
-            messages,
-            client: TcpStream::decode(input)?,
-            unread: input.bytes()?,
-        })
-    }
 }
 
 fn main() -> Result<(), Box<dyn Error>> {

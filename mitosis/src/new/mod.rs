@@ -17,11 +17,12 @@ use take_over::take_over;
 ///
 /// - Without a `--mitosis` flag it returns `Ok(None)` at once: a fresh start,
 ///   with no network activity at all.
-/// - With the flag it connects to the old process, proves the handover
-///   secret, receives the state and its fds, commits, and returns
-///   `Ok(Some(state))`. From then on this process owns the state's
-///   connections; the old one closes its copies right after acknowledging
-///   the commit, and never touches them again.
+/// - With the flag it connects to the old process, learns and proves the
+///   handover secret, receives the state and its fds, commits, and returns
+///   `Ok(Some(state))` once the old process has acknowledged the commit
+///   and this process has answered TAKEN. From then on this process owns
+///   the state's connections; the old one points its copies at `/dev/null`
+///   as TAKEN arrives, and never touches them again.
 ///
 /// On `Err`, exit: the old process still has its state and carries on, and
 /// it stops this process if it does not exit by itself.

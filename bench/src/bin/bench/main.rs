@@ -103,7 +103,7 @@ enum Internal {
 #[derive(Handover)]
 #[handover(name = "mitosis_bench::Case", version = 1)]
 enum Case {
-    /// 1 KiB and 3 fds, like `handover-bench` and `shellflip-bench`.
+    /// 1 KiB and 3 fds, like `shellflip-bench`.
     Small {
         blob: Vec<u8>,
         listener: TcpListener,
