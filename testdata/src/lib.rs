@@ -138,6 +138,10 @@ pub struct Cli {
     /// Starts a thread before `init`, as `#[tokio::main]` does.
     #[arg(long)]
     pub thread_before_init: bool,
+    /// Puts SIGPIPE back to its default action (terminate) at start, as a C
+    /// host or `-Zon-broken-pipe=kill` leaves it; std ignores it otherwise.
+    #[arg(long)]
+    pub sigpipe_default: bool,
 }
 
 /// The state handed from generation to generation: `testdata::State` v1.
@@ -445,6 +449,19 @@ pub fn run<S: AppState>(version: &str) -> ExitCode {
             cli.mitosis.port
         );
         return ExitCode::from(4);
+    }
+
+    if cli.sigpipe_default {
+        // SAFETY: SIG_DFL is not a handler, so no code runs in signal
+        // context; only SIGPIPE's disposition changes, before this program
+        // starts any thread that writes to a socket.
+        if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
+            eprintln!(
+                "testdata: could not reset SIGPIPE: {}",
+                io::Error::last_os_error()
+            );
+            return ExitCode::from(4);
+        }
     }
 
     let app = App {

@@ -1,0 +1,146 @@
+//! What the host process's signals, limits and environment can do to a
+//! handover: SIGPIPE at its default action, an open-file limit that is
+//! nearly used up, timeouts of `Duration::MAX`, and a runtime directory
+//! that cannot hold the fd channel. Whatever the host is like, a failed
+//! split gives the state back, leaves no fd channel directory behind, and
+//! the old process keeps serving.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const HALF_CLOSE_CHILD: &str = env!("CARGO_BIN_EXE_half-close-child");
+
+/// The `mitosis-<pid>-*` entries in `dir`: the fd channel directories the
+/// process `pid` made there.
+fn channel_dirs_in(dir: &Path, pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("mitosis-{pid}-");
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The answer to a command that the old process must survive: if the peer
+/// connection closes instead, the test fails with how the process ended.
+fn answer_or_death(run: &mut Run, peer: &mut Peer, command: &str) -> String {
+    eprintln!("[peer] > {command}");
+    peer.send(&format!("{command}\n"));
+    match peer.try_line() {
+        Ok(Some(line)) => line,
+        Ok(None) => {
+            let status = run.wait_first();
+            panic!("the old process died instead of answering {command:?}: {status}");
+        }
+        Err(e) => panic!("no answer to {command:?} within {TIMEOUT:?}: {e}"),
+    }
+}
+
+/// Checks that the first generation still serves, unchanged.
+fn still_serving(run: &Run, peer: &mut Peer, blob: &str) {
+    let status = status(peer);
+    assert_eq!(field(&status, "pid"), run.first_pid.to_string(), "{status}");
+    assert_eq!(field(&status, "generation"), "1", "{status}");
+    assert_eq!(
+        field(&status, "blob"),
+        blob,
+        "the state came back whole: {status}"
+    );
+    assert_eq!(peer.command("ping still here"), "pong still here");
+}
+
+/// With SIGPIPE at its default action, the new process hangs up in the
+/// middle of step 5 while the old one is still writing the state, after
+/// shutting down its sending half: the old process's write fails with
+/// EPIPE, and it must get that as an error, not as the signal, and roll
+/// back.
+#[test]
+fn sigpipe_at_default_does_not_kill_the_old_process() {
+    let runtime = TempDir::new("sigpipe-runtime");
+    let (mut run, mut peer) = Spawn::new("sigpipe")
+        // 32 MiB: far more than the loopback socket buffers hold, so the
+        // old process is still writing when the new one hangs up.
+        .args(&["--sigpipe-default", "--blob-size", "33554432"])
+        .env("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())
+        .start();
+    let blob = field(&status(&mut peer), "blob").to_owned();
+    let child = run.install(HALF_CLOSE_CHILD, "half-close-child");
+
+    let line = answer_or_death(
+        &mut run,
+        &mut peer,
+        &format!("split binary={}", child.display()),
+    );
+    assert!(
+        line.starts_with("split failed: "),
+        "expected a failed split: {line:?}"
+    );
+    assert!(
+        line.contains("the new process exited (exit status: 0)")
+            && line.contains("step=step 5 (state transfer)"),
+        "the error names the new process's exit in step 5: {line:?}"
+    );
+    assert_eq!(field(&line, "children"), "none", "{line:?}");
+    run.stderr
+        .expect("half-close-child: hung up after 100000 bytes of step 5");
+    assert_eq!(
+        channel_dirs_in(runtime.path(), run.first_pid),
+        Vec::<PathBuf>::new(),
+        "the fd channel's directory is removed"
+    );
+    still_serving(&run, &mut peer, &blob);
+}
+
+/// The same with the real new process, killed by a test fault once
+/// 100,000 bytes of step 5 have arrived. Whether its death reaches the old
+/// process as a reset (ECONNRESET, no signal) or as a hang-up and then a
+/// reset (EPIPE, the signal) depends on whether it had read everything
+/// that had arrived; either way the old process rolls back.
+#[test]
+fn sigpipe_at_default_and_the_new_process_killed_in_step_5() {
+    let runtime = TempDir::new("sigpipe-runtime");
+    let (mut run, mut peer) = Spawn::new("sigpipe")
+        // 32 MiB: far more than the loopback socket buffers hold, so the
+        // old process is still writing when the new one dies.
+        .args(&["--sigpipe-default", "--blob-size", "33554432"])
+        // The old process ignores a fault for the new side; the new one
+        // kills itself once 100,000 bytes of the state have arrived.
+        .env("MITOSIS_FAULT", "new:state@100000:kill")
+        .env("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())
+        .start();
+    let blob = field(&status(&mut peer), "blob").to_owned();
+
+    let line = answer_or_death(&mut run, &mut peer, "split");
+    assert!(
+        line.starts_with("split failed: "),
+        "expected a failed split: {line:?}"
+    );
+    assert!(
+        line.contains("step=step 5 (state transfer)"),
+        "the failure is in step 5: {line:?}"
+    );
+    assert!(
+        line.contains("signal: 9 (SIGKILL)"),
+        "the error names how the new process died: {line:?}"
+    );
+    assert_eq!(field(&line, "children"), "none", "{line:?}");
+    let splitting = run.stdout.expect("splitting child=");
+    let child: u32 = field(&splitting, "child").parse().unwrap();
+    assert!(
+        is_gone(child, run.first_pid),
+        "the new process {child} is gone"
+    );
+    assert_eq!(
+        channel_dirs_in(runtime.path(), run.first_pid),
+        Vec::<PathBuf>::new(),
+        "the fd channel's directory is removed"
+    );
+    still_serving(&run, &mut peer, &blob);
+}
