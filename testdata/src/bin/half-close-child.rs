@@ -42,8 +42,8 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let cli = testdata::Cli::parse();
     let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
-    let secret = std::env::var("MITOSIS_SECRET").map_err(|e| format!("MITOSIS_SECRET: {e}"))?;
-    let secret = wire::parse_secret(&secret).ok_or("MITOSIS_SECRET is not 128 hex digits")?;
+    let fd_socket = std::env::var_os("MITOSIS_FD_SOCKET").ok_or("MITOSIS_FD_SOCKET is not set")?;
+    let (_channel, secret) = wire::connect_and_read_key(fd_socket.as_ref())?;
 
     let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(20)))
