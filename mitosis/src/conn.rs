@@ -5,10 +5,12 @@
 //! with what is left of the handover's deadline, so no read or write can
 //! outlive it.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use rustix::net::SendFlags;
 
 use crate::error::{Error, Step};
 use crate::fault::{Side, Tripwire};
@@ -157,19 +159,29 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes with `sendmsg` and `MSG_NOSIGNAL`, never `write`: a write to a
+    /// connection the other process has hung up on raises SIGPIPE, which
+    /// kills a host that has not ignored it (a C host, a program built with
+    /// `-Zon-broken-pipe=kill`), state and connections with it. With the
+    /// flag it is only an `EPIPE` error, and the handover rolls back.
     fn write_all_vectored_unchecked(
         &self,
         step: Step,
         mut parts: &mut [IoSlice<'_>],
     ) -> Result<(), Error> {
-        let mut stream = self.stream();
         while !parts.is_empty() {
             self.arm_write(step)?;
-            match stream.write_vectored(parts) {
+            let sent = rustix::net::sendmsg(
+                self.stream(),
+                parts,
+                &mut rustix::net::SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL,
+            );
+            match sent {
                 Ok(0) => return Err(Error::PeerGone { step }),
                 Ok(n) => IoSlice::advance_slices(&mut parts, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.deadline.io_error(step)(e)),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(self.deadline.io_error(step)(e.into())),
             }
         }
         Ok(())
@@ -332,6 +344,21 @@ impl StateSink for DataFrames<'_> {
     }
 }
 
+/// Writes all of `bytes` to the socket `fd` with `MSG_NOSIGNAL`, so that a
+/// hung-up peer is an `EPIPE` error, never SIGPIPE. For mitosis's own
+/// sockets outside [`Conn`].
+pub(crate) fn send_all(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(fd.as_fd(), bytes, SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// A duration as `poll` takes it.
 pub(crate) fn timespec(duration: Duration) -> rustix::event::Timespec {
     rustix::event::Timespec {
@@ -343,6 +370,7 @@ pub(crate) fn timespec(duration: Duration) -> rustix::event::Timespec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
 
     /// A connected pair: the raw sending end and a `Conn` reading.

@@ -52,8 +52,8 @@ where
         let put_back = |error: io::Error| Error::Decode {
             detail: format!("could not put a BufReader's unread bytes back: {error}"),
         };
-        let (mut feed, source) = UnixStream::pair().map_err(put_back)?;
-        feed.write_all(&unread).map_err(put_back)?;
+        let (feed, source) = UnixStream::pair().map_err(put_back)?;
+        crate::conn::send_all(&feed, &unread).map_err(put_back)?;
         drop(feed);
         let mut reader = BufReader::with_capacity(capacity, R::from(OwnedFd::from(source)));
         let buffered = reader.fill_buf().map_err(put_back)?.len();
