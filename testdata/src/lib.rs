@@ -142,6 +142,11 @@ pub struct Cli {
     /// host or `-Zon-broken-pipe=kill` leaves it; std ignores it otherwise.
     #[arg(long)]
     pub sigpipe_default: bool,
+
+    /// Lowers this process's open-file limit (the soft RLIMIT_NOFILE) to
+    /// this at start; with `--spare-fds`, it can be nearly used up.
+    #[arg(long)]
+    pub nofile_limit: Option<u64>,
 }
 
 /// The state handed from generation to generation: `testdata::State` v1.
@@ -460,6 +465,19 @@ pub fn run<S: AppState>(version: &str) -> ExitCode {
                 "testdata: could not reset SIGPIPE: {}",
                 io::Error::last_os_error()
             );
+            return ExitCode::from(4);
+        }
+    }
+
+    if let Some(limit) = cli.nofile_limit {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let limit = Rlimit {
+            current: Some(limit),
+            maximum: hard,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            eprintln!("testdata: could not lower RLIMIT_NOFILE: {e}");
             return ExitCode::from(4);
         }
     }

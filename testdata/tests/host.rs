@@ -144,3 +144,58 @@ fn sigpipe_at_default_and_the_new_process_killed_in_step_5() {
     );
     still_serving(&run, &mut peer, &blob);
 }
+
+/// A split refused because the open-file limit runs out right after the fd
+/// channel's directory was made: the directory is removed, the answer says
+/// what ran out, and the old process keeps serving.
+#[test]
+fn running_out_of_fds_in_step_1_leaves_no_directory() {
+    const LIMIT: u32 = 64;
+    let runtime = TempDir::new("nofile-runtime");
+    // 0, 1, 2, the listener, the peer and the log are fds 0 to 5; the
+    // spare fds take 6 to LIMIT - 2, so one fd is left: the split's TCP
+    // listener takes it, and the fd channel's socket finds none.
+    let spare = (LIMIT - 7).to_string();
+    let (mut run, mut peer) = Spawn::new("nofile")
+        .args(&["--nofile-limit", &LIMIT.to_string(), "--spare-fds", &spare])
+        .env("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())
+        .start();
+    let status = status(&mut peer);
+    let blob = field(&status, "blob").to_owned();
+    assert_eq!(field(&status, "spare"), spare, "{status}");
+    let open: Vec<u32> = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap())
+        .into_iter()
+        .map(|(fd, _)| fd)
+        .collect();
+    assert_eq!(
+        open,
+        (0..LIMIT - 1).collect::<Vec<u32>>(),
+        "exactly one fd is left under the limit of {LIMIT}"
+    );
+
+    let line = answer_or_death(&mut run, &mut peer, "split");
+    assert!(
+        line.starts_with("split refused: "),
+        "expected a refused split: {line:?}"
+    );
+    assert!(
+        line.contains("step 1 (spawn)") && line.contains("Too many open files"),
+        "the error names the step and what ran out: {line:?}"
+    );
+    assert_eq!(
+        channel_dirs_in(runtime.path(), run.first_pid),
+        Vec::<PathBuf>::new(),
+        "the fd channel's directory is removed after the refusal"
+    );
+    assert!(
+        line.contains("RLIMIT_NOFILE"),
+        "the error names the limit to raise: {line:?}"
+    );
+    still_serving(&run, &mut peer, &blob);
+    // The split closed what it opened: the same fds are open as before.
+    let after: Vec<u32> = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap())
+        .into_iter()
+        .map(|(fd, _)| fd)
+        .collect();
+    assert_eq!(after, open, "the refused split closed every fd it opened");
+}
