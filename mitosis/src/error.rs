@@ -319,7 +319,11 @@ impl fmt::Display for Error {
                 "a split is already in progress in this process; wait for its outcome before \
                  splitting again",
             ),
-            Error::Io { step, source } => write!(f, "I/O error in {step}: {source}"),
+            Error::Io { step, source } => write!(
+                f,
+                "I/O error in {step}: {source}{}",
+                out_of_files_hint(source)
+            ),
             Error::PeerGone { step } => write!(
                 f,
                 "the other process closed the connection in {step}; it probably exited or \
@@ -427,6 +431,20 @@ impl fmt::Display for Error {
                  was stopped"
             ),
         }
+    }
+}
+
+/// What to do when `source` says that fds ran out, which a bare "Too many
+/// open files" does not say: the limit is the host's, not the handover's.
+fn out_of_files_hint(source: &io::Error) -> &'static str {
+    let errno = source.raw_os_error();
+    if errno == Some(rustix::io::Errno::MFILE.raw_os_error()) {
+        "; this process has as many files open as its limit allows: raise RLIMIT_NOFILE \
+         (ulimit -n, LimitNOFILE= in systemd) or close files it no longer needs"
+    } else if errno == Some(rustix::io::Errno::NFILE.raw_os_error()) {
+        "; the system's file table is full: raise fs.file-max or close files"
+    } else {
+        ""
     }
 }
 

@@ -61,34 +61,16 @@ impl FdListener {
         // The mode is applied at creation; umask can only narrow it.
         DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("fd.sock");
-        let listener = FdListener {
-            // Non-blocking, so that accepting never waits on a connection
-            // that went away after poll saw it.
-            socket: socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-                None,
-            )?,
-            dir,
-            path,
-        };
-        let address = SocketAddrUnix::new(&listener.path).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "fd channel path {} is too long for a Unix socket; set XDG_RUNTIME_DIR or \
-                     TMPDIR to a shorter directory",
-                    listener.path.display()
-                ),
-            )
-        })?;
-        bind(&listener.socket, &address)?;
-        // A backlog as deep as the TCP port's pending limit keeps a few
-        // strangers of the same user from filling it before the new process
-        // connects.
-        listen(&listener.socket, MAX_PENDING as i32)?;
-        Ok(listener)
+        // From here on, whatever fails (no fd left for the socket, a path
+        // too long) takes the directory with it.
+        match listen_at(&path) {
+            Ok(socket) => Ok(FdListener { socket, dir, path }),
+            Err(error) => {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir(&dir);
+                Err(error)
+            }
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -127,6 +109,34 @@ impl AsFd for FdListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
+}
+
+/// A SEQPACKET socket listening at `path`, in a directory that exists.
+fn listen_at(path: &Path) -> io::Result<OwnedFd> {
+    let address = SocketAddrUnix::new(path).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "fd channel path {} is too long for a Unix socket; set XDG_RUNTIME_DIR or \
+                 TMPDIR to a shorter directory",
+                path.display()
+            ),
+        )
+    })?;
+    // Non-blocking, so that accepting never waits on a connection that
+    // went away after poll saw it.
+    let socket = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    bind(&socket, &address)?;
+    // A backlog as deep as the TCP port's pending limit keeps a few
+    // strangers of the same user from filling it before the new process
+    // connects.
+    listen(&socket, MAX_PENDING as i32)?;
+    Ok(socket)
 }
 
 impl Drop for FdListener {
