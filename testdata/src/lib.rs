@@ -147,6 +147,16 @@ pub struct Cli {
     /// this at start; with `--spare-fds`, it can be nearly used up.
     #[arg(long)]
     pub nofile_limit: Option<u64>,
+
+    /// A commit timeout of `Duration::MAX` (no limit), instead of
+    /// `--timeout-ms`.
+    #[arg(long)]
+    pub commit_timeout_max: bool,
+
+    /// A hello timeout of `Duration::MAX` (no limit), instead of
+    /// `--hello-timeout-ms`.
+    #[arg(long)]
+    pub hello_timeout_max: bool,
 }
 
 /// The state handed from generation to generation: `testdata::State` v1.
@@ -637,6 +647,12 @@ impl App {
         }
         if let Some(fds) = self.cli.max_fds {
             options.max_fds(fds);
+        }
+        if self.cli.commit_timeout_max {
+            options.commit_timeout(Duration::MAX);
+        }
+        if self.cli.hello_timeout_max {
+            options.hello_timeout(Duration::MAX);
         }
         let mut fault = None;
         let mut twice = false;

@@ -199,3 +199,50 @@ fn running_out_of_fds_in_step_1_leaves_no_directory() {
         .collect();
     assert_eq!(after, open, "the refused split closed every fd it opened");
 }
+
+/// With a timeout of `Duration::MAX` (no limit), a split whose new binary
+/// fails gives the state back, and a split to a good binary succeeds: the
+/// old process computes no deadline that overflows, and the new process
+/// reads the timeout it is given.
+fn timeout_of_duration_max(name: &str, flag: &str) {
+    let (mut run, mut peer) = Spawn::new(name).args(&[flag]).start();
+    let blob = field(&status(&mut peer), "blob").to_owned();
+
+    let line = answer_or_death(&mut run, &mut peer, "split exit");
+    assert!(
+        line.starts_with("split failed: ") && line.contains("exit status: 3"),
+        "a failing binary fails the split, and the error says how: {line:?}"
+    );
+    assert_eq!(field(&line, "children"), "none", "{line:?}");
+    run.stdout.expect("splitting child=");
+    still_serving(&run, &mut peer, &blob);
+
+    eprintln!("[peer] > split");
+    peer.send("split\n");
+    let ready = match peer.try_line() {
+        Ok(Some(line)) => line,
+        Ok(None) => {
+            let status = run.wait_first();
+            panic!("the old process died instead of splitting: {status}");
+        }
+        Err(e) => panic!("no answer to split within {TIMEOUT:?}: {e}"),
+    };
+    assert!(
+        ready.starts_with("ready pid=") && field(&ready, "generation") == "2",
+        "the split succeeds: {ready:?}"
+    );
+    let status = status(&mut peer);
+    assert_eq!(field(&status, "generation"), "2", "{status}");
+    assert_eq!(field(&status, "blob"), blob, "{status}");
+    run.stdout.expect("done pid=");
+}
+
+#[test]
+fn commit_timeout_of_duration_max() {
+    timeout_of_duration_max("commit-max", "--commit-timeout-max");
+}
+
+#[test]
+fn hello_timeout_of_duration_max() {
+    timeout_of_duration_max("hello-max", "--hello-timeout-max");
+}
