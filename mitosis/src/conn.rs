@@ -20,22 +20,25 @@ use crate::wire::{self, BytesStart, HEADER_LEN, Kind, MAX_DATA_PAYLOAD, Message}
 /// A point in time after which the handover has failed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadline {
-    at: Instant,
+    /// `None`: no deadline, for a timeout so long (`Duration::MAX`) that
+    /// the point in time would not fit in an `Instant`.
+    at: Option<Instant>,
     timeout: Duration,
 }
 
 impl Deadline {
     pub(crate) fn after(timeout: Duration) -> Deadline {
         Deadline {
-            at: Instant::now() + timeout,
+            at: Instant::now().checked_add(timeout),
             timeout,
         }
     }
 
-    /// What is left, or a timeout error naming `step`.
-    pub(crate) fn remaining(&self, step: Step) -> Result<Duration, Error> {
-        match self.at.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(left),
+    /// What is left (`None`: no limit), or a timeout error naming `step`.
+    pub(crate) fn remaining(&self, step: Step) -> Result<Option<Duration>, Error> {
+        let Some(at) = self.at else { return Ok(None) };
+        match at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
             _ => Err(self.expired(step)),
         }
     }
@@ -100,7 +103,7 @@ impl Conn {
         }
         let left = self.deadline.remaining(step)?;
         self.stream()
-            .set_read_timeout(Some(left))
+            .set_read_timeout(left)
             .map_err(Error::io(step))
     }
 
@@ -110,7 +113,7 @@ impl Conn {
         }
         let left = self.deadline.remaining(step)?;
         self.stream()
-            .set_write_timeout(Some(left))
+            .set_write_timeout(left)
             .map_err(Error::io(step))
     }
 
@@ -382,6 +385,29 @@ mod tests {
             raw,
             Conn::new(accepted, Deadline::after(Duration::from_secs(5)), Side::New),
         )
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_an_instant_is_no_deadline() {
+        let deadline = Deadline::after(Duration::MAX);
+        assert_eq!(deadline.remaining(Step::Commit).unwrap(), None);
+        // A long one that fits still counts down.
+        let left = Deadline::after(Duration::from_secs(1 << 40))
+            .remaining(Step::Commit)
+            .unwrap()
+            .unwrap();
+        assert!(left > Duration::from_secs((1 << 40) - 60), "{left:?}");
+        // A connection under no deadline reads and writes without one.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (far, _) = listener.accept().unwrap();
+        let mut conn = Conn::new(near, deadline, Side::Old);
+        conn.write_frame(Step::State, Kind::End, &[4, 5]).unwrap();
+        let mut far_conn = Conn::new(far, deadline, Side::New);
+        let (_, payload) = far_conn.read_frame(Step::State, &[Kind::End]).unwrap();
+        assert_eq!(payload, vec![4, 5]);
+        assert_eq!(conn.stream().write_timeout().unwrap(), None);
+        assert_eq!(far_conn.stream().read_timeout().unwrap(), None);
     }
 
     #[test]

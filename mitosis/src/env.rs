@@ -129,3 +129,23 @@ fn single_threaded() -> bool {
         .map(|tasks| tasks.count() == 1)
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_of_duration_max_crosses_as_no_limit() {
+        let terms = Terms {
+            secret: Secret::generate().unwrap(),
+            timeout: Duration::MAX,
+            limits: Limits::default(),
+        };
+        let key = terms.key();
+        assert_eq!(key.timeout_ms, u64::MAX);
+        let back = Terms::from_key(key);
+        // 584 million years: no deadline on either side.
+        assert_eq!(back.timeout, Duration::from_millis(u64::MAX));
+        assert_eq!(back.limits, Limits::default());
+    }
+}

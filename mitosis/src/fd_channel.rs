@@ -391,8 +391,7 @@ fn set_timeout(
     step: Step,
 ) -> Result<(), Error> {
     let left = deadline.remaining(step)?;
-    sockopt::set_socket_timeout(channel.as_fd(), which, Some(left))
-        .map_err(|e| Error::io(step)(e.into()))
+    sockopt::set_socket_timeout(channel.as_fd(), which, left).map_err(|e| Error::io(step)(e.into()))
 }
 
 #[cfg(test)]

@@ -31,8 +31,11 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
     let terms = Terms::from_key(fd_channel::recv_key(fd_channel.as_fd())?);
     let deadline = Deadline::after(terms.timeout);
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream = TcpStream::connect_timeout(&address, deadline.remaining(Step::Connect)?)
-        .map_err(deadline.io_error(Step::Connect))?;
+    let stream = match deadline.remaining(Step::Connect)? {
+        Some(left) => TcpStream::connect_timeout(&address, left),
+        None => TcpStream::connect(address),
+    }
+    .map_err(deadline.io_error(Step::Connect))?;
     stream.set_nodelay(true).map_err(Error::io(Step::Connect))?;
     let mut conn = Conn::new(stream, deadline, Side::New);
 

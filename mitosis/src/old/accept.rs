@@ -20,7 +20,8 @@ struct Pending {
     stream: TcpStream,
     hello: [u8; Hello::LEN],
     filled: usize,
-    expires: Instant,
+    /// `None`: never, for a hello timeout too long for an `Instant`.
+    expires: Option<Instant>,
 }
 
 impl Pending {
@@ -85,17 +86,20 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
     loop {
         let now = Instant::now();
         pending.retain(|conn| {
-            let alive = conn.expires > now;
+            let alive = conn.expires.is_none_or(|expires| expires > now);
             if !alive {
                 log::warn!("mitosis: dropped a handover connection that sent no HELLO within {hello_timeout:?}");
             }
             alive
         });
         let left = deadline.remaining(STEP)?;
+        // The earliest of the deadline and every expiry; `None`: no limit.
         let wait = pending
             .iter()
-            .map(|conn| conn.expires.saturating_duration_since(now))
-            .fold(left, Duration::min);
+            .filter_map(|conn| conn.expires)
+            .map(|expires| expires.saturating_duration_since(now))
+            .chain(left)
+            .min();
 
         const PORT: usize = 0;
         const EXITED: usize = 1;
@@ -117,7 +121,7 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
                     .iter()
                     .map(|conn| PollFd::new(&conn.stream, PollFlags::IN)),
             );
-            match poll(&mut fds, Some(&timespec(wait))) {
+            match poll(&mut fds, wait.map(timespec).as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::io(STEP)(e.into())),
             }
@@ -182,7 +186,7 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
                             stream,
                             hello: [0; Hello::LEN],
                             filled: 0,
-                            expires: Instant::now() + hello_timeout,
+                            expires: Instant::now().checked_add(hello_timeout),
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -319,7 +319,7 @@ impl Parent {
                 return false;
             };
             let mut fds = [PollFd::new(&self.child_exited, PollFlags::IN)];
-            match poll(&mut fds, Some(&timespec(left))) {
+            match poll(&mut fds, left.map(timespec).as_ref()) {
                 Ok(_) if !fds[0].revents().is_empty() => return true,
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(_) => return false,

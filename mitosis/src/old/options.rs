@@ -59,7 +59,8 @@ impl SplitOptions {
     }
 
     /// How long the new process has from spawn to commit. After that it is
-    /// killed and the state comes back.
+    /// killed and the state comes back. `Duration::MAX` means no limit; the
+    /// new process obeys the same timeout.
     ///
     /// ```
     /// mitosis::SplitOptions::new().commit_timeout(std::time::Duration::from_secs(3));
@@ -70,7 +71,8 @@ impl SplitOptions {
     }
 
     /// How long any connection to the handover port has to prove the secret
-    /// before it is dropped.
+    /// before it is dropped. `Duration::MAX` means no limit (the commit
+    /// timeout still bounds the wait for the new process).
     ///
     /// ```
     /// mitosis::SplitOptions::new().hello_timeout(std::time::Duration::from_millis(200));
