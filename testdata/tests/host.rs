@@ -246,3 +246,69 @@ fn commit_timeout_of_duration_max() {
 fn hello_timeout_of_duration_max() {
     timeout_of_duration_max("hello-max", "--hello-timeout-max");
 }
+
+/// A directory that exists but in which this process cannot make one, as
+/// an `$XDG_RUNTIME_DIR` kept across `su` is for the new user: a 0555
+/// directory, or, for root, whom mode bits do not stop, a procfs one.
+fn unwritable_dir(keep: &TempDir) -> PathBuf {
+    let dir = if rustix::process::geteuid().is_root() {
+        PathBuf::from("/proc/self")
+    } else {
+        let dir = keep.join("read-only");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+        dir
+    };
+    assert!(dir.is_dir(), "{} is a directory", dir.display());
+    let probe = dir.join("mitosis-probe");
+    let made = fs::create_dir(&probe);
+    assert!(
+        made.is_err(),
+        "a directory could be made in {}, which the test needs unwritable",
+        dir.display()
+    );
+    dir
+}
+
+/// `$XDG_RUNTIME_DIR` names a directory the process cannot write to: the
+/// fd channel goes to the temp dir instead, and the split succeeds.
+#[test]
+fn an_unwritable_runtime_dir_falls_back_to_the_temp_dir() {
+    let keep = TempDir::new("unwritable-runtime");
+    let runtime = unwritable_dir(&keep);
+    let tmp = TempDir::new("fallback-tmp");
+    let (mut run, mut peer) = Spawn::new("unwritable")
+        .env("XDG_RUNTIME_DIR", runtime.to_str().unwrap())
+        .env("TMPDIR", tmp.path().to_str().unwrap())
+        .start();
+    let blob = field(&status(&mut peer), "blob").to_owned();
+
+    let ready = answer_or_death(&mut run, &mut peer, "split");
+    assert!(
+        ready.starts_with("ready pid=") && field(&ready, "generation") == "2",
+        "the split succeeds through the temp dir: {ready:?}"
+    );
+    let new: u32 = field(&ready, "pid").parse().unwrap();
+    // The new process was started with the fd channel's path in its
+    // environment; the kernel keeps the environment it was started with.
+    let environ = fs::read(format!("/proc/{new}/environ")).unwrap();
+    let fd_socket = environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"MITOSIS_FD_SOCKET="))
+        .map(|path| PathBuf::from(String::from_utf8_lossy(path).into_owned()))
+        .expect("MITOSIS_FD_SOCKET in the new process's initial environment");
+    assert!(
+        fd_socket.starts_with(tmp.path()),
+        "the fd channel was in TMPDIR {}: {}",
+        tmp.path().display(),
+        fd_socket.display()
+    );
+    let status = status(&mut peer);
+    assert_eq!(field(&status, "blob"), blob, "{status}");
+    run.stdout.expect(&format!("done pid={new} "));
+    assert_eq!(
+        channel_dirs_in(tmp.path(), run.first_pid),
+        Vec::<PathBuf>::new(),
+        "the fd channel's directory is removed after the handover"
+    );
+}
