@@ -49,17 +49,22 @@ pub(crate) struct FdListener {
 }
 
 impl FdListener {
-    /// Creates the private directory and listens in it.
+    /// Creates the private directory and listens in it: in
+    /// `$XDG_RUNTIME_DIR`, or in the temp dir when that is unset, not a
+    /// directory, or not writable (an `XDG_RUNTIME_DIR` kept across `su`
+    /// names the other user's).
     pub(crate) fn bind() -> io::Result<FdListener> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|dir| dir.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let mut random = [0u8; 8];
-        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
-        let dir = base.join(format!("mitosis-{}-{}", std::process::id(), hex(&random)));
-        // The mode is applied at creation; umask can only narrow it.
-        DirBuilder::new().mode(0o700).create(&dir)?;
+            .filter(|dir| dir.is_dir());
+        let bases: Vec<PathBuf> = runtime.into_iter().chain([std::env::temp_dir()]).collect();
+        FdListener::bind_in(&bases)
+    }
+
+    /// [`bind`](FdListener::bind), in the first of `bases` where the
+    /// directory can be made.
+    fn bind_in(bases: &[PathBuf]) -> io::Result<FdListener> {
+        let dir = make_private_dir(bases)?;
         let path = dir.join("fd.sock");
         // From here on, whatever fails (no fd left for the socket, a path
         // too long) takes the directory with it.
@@ -109,6 +114,52 @@ impl AsFd for FdListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
+}
+
+/// Makes a fresh `mitosis-<pid>-<16 hex digits>` directory, mode 0700, in
+/// the first of `bases` that takes it; the error names every path tried.
+fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
+    let mut random = [0u8; 8];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+    let name = format!("mitosis-{}-{}", std::process::id(), hex(&random));
+    let mut failed: Vec<(PathBuf, io::Error)> = Vec::new();
+    for (index, base) in bases.iter().enumerate() {
+        if bases[..index].contains(base) {
+            continue;
+        }
+        let dir = base.join(&name);
+        // The mode is applied at creation; umask can only narrow it.
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) => {
+                if let Some(next) = bases.get(index + 1) {
+                    log::warn!(
+                        "mitosis: could not make the fd channel's directory {}: {error}; using \
+                         {} instead. Point XDG_RUNTIME_DIR at a directory this user can write \
+                         to, or unset it",
+                        dir.display(),
+                        next.display()
+                    );
+                }
+                failed.push((dir, error));
+            }
+        }
+    }
+    let kind = failed
+        .last()
+        .map_or(io::ErrorKind::NotFound, |(_, error)| error.kind());
+    let tried: Vec<String> = failed
+        .iter()
+        .map(|(dir, error)| format!("{} ({error})", dir.display()))
+        .collect();
+    Err(io::Error::new(
+        kind,
+        format!(
+            "could not make the fd channel's directory; tried {}. Set XDG_RUNTIME_DIR or TMPDIR \
+             to a directory this user can write to",
+            tried.join(", ")
+        ),
+    ))
 }
 
 /// A SEQPACKET socket listening at `path`, in a directory that exists.
@@ -407,6 +458,44 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_unusable_base_falls_back_to_the_next() {
+        let fallback = std::env::temp_dir();
+        let listener =
+            FdListener::bind_in(&[PathBuf::from("/proc/self"), fallback.clone()]).unwrap();
+        let dir = listener.path().parent().unwrap().to_path_buf();
+        assert_eq!(dir.parent(), Some(fallback.as_path()));
+        assert!(listener.path().exists());
+        drop(listener);
+        assert!(!dir.exists(), "{} is removed", dir.display());
+    }
+
+    #[test]
+    fn when_no_base_is_usable_the_error_names_every_path_tried() {
+        // procfs takes no directories, not even from root; the other does
+        // not exist.
+        let bases = [
+            PathBuf::from("/proc/self"),
+            PathBuf::from("/nonexistent-mitosis-base"),
+        ];
+        let err = FdListener::bind_in(&bases)
+            .err()
+            .expect("no base is usable");
+        let text = err.to_string();
+        let pid = std::process::id();
+        for base in ["/proc/self", "/nonexistent-mitosis-base"] {
+            assert!(
+                text.contains(&format!("{base}/mitosis-{pid}-")),
+                "names {base}: {text}"
+            );
+        }
+        assert!(
+            text.contains("Set XDG_RUNTIME_DIR or TMPDIR to a directory this user can write to"),
+            "says what to do: {text}"
+        );
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{text}");
     }
 
     #[test]
