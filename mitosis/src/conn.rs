@@ -401,7 +401,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (far, _) = listener.accept().unwrap();
-        let mut conn = Conn::new(near, deadline, Side::Old);
+        let conn = Conn::new(near, deadline, Side::Old);
         conn.write_frame(Step::State, Kind::End, &[4, 5]).unwrap();
         let mut far_conn = Conn::new(far, deadline, Side::New);
         let (_, payload) = far_conn.read_frame(Step::State, &[Kind::End]).unwrap();
