@@ -58,12 +58,7 @@ fn fallback(input: &DeriveInput, krate: &Path, error: syn::Error) -> TokenStream
 
 fn impl_struct(input: Struct<'_>) -> TokenStream {
     let krate = input.attrs.krate();
-    let schema = schema(
-        &krate,
-        &input.attrs,
-        input.ident,
-        &parts(&krate, &input.fields, None),
-    );
+    let shape = fields_shape(&krate, &input.ident.to_string(), &input.fields);
     let bindings: Vec<TokenStream> = input
         .fields
         .iter()
@@ -75,7 +70,7 @@ fn impl_struct(input: Struct<'_>) -> TokenStream {
     let encode = encode_fields(&krate, &input.fields, &bindings);
     let construct = construct(&krate, quote!(Self), &input.fields);
     let body = Body {
-        schema,
+        shape,
         encode: quote!(#(#encode)*),
         decode: quote!(::core::result::Result::Ok(#construct)),
     };
@@ -85,12 +80,14 @@ fn impl_struct(input: Struct<'_>) -> TokenStream {
 
 fn impl_enum(input: Enum<'_>) -> TokenStream {
     let krate = input.attrs.krate();
-    let mut parts_all = Vec::new();
+    let mut variants = Vec::new();
     let mut encode_arms = Vec::new();
     let mut decode_arms = Vec::new();
     for (index, variant) in input.variants.iter().enumerate() {
         let index = index as u32;
-        parts_all.extend(parts(&krate, &variant.fields, Some(variant)));
+        let variant_name = variant.ident.to_string();
+        let variant_shape = fields_shape(&krate, &input.ident.to_string(), &variant.fields);
+        variants.push(quote!((::std::string::String::from(#variant_name), #variant_shape)));
         let Variant { ident, fields } = variant;
         let bindings: Vec<Ident> = (0..fields.len())
             .map(|i| format_ident!("__field{}", i))
@@ -109,10 +106,15 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
         let construct = construct(&krate, quote!(Self::#ident), fields);
         decode_arms.push(quote!(#index => ::core::result::Result::Ok(#construct),));
     }
-    let schema = schema(&krate, &input.attrs, input.ident, &parts_all);
     let name = input.ident.to_string();
+    let shape = quote! {
+        #krate::Shape::Enum {
+            name: ::std::string::String::from(#name),
+            variants: ::std::vec![#(#variants),*],
+        }
+    };
     let body = Body {
-        schema,
+        shape,
         encode: quote! {
             match self {
                 #(#encode_arms)*
@@ -133,7 +135,8 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
 
 /// The parts of the generated impl that differ between structs and enums.
 struct Body {
-    schema: TokenStream,
+    /// An expression of type `Shape`, in a function with `__shapes`.
+    shape: TokenStream,
     encode: TokenStream,
     decode: TokenStream,
 }
@@ -147,10 +150,11 @@ impl Body {
         attrs: &ContainerAttrs,
     ) -> TokenStream {
         let Body {
-            schema,
+            shape,
             encode,
             decode,
         } = self;
+        let schema = schema(&attrs.krate(), attrs, ident);
         let krate = attrs.krate();
         let generics = with_bounds(&krate, generics, fields);
         let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
@@ -162,11 +166,17 @@ impl Body {
         quote! {
             #[automatically_derived]
             impl #impl_generics #krate::Handover for #ident #ty_generics #where_clause {
-                const SCHEMA: #krate::Schema = {
+                const SCHEMA: #krate::Schema = #schema;
+
+                fn shape(
+                    __shapes: &mut #krate::Shapes,
+                ) -> ::core::result::Result<#krate::Shape, #krate::Error> {
                     #[allow(unused_imports)]
-                    use #krate::__private::NotHandover as _;
-                    #schema
-                };
+                    use #krate::__private::{
+                        ShapeHandover as _, ShapeSerde as _, ShapeUnsupported as _,
+                    };
+                    ::core::result::Result::Ok(#shape)
+                }
 
                 fn encode<'__a>(
                     &'__a self,
@@ -218,22 +228,24 @@ fn check(krate: &Path, field: &Field<'_>) -> Option<TokenStream> {
 /// `From` into this one, is reported there.
 fn migration(krate: &Path, old: &Type) -> TokenStream {
     let span = old.span();
-    let accepted = quote_spanned!(span=> <#old as #krate::Handover>::accepted());
+    let accepted = quote_spanned!(span=> <#old as #krate::Handover>::accepted(__shapes));
     let decode_old =
         quote_spanned!(span=> <#old as #krate::Handover>::decode_from(__fingerprint, __input));
     let convert = quote_spanned!(span=> <Self as ::core::convert::From<#old>>::from);
     quote! {
-        fn accepted() -> ::std::vec::Vec<#krate::Schema> {
-            let mut __accepted = ::std::vec![<Self as #krate::Handover>::SCHEMA];
-            __accepted.extend(#accepted);
-            __accepted
+        fn accepted(
+            __shapes: &mut #krate::Shapes,
+        ) -> ::core::result::Result<::std::vec::Vec<#krate::Schema>, #krate::Error> {
+            let mut __accepted = ::std::vec![__shapes.schema::<Self>()?];
+            __accepted.extend(#accepted?);
+            ::core::result::Result::Ok(__accepted)
         }
 
         fn decode_from(
             __fingerprint: u64,
             __input: &mut #krate::Decoder<'_>,
         ) -> ::core::result::Result<Self, #krate::Error> {
-            if __fingerprint == <Self as #krate::Handover>::SCHEMA.fingerprint {
+            if __fingerprint == __input.fingerprint_of::<Self>()? {
                 <Self as #krate::Handover>::decode(__input)
             } else {
                 #decode_old.map(#convert)
@@ -242,14 +254,10 @@ fn migration(krate: &Path, old: &Type) -> TokenStream {
     }
 }
 
-/// The schema constant: the name (`name = "..."`, or the type's module path
-/// and identifier), the version, and the shape.
-fn schema(
-    krate: &Path,
-    attrs: &ContainerAttrs,
-    ident: &Ident,
-    parts: &[TokenStream],
-) -> TokenStream {
+/// The declared schema: the name (`name = "..."`, or the type's module path
+/// and identifier) and the version. The fingerprint that is compared also
+/// covers the shape, at run time (`Schema::of`).
+fn schema(krate: &Path, attrs: &ContainerAttrs, ident: &Ident) -> TokenStream {
     let version = attrs.version.unwrap_or(0);
     let name = match &attrs.name {
         Some(name) => name.to_token_stream(),
@@ -258,35 +266,52 @@ fn schema(
             quote!(::core::concat!(::core::module_path!(), "::", #ident))
         }
     };
-    quote!(#krate::__private::schema(#name, #version, &[#(#parts),*]))
+    quote!(#krate::Schema::new(#name, #version))
 }
 
-/// The shape of some fields: for each field that is sent, its name, its type
-/// as written, and its type's own fingerprint where it has one. A variant
-/// contributes its name first. Skipped fields are left out: they do not
-/// change what crosses.
-fn parts(krate: &Path, fields: &[Field<'_>], variant: Option<&Variant<'_>>) -> Vec<TokenStream> {
-    let mut parts = Vec::new();
-    let prefix = match variant {
-        Some(variant) => {
-            let name = variant.ident.to_string();
-            parts.push(quote!((#name, "", 0)));
-            format!("{name}.")
-        }
-        None => String::new(),
-    };
-    for field in fields.iter().filter(|field| field.attrs.skip.is_none()) {
-        let name = format!("{prefix}{}", field.schema_name());
-        let ty = field.ty;
-        let written = match &field.attrs.with {
-            Some((_, module)) => {
-                format!("{} with {}", ty.to_token_stream(), module.to_token_stream())
+/// The shape of some fields, as an expression: a struct of the named ones,
+/// a tuple of unnamed ones, each sent field with its own shape. Skipped
+/// fields are left out: they do not change what crosses.
+fn fields_shape(krate: &Path, name: &str, fields: &[Field<'_>]) -> TokenStream {
+    let sent: Vec<&Field<'_>> = fields
+        .iter()
+        .filter(|field| field.attrs.skip.is_none())
+        .collect();
+    let shapes: Vec<TokenStream> = sent.iter().map(|field| field_shape(krate, field)).collect();
+    if fields
+        .iter()
+        .any(|field| matches!(field.member, syn::Member::Named(_)))
+    {
+        let names = sent.iter().map(|field| field.schema_name());
+        quote! {
+            #krate::Shape::Struct {
+                name: ::std::string::String::from(#name),
+                fields: ::std::vec![#((::std::string::String::from(#names), #shapes)),*],
             }
-            None => ty.to_token_stream().to_string(),
-        };
-        parts.push(quote!((#name, #written, #krate::__private::Probe::<#ty>::FINGERPRINT)));
+        }
+    } else {
+        quote!(#krate::Shape::Tuple(::std::vec![#(#shapes),*]))
     }
-    parts
+}
+
+/// One field's shape: its type's own, picked like its encoding (bytes,
+/// `Handover`, or traced serde); an fd's; or, for a field handed over
+/// `with` a module, only the type and module as written.
+fn field_shape(krate: &Path, field: &Field<'_>) -> TokenStream {
+    let ty = field.ty;
+    if let Some((_, module)) = &field.attrs.with {
+        let written = format!("{} with {}", ty.to_token_stream(), module.to_token_stream());
+        quote! {
+            #krate::Shape::Opaque {
+                name: ::std::string::String::from(#written),
+                version: 0,
+            }
+        }
+    } else if field.attrs.fd.is_some() {
+        quote!(#krate::Shape::Fd(::std::string::String::from("fd")))
+    } else {
+        quote!((&#krate::__private::Slot::<#ty>::new()).shape_field(__shapes)?)
+    }
 }
 
 /// Statements that encode `fields`, each given as an expression of type

@@ -155,6 +155,19 @@ pub enum Error {
         sent: Schema,
         /// The schemas the new process accepts.
         accepted: Vec<Schema>,
+        /// What differs between the old process's state and the new
+        /// process's own state type, one line each (such as
+        /// `field 'config.beta': was u32 at position 2, now position 1`);
+        /// empty when the other process could not describe its state.
+        differences: Vec<String>,
+    },
+    /// A type in the state cannot be traced, so its encoding cannot be
+    /// fingerprinted: a handover never trusts a type's name alone.
+    Untraceable {
+        /// The type, as Rust names it.
+        type_name: &'static str,
+        /// What the tracer found.
+        detail: String,
     },
     /// A frame exceeded its size limit.
     FrameTooLarge {
@@ -261,6 +274,7 @@ impl Error {
             | Error::UnreadBytes { step, .. } => Some(*step),
             Error::ProtocolVersion { .. } => Some(Step::Hello),
             Error::SchemaMismatch { .. } => Some(Step::Offer),
+            Error::Untraceable { .. } => Some(Step::Spawn),
             Error::Decode { .. } => Some(Step::Commit),
             Error::Encode { .. } | Error::EncodePanicked { .. } => Some(Step::State),
             Error::BadFlag { .. } | Error::MissingEnvironment { .. } | Error::SplitInFlight => None,
@@ -372,14 +386,36 @@ impl fmt::Display for Error {
                  speaks {}..={}; build both with compatible versions of mitosis",
                 ours.0, ours.1, theirs.0, theirs.1
             ),
-            Error::SchemaMismatch { sent, accepted } => {
+            Error::SchemaMismatch {
+                sent,
+                accepted,
+                differences,
+            } => {
                 write!(
                     f,
                     "state schema mismatch: the old process has {sent}, the new process accepts "
                 )?;
                 list_schemas(f, accepted)?;
-                f.write_str("; nothing was decoded and the old process keeps its state. Add a migration from the old schema, or keep the version")
+                if !differences.is_empty() {
+                    write!(
+                        f,
+                        "; from the old state to the new: {}",
+                        differences.join("; ")
+                    )?;
+                }
+                f.write_str(
+                    "; nothing was decoded and the old process keeps its state. Make the new \
+                     build accept the old state (`since`/`removed` for added and removed \
+                     fields, or `migrate_from` for a real change), or keep the old definition",
+                )
             }
+            Error::Untraceable { type_name, detail } => write!(
+                f,
+                "the type {type_name} in the state cannot be traced ({detail}), so its encoding \
+                 cannot be fingerprinted and it is not handed over. Give it a plain \
+                 serde derive (no untagged enums, no deserialize_any), hand the field over \
+                 with #[handover(with = \"...\")], or skip it"
+            ),
             Error::FrameTooLarge {
                 step,
                 kind,

@@ -125,7 +125,7 @@ pub use handover::{Decoder, Encoder, Handover};
 pub use mitosis_derive::Handover;
 pub use new::init;
 pub use old::{Outcome, Split, SplitOptions, split};
-pub use schema::Schema;
+pub use schema::{Schema, Shape, Shapes};
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[doc = include_str!("../../README.md")]

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::handover::{Decoder, Encoder, Handover};
-use crate::schema::{Schema, fnv1a};
+use crate::schema::{Shape, Shapes};
 
 /// A field being encoded. `(&Field(&value)).encode_field(out)` picks the
 /// path for `value`'s type.
@@ -105,26 +105,6 @@ impl<T: DeserializeOwned> DecodeSerde for &Slot<T> {
     }
 }
 
-/// The fingerprint of a field's type, for the schema of the type holding
-/// it: the type's own schema fingerprint when it implements `Handover`
-/// (so that a change inside a nested derived type changes the outer
-/// fingerprint too), and 0 otherwise, where the type as written is all
-/// there is to go on.
-pub struct Probe<T: ?Sized>(PhantomData<T>);
-
-impl<T: Handover> Probe<T> {
-    /// `T`'s schema fingerprint.
-    pub const FINGERPRINT: u64 = Schema::fingerprint_of(T::SCHEMA);
-}
-
-/// The fallback for [`Probe`] on types that do not implement `Handover`.
-pub trait NotHandover {
-    /// No nested schema.
-    const FINGERPRINT: u64 = 0;
-}
-
-impl<T: ?Sized> NotHandover for Probe<T> {}
-
 /// The error for an enum variant index that the type does not have.
 pub fn unknown_variant(ty: &str, index: u32) -> Error {
     Error::Decode {
@@ -132,28 +112,48 @@ pub fn unknown_variant(ty: &str, index: u32) -> Error {
     }
 }
 
-/// One entry of a derived type's shape: a field (or variant) name, its type
-/// as written, and the nested fingerprint from [`Probe`].
-pub type Part = (&'static str, &'static str, u64);
-
-/// A derived type's schema: its name and version, and every part of its
-/// shape, in order.
-pub const fn schema(name: &'static str, version: u32, parts: &[Part]) -> Schema {
-    let mut fingerprint = Schema::fingerprint_of(Schema::new(name, version));
-    let mut i = 0;
-    while i < parts.len() {
-        let (part, ty, nested) = parts[i];
-        // A separator byte between the pieces, so that ("ab", "c") and
-        // ("a", "bc") differ.
-        fingerprint = fnv1a(fnv1a(fingerprint, part.as_bytes()), &[0xff]);
-        fingerprint = fnv1a(fnv1a(fingerprint, ty.as_bytes()), &[0xfe]);
-        fingerprint = fnv1a(fingerprint, &nested.to_le_bytes());
-        i += 1;
+/// A field's shape, picked the way its encoding is (bytes, `Handover`,
+/// serde): `(&Slot::<T>::new()).shape_field(shapes)`.
+impl Slot<Vec<u8>> {
+    /// Path 1: a byte vector.
+    pub fn shape_field(&self, _: &mut Shapes) -> Result<Shape, Error> {
+        Ok(Shape::Bytes)
     }
-    Schema {
-        name: std::borrow::Cow::Borrowed(name),
-        version,
-        fingerprint,
+}
+
+/// Path 2 for shapes.
+pub trait ShapeHandover {
+    /// The field type's own shape.
+    fn shape_field(&self, shapes: &mut Shapes) -> Result<Shape, Error>;
+}
+
+impl<T: Handover> ShapeHandover for Slot<T> {
+    fn shape_field(&self, shapes: &mut Shapes) -> Result<Shape, Error> {
+        T::shape(shapes)
+    }
+}
+
+/// Path 3 for shapes.
+pub trait ShapeSerde {
+    /// The field type's shape, traced through its `Deserialize` impl.
+    fn shape_field(&self, shapes: &mut Shapes) -> Result<Shape, Error>;
+}
+
+impl<T: DeserializeOwned + 'static> ShapeSerde for &Slot<T> {
+    fn shape_field(&self, shapes: &mut Shapes) -> Result<Shape, Error> {
+        shapes.serde::<T>()
+    }
+}
+
+/// The last resort for shapes, behind a failed `check_field`.
+pub trait ShapeUnsupported {
+    /// Never called: the derived type does not compile.
+    fn shape_field(&mut self, shapes: &mut Shapes) -> Result<Shape, Error>;
+}
+
+impl<T> ShapeUnsupported for &Slot<T> {
+    fn shape_field(&mut self, _: &mut Shapes) -> Result<Shape, Error> {
+        unreachable!("a field that cannot be handed over fails to compile")
     }
 }
 
@@ -292,28 +292,5 @@ mod tests {
         let bytes: Vec<u8> = (&Slot::<Vec<u8>>::new()).decode_field(&mut input).unwrap();
         let seven: u32 = (&Slot::<u32>::new()).decode_field(&mut input).unwrap();
         assert_eq!((bytes, seven), (vec![1, 2, 3], 7));
-    }
-
-    #[test]
-    fn probes_see_nested_schemas_only() {
-        use NotHandover as _;
-        assert_eq!(Probe::<File>::FINGERPRINT, File::SCHEMA.fingerprint);
-        assert_eq!(Probe::<std::sync::Mutex<u8>>::FINGERPRINT, 0);
-    }
-
-    #[test]
-    fn schemas_depend_on_every_part() {
-        const A: Schema = schema("S", 1, &[("a", "u8", 0)]);
-        assert_ne!(
-            A.fingerprint,
-            schema("S", 1, &[("a", "u16", 0)]).fingerprint
-        );
-        assert_ne!(A.fingerprint, schema("S", 1, &[("b", "u8", 0)]).fingerprint);
-        assert_ne!(A.fingerprint, schema("S", 1, &[("a", "u8", 1)]).fingerprint);
-        assert_ne!(A.fingerprint, schema("S", 2, &[("a", "u8", 0)]).fingerprint);
-        assert_ne!(
-            schema("S", 1, &[("ab", "c", 0)]).fingerprint,
-            schema("S", 1, &[("a", "bc", 0)]).fingerprint
-        );
     }
 }

@@ -7,18 +7,15 @@ use std::os::fd::OwnedFd;
 
 use crate::error::{Error, Step};
 use crate::handover::{Decoder, Encoder, Handover, InMemory};
+use crate::schema::{Schema, Shapes};
 
 /// Encodes `value` in memory and decodes it as `T` from `value`'s schema,
 /// passing its fds as duplicates, the way the fd channel would: a handover
 /// without the processes.
 pub fn round_trip<S: Handover, T: Handover>(value: &S) -> Result<T, Error> {
     let encoded = encode_state(value)?;
-    decode_state_from::<T>(
-        &encoded.stream,
-        encoded.out_of_line,
-        encoded.fds,
-        S::SCHEMA.fingerprint,
-    )
+    let prepared = Prepared::of::<T>()?.at(Schema::of::<S>()?.fingerprint);
+    decode_prepared(&encoded.stream, encoded.out_of_line, encoded.fds, prepared)
 }
 
 /// An encoded state, as the new process receives it.
@@ -56,22 +53,71 @@ pub fn decode_state<S: Handover>(
     out_of_line: Vec<Vec<u8>>,
     fds: Vec<OwnedFd>,
 ) -> Result<S, Error> {
-    decode_state_from(stream, out_of_line, fds, S::SCHEMA.fingerprint)
+    decode_prepared(stream, out_of_line, fds, Prepared::of::<S>()?)
 }
 
-fn decode_state_from<S: Handover>(
+/// Decodes a state of the schema whose fingerprint is `fingerprint`, as
+/// [`decode_state`] does for `S`'s own.
+pub fn decode_state_from<S: Handover>(
     stream: &[u8],
     out_of_line: Vec<Vec<u8>>,
     fds: Vec<OwnedFd>,
     fingerprint: u64,
 ) -> Result<S, Error> {
-    Decoder::new(stream, out_of_line, fds).decode_from(fingerprint)
+    decode_prepared(
+        stream,
+        out_of_line,
+        fds,
+        Prepared::of::<S>()?.at(fingerprint),
+    )
+}
+
+/// What the new process works out before the state arrives: the schema it
+/// decodes from, and the shapes of its own types, so that decoding traces
+/// nothing.
+pub struct Prepared {
+    fingerprint: u64,
+    shapes: Shapes,
+}
+
+impl Prepared {
+    /// For a state of `S`'s own schema.
+    pub fn of<S: Handover>() -> Result<Prepared, Error> {
+        let mut shapes = Shapes::new();
+        S::accepted(&mut shapes)?;
+        let fingerprint = shapes.schema::<S>()?.fingerprint;
+        Ok(Prepared {
+            fingerprint,
+            shapes,
+        })
+    }
+
+    /// For a state written with the schema `fingerprint` instead.
+    pub fn at(self, fingerprint: u64) -> Prepared {
+        Prepared {
+            fingerprint,
+            ..self
+        }
+    }
+}
+
+/// Decodes a state as [`decode_state`] does, with what was prepared
+/// beforehand.
+pub fn decode_prepared<S: Handover>(
+    stream: &[u8],
+    out_of_line: Vec<Vec<u8>>,
+    fds: Vec<OwnedFd>,
+    prepared: Prepared,
+) -> Result<S, Error> {
+    Decoder::new(stream, out_of_line, fds)
+        .with_shapes(prepared.shapes)
+        .decode_from(prepared.fingerprint)
 }
 
 /// The wire's decoders on plain bytes.
 pub mod wire {
     use crate::error::{Error, Step};
-    use crate::schema::Schema;
+    use crate::schema::{Schema, Shape};
     use crate::wire::handshake::{self, Progress, Secret};
     use crate::wire::{self as real, Message, Reason};
 
@@ -147,8 +193,13 @@ pub mod wire {
     /// carry raw chunks of the state; the state decoder reads those.)
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Frame {
-        /// OFFER: the accepted schemas.
-        Offer(Vec<Schema>),
+        /// OFFER: the accepted schemas, and the new process's state shape.
+        Offer {
+            /// The accepted schemas.
+            accepted: Vec<Schema>,
+            /// The shape of the new process's own state.
+            description: Option<Shape>,
+        },
         /// STATE: the schema that follows.
         State(Schema),
         /// REJECT.
@@ -159,6 +210,8 @@ pub mod wire {
             schema: Schema,
             /// Its error.
             message: String,
+            /// The shape of the old process's state.
+            description: Option<Shape>,
         },
         /// BYTES_START: the buffer's size.
         BytesStart(u64),
@@ -219,16 +272,24 @@ pub mod wire {
             (M::KIND, message.encode())
         }
         match frame.clone() {
-            Frame::Offer(accepted) => pair(real::Offer { accepted }),
+            Frame::Offer {
+                accepted,
+                description,
+            } => pair(real::Offer {
+                accepted,
+                description,
+            }),
             Frame::State(schema) => pair(real::State { schema }),
             Frame::Reject {
                 reason: byte,
                 schema,
                 message,
+                description,
             } => pair(real::Reject {
                 reason: reason(byte),
                 schema,
                 message,
+                description,
             }),
             Frame::BytesStart(size) => pair(real::BytesStart { size }),
             Frame::End {
@@ -267,7 +328,13 @@ pub mod wire {
     pub fn decode(kind: Kind, payload: &[u8]) -> Result<Frame, Error> {
         let step = step_of(kind);
         Ok(match kind {
-            Kind::Offer => Frame::Offer(real::Offer::decode(step, payload)?.accepted),
+            Kind::Offer => {
+                let offer = real::Offer::decode(step, payload)?;
+                Frame::Offer {
+                    accepted: offer.accepted,
+                    description: offer.description,
+                }
+            }
             Kind::State => Frame::State(real::State::decode(step, payload)?.schema),
             Kind::Reject => {
                 let reject = real::Reject::decode(step, payload)?;
@@ -275,6 +342,7 @@ pub mod wire {
                     reason: reject.reason as u8,
                     schema: reject.schema,
                     message: reject.message,
+                    description: reject.description,
                 }
             }
             Kind::BytesStart => Frame::BytesStart(real::BytesStart::decode(step, payload)?.size),

@@ -515,13 +515,13 @@ mod shapes {
 #[test]
 fn fingerprint_covers_names_types_order_and_version() {
     use shapes::*;
-    let base = Base::SCHEMA;
+    let base = Schema::of::<Base>().unwrap();
     assert_eq!((base.name.as_ref(), base.version), ("S", 1));
     for (what, other) in [
-        ("a renamed field", Renamed::SCHEMA),
-        ("a field's type", Retyped::SCHEMA),
-        ("the field order", Reordered::SCHEMA),
-        ("the version", Bumped::SCHEMA),
+        ("a renamed field", Schema::of::<Renamed>().unwrap()),
+        ("a field's type", Schema::of::<Retyped>().unwrap()),
+        ("the field order", Schema::of::<Reordered>().unwrap()),
+        ("the version", Schema::of::<Bumped>().unwrap()),
     ] {
         assert_ne!(
             base.fingerprint, other.fingerprint,
@@ -541,12 +541,20 @@ fn fingerprint_covers_names_types_order_and_version() {
 #[test]
 fn fingerprint_covers_nested_types() {
     assert_ne!(
-        shapes::a::Inner::SCHEMA.fingerprint,
-        shapes::b::Inner::SCHEMA.fingerprint
+        mitosis::Schema::of::<shapes::a::Inner>()
+            .unwrap()
+            .fingerprint,
+        mitosis::Schema::of::<shapes::b::Inner>()
+            .unwrap()
+            .fingerprint
     );
     assert_ne!(
-        shapes::a::Outer::SCHEMA.fingerprint,
-        shapes::b::Outer::SCHEMA.fingerprint,
+        mitosis::Schema::of::<shapes::a::Outer>()
+            .unwrap()
+            .fingerprint,
+        mitosis::Schema::of::<shapes::b::Outer>()
+            .unwrap()
+            .fingerprint,
         "two Outers written the same way differ when their Inners differ"
     );
 }
@@ -558,10 +566,10 @@ fn fingerprint_of_a_generic_type_covers_its_arguments() {
     type G<T> = shapes::Generic<T>;
     // A File must never be decoded as a TcpStream, nor one fd as many.
     let schemas: Vec<Schema> = vec![
-        G::<File>::SCHEMA,
-        G::<TcpStream>::SCHEMA,
-        G::<Vec<TcpStream>>::SCHEMA,
-        G::<Option<File>>::SCHEMA,
+        Schema::of::<G<File>>().unwrap(),
+        Schema::of::<G<TcpStream>>().unwrap(),
+        Schema::of::<G<Vec<TcpStream>>>().unwrap(),
+        Schema::of::<G<Option<File>>>().unwrap(),
     ];
     let distinct: HashSet<u64> = schemas.iter().map(|s| s.fingerprint).collect();
     assert_eq!(distinct.len(), schemas.len(), "{schemas:?}");

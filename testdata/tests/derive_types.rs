@@ -211,8 +211,12 @@ fn generic_state_round_trips_and_fingerprints_per_instance() {
     assert_eq!(inode(&back.values[0]), inode(&state.values[0]));
     assert_eq!(back.label, "x");
     assert_ne!(
-        Generic::<File, TcpStream>::SCHEMA.fingerprint,
-        Generic::<TcpStream, TcpStream>::SCHEMA.fingerprint
+        mitosis::Schema::of::<Generic::<File, TcpStream>>()
+            .unwrap()
+            .fingerprint,
+        mitosis::Schema::of::<Generic::<TcpStream, TcpStream>>()
+            .unwrap()
+            .fingerprint
     );
 }
 
@@ -276,6 +280,13 @@ fn fingerprints_see_names_types_versions_and_nested_types() {
     #[handover(name = "derive_types::Settings")]
     struct Retyped {
         nick: String,
+        channels: Vec<u32>,
+    }
+    /// Another type written, the same encoding: a sequence of strings.
+    #[derive(Handover)]
+    #[handover(name = "derive_types::Settings")]
+    struct SameEncoding {
+        nick: String,
         channels: VecDeque<String>,
     }
     #[derive(Handover)]
@@ -284,15 +295,24 @@ fn fingerprints_see_names_types_versions_and_nested_types() {
         nick: String,
         channels: Vec<String>,
     }
-    let fp = Settings::SCHEMA.fingerprint;
-    assert_eq!(Same::SCHEMA.fingerprint, fp, "a verbatim copy matches");
-    assert_ne!(Renamed::SCHEMA.fingerprint, fp);
-    assert_ne!(Retyped::SCHEMA.fingerprint, fp);
-    assert_ne!(Bumped::SCHEMA.fingerprint, fp);
+    let fp = mitosis::Schema::of::<Settings>().unwrap().fingerprint;
+    assert_eq!(
+        mitosis::Schema::of::<Same>().unwrap().fingerprint,
+        fp,
+        "a verbatim copy matches"
+    );
+    assert_ne!(mitosis::Schema::of::<Renamed>().unwrap().fingerprint, fp);
+    assert_ne!(mitosis::Schema::of::<Retyped>().unwrap().fingerprint, fp);
+    assert_eq!(
+        mitosis::Schema::of::<SameEncoding>().unwrap().fingerprint,
+        fp,
+        "the fingerprint sees the encoding, not how the type is written"
+    );
+    assert_ne!(mitosis::Schema::of::<Bumped>().unwrap().fingerprint, fp);
     // Outer's own fields are the same, but what it holds changed.
     assert_ne!(
-        changed::Outer::SCHEMA.fingerprint,
-        Outer::SCHEMA.fingerprint
+        mitosis::Schema::of::<changed::Outer>().unwrap().fingerprint,
+        mitosis::Schema::of::<Outer>().unwrap().fingerprint
     );
     let _ = changed::Settings {
         nick: String::new(),
@@ -354,7 +374,15 @@ mod versions {
 #[test]
 fn migrations_chain() {
     use versions::*;
-    assert_eq!(V3::accepted(), [V3::SCHEMA, V2::SCHEMA, V1::SCHEMA]);
+    let schema = |schema: Result<Schema, mitosis::Error>| schema.unwrap();
+    assert_eq!(
+        V3::accepted(&mut mitosis::Shapes::new()).unwrap(),
+        [
+            schema(Schema::of::<V3>()),
+            schema(Schema::of::<V2>()),
+            schema(Schema::of::<V1>())
+        ]
+    );
     let v1 = V1 {
         generation: 6,
         log: File::open("/proc/self/exe").unwrap(),
@@ -375,13 +403,7 @@ fn migrations_chain() {
 #[test]
 fn schema_names_default_to_the_module_path() {
     assert_eq!(Settings::SCHEMA.name, "derive_types::Settings");
-    assert_eq!(
-        versions::V1::SCHEMA,
-        Schema {
-            name: "bot::State".into(),
-            ..versions::V1::SCHEMA
-        }
-    );
+    assert_eq!(versions::V1::SCHEMA.name, "bot::State");
 }
 
 /// What a crate that re-exports mitosis looks like to its users.

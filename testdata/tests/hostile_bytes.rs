@@ -23,7 +23,7 @@ use mitosis::testing::wire::{
     MAX_STATE_BYTES, OUT_OF_LINE_BYTES, SECRET_LEN, WELCOME_LEN,
 };
 use mitosis::testing::{self as hooks, EncodedState};
-use mitosis::{Error, Handover, Schema, Step};
+use mitosis::{Error, Handover, Schema, Shape, Step};
 use proptest::collection::{hash_map, vec};
 use proptest::option;
 use proptest::prelude::*;
@@ -571,56 +571,63 @@ fn schema_lists() -> impl Strategy<Value = Vec<Schema>> {
         .prop_map(|picks| picks.into_iter().map(|i| schemas()[i].clone()).collect())
 }
 
-/// OFFER's payload, as the new process writes it.
+/// OFFER's payload, as the new process writes it, without a description
+/// of its state.
 fn offer(accepted: &[Schema]) -> Vec<u8> {
-    wire::encode(&Frame::Offer(accepted.to_vec())).1
+    wire::encode(&Frame::Offer {
+        accepted: accepted.to_vec(),
+        description: None,
+    })
+    .1
 }
 
-/// The payload the OFFER decoder must have read to return `accepted`.
-fn offer_bytes(accepted: &[Schema]) -> Vec<u8> {
-    let mut bytes = (accepted.len() as u16).to_le_bytes().to_vec();
-    for schema in accepted {
-        bytes.extend(schema.version.to_le_bytes());
-        bytes.extend(schema.fingerprint.to_le_bytes());
-        bytes.extend((schema.name.len() as u16).to_le_bytes());
-        bytes.extend(schema.name.as_bytes());
-    }
-    bytes
-}
+/// The reasons a frame's payload is refused.
+const REFUSALS: [&str; 7] = [
+    "too short",
+    "unexpected trailing bytes",
+    "invalid UTF-8",
+    "unknown reason",
+    "unknown description flag",
+    "unknown node",
+    "deeper than",
+];
 
 /// A schema takes at least 14 bytes of an OFFER (version, fingerprint,
 /// name length) and 40 of memory (`Schema`), in a `Vec` that at most
-/// doubles: so at most 6 bytes of memory per payload byte, plus an error
-/// message. With the 64 KiB limit on the payload, at most 384 KiB.
+/// doubles: so at most 6 bytes of memory per payload byte. A node of the
+/// state's description takes one byte and at most 128 of memory (a 56-byte
+/// `Shape`, in a `Vec` that at most doubles, plus its box): so at most 128
+/// bytes per payload byte, plus an error message. With the 64 KiB limit on
+/// the payload, at most 8 MiB.
 fn check_offer(payload: &[u8]) -> Result<Vec<Schema>, Error> {
-    let (got, stats) = measure(|| {
-        wire::decode(Kind::Offer, payload).map(|frame| match frame {
-            Frame::Offer(accepted) => accepted,
-            other => panic!("OFFER decoded as {other:?}"),
-        })
-    });
-    match &got {
+    let (got, stats) = measure(|| wire::decode(Kind::Offer, payload));
+    let got = match got {
         // Read exactly the payload, and invented nothing.
-        Ok(accepted) => assert_eq!(offer_bytes(accepted), payload),
+        Ok(frame) => {
+            assert_eq!(wire::encode(&frame).1, payload);
+            let Frame::Offer { accepted, .. } = frame else {
+                panic!("OFFER decoded as {frame:?}")
+            };
+            Ok(accepted)
+        }
         Err(Error::Protocol { step, detail }) => {
-            assert_eq!(*step, Step::Offer);
+            assert_eq!(step, Step::Offer);
             assert!(
                 detail.starts_with("OFFER frame ")
-                    && ["too short", "unexpected trailing bytes", "invalid UTF-8"]
-                        .iter()
-                        .any(|why| detail.contains(why)),
+                    && REFUSALS.iter().any(|why| detail.contains(why)),
                 "{detail}"
             );
+            Err(Error::Protocol { step, detail })
         }
         Err(other) => panic!("{other:?}"),
-    }
+    };
     assert!(
-        stats.largest <= 6 * payload.len() + 256,
+        stats.largest <= 128 * payload.len() + 256,
         "{} bytes: {stats:?}",
         payload.len()
     );
     assert!(
-        stats.peak <= 8 * payload.len() as isize + 512,
+        stats.peak <= 128 * payload.len() as isize + 512,
         "{} bytes: {stats:?}",
         payload.len()
     );
@@ -646,10 +653,11 @@ fn offers_round_trip_and_every_prefix_is_refused() {
 
 #[test]
 fn a_full_size_offer_stays_within_its_bound() {
-    // As many empty-named schemas as the 64 KiB limit holds.
-    let count = (MAX_CONTROL_PAYLOAD as usize - 2) / 14;
+    // As many empty-named schemas as the 64 KiB limit holds, and no
+    // description (its flag 0 is the last byte).
+    let count = (MAX_CONTROL_PAYLOAD as usize - 3) / 14;
     let mut payload = (count as u16).to_le_bytes().to_vec();
-    payload.resize(2 + 14 * count, 0);
+    payload.resize(2 + 14 * count + 1, 0);
     assert_eq!(check_offer(&payload).unwrap().len(), count);
     // The same count claimed by a payload that holds one schema.
     assert!(check_offer(&payload[..16]).is_err());
@@ -731,26 +739,42 @@ fn check_frame(kind: Kind, payload: &[u8]) -> Result<Frame, Error> {
                     || detail.starts_with("BYTES_START"),
                 "{kind:?}: {detail}"
             );
-            assert!(
-                [
-                    "too short",
-                    "unexpected trailing bytes",
-                    "invalid UTF-8",
-                    "unknown reason"
-                ]
-                .iter()
-                .any(|why| detail.contains(why)),
-                "{detail}"
-            );
+            assert!(REFUSALS.iter().any(|why| detail.contains(why)), "{detail}");
         }
         Err(other) => panic!("{kind:?}: {other:?}"),
     }
+    // A string is at most the payload; a description node, one byte of it,
+    // at most 128 bytes of memory (see `check_offer`).
     assert!(
-        stats.largest <= payload.len() + 256,
+        stats.largest <= 128 * payload.len() + 256,
         "{kind:?}, {} bytes: {stats:?}",
         payload.len()
     );
     got
+}
+
+/// State descriptions of a few levels, as the shapes a state has.
+fn descriptions() -> impl Strategy<Value = Shape> {
+    let leaf = prop_oneof![
+        Just(Shape::U8),
+        Just(Shape::U32),
+        Just(Shape::Str),
+        Just(Shape::Bytes),
+        "[a-z]{1,8}".prop_map(Shape::Fd),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            inner
+                .clone()
+                .prop_map(|shape| Shape::Option(Box::new(shape))),
+            inner.clone().prop_map(|shape| Shape::Seq(Box::new(shape))),
+            vec(inner.clone(), 0..4).prop_map(Shape::Tuple),
+            vec(("[a-z]{1,6}", inner), 0..4).prop_map(|fields| Shape::Struct {
+                name: "S".into(),
+                fields
+            }),
+        ]
+    })
 }
 
 /// Frames whose strings fit (a longer one is cut; see the OFFER tests).
@@ -759,13 +783,21 @@ fn frames() -> impl Strategy<Value = Frame> {
     let schema = (0..fits).prop_map(|i| schemas()[i].clone());
     let text = prop_oneof!["[a-z ]{0,40}", "\\PC{0,20}"];
     prop_oneof![
-        vec(schema.clone(), 0..6).prop_map(Frame::Offer),
+        (vec(schema.clone(), 0..6), option::of(descriptions())).prop_map(
+            |(accepted, description)| Frame::Offer {
+                accepted,
+                description
+            }
+        ),
         schema.clone().prop_map(Frame::State),
-        (1..=5u8, schema, text.clone()).prop_map(|(reason, schema, message)| Frame::Reject {
-            reason,
-            schema,
-            message
-        }),
+        (1..=5u8, schema, text.clone(), option::of(descriptions())).prop_map(
+            |(reason, schema, message, description)| Frame::Reject {
+                reason,
+                schema,
+                message,
+                description
+            }
+        ),
         any::<u64>().prop_map(Frame::BytesStart),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(a, b, c)| Frame::End {
             stream_bytes: a,
@@ -787,6 +819,16 @@ fn every_frame_round_trips_and_every_prefix_is_refused() {
             reason: 2,
             schema: schemas()[0].clone(),
             message: "over the limit".into(),
+            description: None,
+        },
+        Frame::Reject {
+            reason: 1,
+            schema: schemas()[0].clone(),
+            message: "schema mismatch".into(),
+            description: Some(Shape::Struct {
+                name: "State".into(),
+                fields: vec![("config".into(), Shape::Option(Box::new(Shape::U32)))],
+            }),
         },
         Frame::BytesStart(1 << 40),
         Frame::End {
@@ -858,7 +900,8 @@ fn decode_within<T: Handover>(
     per_byte: usize,
     fixed: usize,
 ) -> Result<T, Error> {
-    let (got, stats) = measure(|| hooks::decode_state::<T>(stream, out_of_line, fds));
+    let prepared = hooks::Prepared::of::<T>().unwrap();
+    let (got, stats) = measure(|| hooks::decode_prepared::<T>(stream, out_of_line, fds, prepared));
     let bound = per_byte * stream.len() + fixed;
     assert!(
         stats.largest <= bound,
@@ -1209,7 +1252,8 @@ struct Bytes {
 /// Decodes `stream` as a `T`, which must fail having allocated nothing but
 /// its error message.
 fn refused_without_allocating<T: Handover + Debug>(stream: &[u8], fds: Vec<OwnedFd>) -> String {
-    let (got, stats) = measure(|| hooks::decode_state::<T>(stream, Vec::new(), fds));
+    let prepared = hooks::Prepared::of::<T>().unwrap();
+    let (got, stats) = measure(|| hooks::decode_prepared::<T>(stream, Vec::new(), fds, prepared));
     let error = got.unwrap_err();
     let Error::Decode { detail } = &error else {
         panic!("{error:?}")
@@ -1244,8 +1288,9 @@ fn a_4_gib_state_length_is_refused_before_anything_is_allocated() {
 
         // A collection on the serde path gets serde's cautious reservation:
         // at most 1 MiB of elements, whatever the claim.
+        let prepared = hooks::Prepared::of::<SerdePath>().unwrap();
         let (got, stats) =
-            measure(|| hooks::decode_state::<SerdePath>(&lie, Vec::new(), Vec::new()));
+            measure(|| hooks::decode_prepared::<SerdePath>(&lie, Vec::new(), Vec::new(), prepared));
         assert!(matches!(got, Err(Error::Decode { .. })), "{got:?}");
         assert!(stats.largest <= 1 << 20, "{stats:?}");
     }

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::net::TcpStream;
 
 use common::*;
-use mitosis::{Handover, Schema};
+use mitosis::{Handover, Schema, Shapes};
 use testdata::{State, nomigrate, schema2, v2, v3};
 
 /// Sends `command`, expects it to fail, and checks the failed child is gone
@@ -59,6 +59,11 @@ fn greeting(run: &Run) -> String {
     greeting
 }
 
+/// What a handover compares for `S`.
+fn schema<S: Handover>() -> Schema {
+    Schema::of::<S>().unwrap()
+}
+
 /// The exact start of a schema mismatch message, as both processes print it.
 fn mismatch(sent: Schema, accepted: &[Schema]) -> String {
     let accepted: Vec<String> = accepted.iter().map(Schema::to_string).collect();
@@ -98,30 +103,36 @@ fn still_serving(run: &Run, peer: &mut Peer, before: &str) {
 
 #[test]
 fn verbatim_copies_have_the_original_fingerprints() {
-    let v1 = State::SCHEMA;
+    let v1 = schema::<State>();
     assert_eq!((v1.name.as_ref(), v1.version), (testdata::STATE_NAME, 1));
-    assert_eq!(v2::StateV1::SCHEMA, v1, "migrate-v2's copy of v1");
-    assert_eq!(v3::StateV1::SCHEMA, v1, "migrate-v3's copy of v1");
+    assert_eq!(schema::<v2::StateV1>(), v1, "migrate-v2's copy of v1");
+    assert_eq!(schema::<v3::StateV1>(), v1, "migrate-v3's copy of v1");
     assert_eq!(
-        v3::StateV2::SCHEMA,
-        v2::State::SCHEMA,
+        schema::<v3::StateV2>(),
+        schema::<v2::State>(),
         "migrate-v3's copy of v2"
     );
     assert_eq!(
-        nomigrate::State::SCHEMA,
-        v2::State::SCHEMA,
+        schema::<nomigrate::State>(),
+        schema::<v2::State>(),
         "the same definition without migrate_from has the same fingerprint"
     );
     assert_eq!(
-        (v2::State::SCHEMA.name.as_ref(), v2::State::SCHEMA.version),
+        (
+            schema::<v2::State>().name.as_ref(),
+            schema::<v2::State>().version
+        ),
         (testdata::STATE_NAME, 2)
     );
     assert_eq!(
-        (v3::State::SCHEMA.name.as_ref(), v3::State::SCHEMA.version),
+        (
+            schema::<v3::State>().name.as_ref(),
+            schema::<v3::State>().version
+        ),
         (testdata::STATE_NAME, 3)
     );
 
-    let schema2 = schema2::State::SCHEMA;
+    let schema2 = schema::<schema2::State>();
     assert_eq!(
         (schema2.name.as_ref(), schema2.version),
         (testdata::STATE_NAME, 2)
@@ -132,19 +143,28 @@ fn verbatim_copies_have_the_original_fingerprints() {
     );
     assert_ne!(
         schema2.fingerprint,
-        v2::State::SCHEMA.fingerprint,
+        schema::<v2::State>().fingerprint,
         "both say v2, but their fields differ"
     );
 
-    assert_eq!(State::accepted(), std::slice::from_ref(&v1));
-    assert_eq!(v2::State::accepted(), [v2::State::SCHEMA, v1.clone()]);
+    assert_eq!(State::accepted(&mut Shapes::new()).unwrap(), std::slice::from_ref(&v1));
     assert_eq!(
-        v3::State::accepted(),
-        [v3::State::SCHEMA, v2::State::SCHEMA, v1],
+        v2::State::accepted(&mut Shapes::new()).unwrap(),
+        [schema::<v2::State>(), v1.clone()]
+    );
+    assert_eq!(
+        v3::State::accepted(&mut Shapes::new()).unwrap(),
+        [schema::<v3::State>(), schema::<v2::State>(), v1.clone()],
         "v3 accepts v2 and, through v2's migration, v1; newest first"
     );
-    assert_eq!(nomigrate::State::accepted(), [v2::State::SCHEMA]);
-    assert_eq!(schema2::State::accepted(), [schema2]);
+    assert_eq!(
+        nomigrate::State::accepted(&mut Shapes::new()).unwrap(),
+        [schema::<v2::State>()]
+    );
+    assert_eq!(
+        schema2::State::accepted(&mut Shapes::new()).unwrap(),
+        [schema2]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -324,7 +344,12 @@ fn missing_migration_is_refused_and_rolls_back() {
         line.contains("testdata::State v1 (") && line.contains("testdata::State v2 ("),
         "{line:?}"
     );
-    assert_refused(&mut run, &line, State::SCHEMA, &[nomigrate::State::SCHEMA]);
+    assert_refused(
+        &mut run,
+        &line,
+        schema::<State>(),
+        &[schema::<nomigrate::State>()],
+    );
     still_serving(&run, &mut peer, &before);
 
     // The state came back whole: it migrates to a binary that can take it.
@@ -358,8 +383,8 @@ fn same_version_with_other_fields_is_refused() {
     assert_refused(
         &mut run,
         &line,
-        nomigrate::State::SCHEMA,
-        &[schema2::State::SCHEMA],
+        schema::<nomigrate::State>(),
+        &[schema::<schema2::State>()],
     );
     still_serving(&run, &mut peer, &before);
 }
@@ -375,7 +400,7 @@ fn older_binary_refuses_a_newer_state() {
         &mut peer,
         &format!("split binary={}", v1.display()),
     );
-    assert_refused(&mut run, &line, v2::State::SCHEMA, &[State::SCHEMA]);
+    assert_refused(&mut run, &line, schema::<v2::State>(), &[schema::<State>()]);
     still_serving(&run, &mut peer, &before);
 }
 
@@ -394,8 +419,12 @@ fn refusal_lists_every_accepted_schema() {
     assert_refused(
         &mut run,
         &line,
-        schema2::State::SCHEMA,
-        &[v3::State::SCHEMA, v2::State::SCHEMA, State::SCHEMA],
+        schema::<schema2::State>(),
+        &[
+            schema::<v3::State>(),
+            schema::<v2::State>(),
+            schema::<State>(),
+        ],
     );
     still_serving(&run, &mut peer, &before);
 }

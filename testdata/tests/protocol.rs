@@ -161,7 +161,8 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
             .expect("send the WELCOME");
 
         // OFFER: header, then payload (u16 count, then per schema u32
-        // version, u64 fingerprint, u16 name length, name).
+        // version, u64 fingerprint, u16 name length, name; then the
+        // description of the new process's state).
         let mut header = [0u8; wire::HEADER_LEN];
         conn.read_exact(&mut header).expect("read the OFFER header");
         assert_eq!(header[0], wire::OFFER, "the first frame is an OFFER");
@@ -169,7 +170,8 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
         let mut offer = vec![0u8; len];
         conn.read_exact(&mut offer).expect("read the OFFER payload");
         assert_eq!(wire::u16_at(&offer, 0), 1, "one schema offered");
-        let offered = &offer[2..];
+        let name_len = wire::u16_at(&offer, 2 + 12) as usize;
+        let offered = &offer[2..2 + 14 + name_len];
 
         // STATE: the schema that was offered (the same encoding), then a
         // DATA frame that announces 1000 bytes and delivers 10.
@@ -182,8 +184,8 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
     });
     let offer = fake.join().expect("the fake old process");
     // The derived schema of testdata's state: its fingerprint covers the
-    // fields, so it is not `Schema::new(name, 1)`.
-    let schema = <testdata::State as mitosis::Handover>::SCHEMA;
+    // fields' shape, so it is not `Schema::new(name, 1)`.
+    let schema = mitosis::Schema::of::<testdata::State>().unwrap();
     assert_eq!(
         (schema.name.as_ref(), schema.version),
         (testdata::STATE_NAME, 1)
@@ -194,7 +196,16 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
     expected.extend_from_slice(&schema.fingerprint.to_le_bytes());
     expected.extend_from_slice(&(schema.name.len() as u16).to_le_bytes());
     expected.extend_from_slice(schema.name.as_bytes());
-    assert_eq!(offer, expected, "the OFFER names testdata::State v1");
+    assert_eq!(
+        &offer[..expected.len()],
+        expected,
+        "the OFFER names testdata::State v1"
+    );
+    assert_eq!(
+        offer[expected.len()],
+        1,
+        "and describes the new process's state"
+    );
 
     let started = Instant::now();
     let (code, stderr) = parent.exit();

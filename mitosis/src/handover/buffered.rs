@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 
 use super::{Decoder, Encoder, Handover};
 use crate::error::{Error, Step};
-use crate::schema::Schema;
+use crate::schema::{Schema, Shape, Shapes};
 
 /// The most unread bytes [`BufReader`]'s `decode` puts back: they pass
 /// through a socket buffer, which holds at least this much. The old
@@ -36,6 +36,10 @@ where
     R: Handover + Read + From<OwnedFd>,
 {
     const SCHEMA: Schema = Schema::nested("BufReader", 0, [R::SCHEMA]);
+
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        buffered_shape("BufReader", R::shape(shapes)?)
+    }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         check_unread(self.buffer().len(), Step::State)?;
@@ -92,6 +96,19 @@ fn encode_buffered<'a, T: Handover>(
     out.value(&capacity)?;
     out.bytes(buffered)?;
     inner.encode(out)
+}
+
+/// What [`encode_buffered`] writes: the capacity, the buffered bytes, and
+/// the inner value.
+fn buffered_shape(name: &str, inner: Shape) -> Result<Shape, Error> {
+    Ok(Shape::Struct {
+        name: name.into(),
+        fields: vec![
+            ("capacity".into(), Shape::U64),
+            ("buffer".into(), Shape::Bytes),
+            ("inner".into(), inner),
+        ],
+    })
 }
 
 /// The largest capacity of one decoded buffered reader or writer.
@@ -157,6 +174,10 @@ where
     W: Handover + Write,
 {
     const SCHEMA: Schema = Schema::nested("BufWriter", 0, [W::SCHEMA]);
+
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        buffered_shape("BufWriter", W::shape(shapes)?)
+    }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         encode_buffered(self.capacity(), self.buffer(), self.get_ref(), out)

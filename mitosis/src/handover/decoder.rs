@@ -9,6 +9,7 @@ use super::Handover;
 use super::buffered::MAX_BUFFER_CAPACITIES;
 use super::encoder::OUT_OF_LINE_BYTES;
 use crate::error::Error;
+use crate::schema::Shapes;
 
 /// Where [`Handover::decode`] reads a value from.
 ///
@@ -30,6 +31,9 @@ pub struct Decoder<'de> {
     /// and what they may add up to.
     pub(super) buffer_capacities: u64,
     pub(super) buffer_capacity_limit: u64,
+    /// The handover's shapes, worked out before the state arrived, so that
+    /// [`fingerprint_of`](Decoder::fingerprint_of) traces nothing again.
+    shapes: Shapes,
 }
 
 impl<'de> Decoder<'de> {
@@ -44,7 +48,27 @@ impl<'de> Decoder<'de> {
             fds: fds.into_iter().map(Some).collect(),
             buffer_capacities: 0,
             buffer_capacity_limit: MAX_BUFFER_CAPACITIES,
+            shapes: Shapes::new(),
         }
+    }
+
+    /// Hands the shapes the handover worked out to this decoder.
+    pub(crate) fn with_shapes(mut self, shapes: Shapes) -> Self {
+        self.shapes = shapes;
+        self
+    }
+
+    /// The fingerprint of `S`'s schema ([`Schema::of`](crate::Schema::of)),
+    /// for a [`Handover::decode_from`] that picks a migration by it.
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Error, Handover};
+    /// fn is_own<S: Handover>(fingerprint: u64, input: &mut Decoder<'_>) -> Result<bool, Error> {
+    ///     Ok(fingerprint == input.fingerprint_of::<S>()?)
+    /// }
+    /// ```
+    pub fn fingerprint_of<S: Handover>(&mut self) -> Result<u64, Error> {
+        Ok(self.shapes.schema::<S>()?.fingerprint)
     }
 
     /// Decodes a value written with `fingerprint`'s schema, and checks that

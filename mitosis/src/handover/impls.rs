@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::decoder::bounded_capacity;
 use super::{Decoder, Encoder, Handover};
 use crate::error::Error;
-use crate::schema::Schema;
+use crate::schema::{Schema, Shape, Shapes};
 
 macro_rules! fd_types {
     ($($ty:ty),* $(,)?) => {$(
@@ -22,6 +22,10 @@ macro_rules! fd_types {
 
             fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
                 out.fd(self.as_fd())
+            }
+
+            fn shape(_: &mut Shapes) -> Result<Shape, Error> {
+                Ok(Shape::Fd(stringify!($ty).into()))
             }
 
             fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
@@ -49,6 +53,10 @@ macro_rules! plain_types {
 
             fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
                 out.value(self)
+            }
+
+            fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+                shapes.serde::<Self>()
             }
 
             fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
@@ -86,6 +94,10 @@ plain_types!(
 impl<T: Handover> Handover for Option<T> {
     const SCHEMA: Schema = Schema::nested("Option", 0, [T::SCHEMA]);
 
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        Ok(Shape::Option(Box::new(T::shape(shapes)?)))
+    }
+
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         match self {
             None => out.value(&false),
@@ -108,6 +120,10 @@ impl<T: Handover> Handover for Option<T> {
 impl<T: Handover> Handover for Box<T> {
     const SCHEMA: Schema = T::SCHEMA;
 
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        T::shape(shapes)
+    }
+
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         (**self).encode(out)
     }
@@ -119,6 +135,10 @@ impl<T: Handover> Handover for Box<T> {
 
 impl<T: Handover> Handover for Vec<T> {
     const SCHEMA: Schema = Schema::nested("Vec", 0, [T::SCHEMA]);
+
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        Ok(Shape::Seq(Box::new(T::shape(shapes)?)))
+    }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         out.value(&self.len())?;
@@ -138,6 +158,10 @@ impl<T: Handover> Handover for Vec<T> {
 impl<T: Handover> Handover for VecDeque<T> {
     const SCHEMA: Schema = Schema::nested("VecDeque", 0, [T::SCHEMA]);
 
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        Ok(Shape::Seq(Box::new(T::shape(shapes)?)))
+    }
+
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         out.value(&self.len())?;
         self.iter().try_for_each(|item| item.encode(out))
@@ -150,11 +174,18 @@ impl<T: Handover> Handover for VecDeque<T> {
 
 impl<K, V, H> Handover for HashMap<K, V, H>
 where
-    K: Serialize + DeserializeOwned + Eq + Hash,
+    K: Serialize + DeserializeOwned + Eq + Hash + 'static,
     V: Handover,
-    H: BuildHasher + Default,
+    H: BuildHasher + Default + 'static,
 {
     const SCHEMA: Schema = Schema::nested("HashMap", 0, [V::SCHEMA]);
+
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        Ok(Shape::Map(
+            Box::new(shapes.serde::<K>()?),
+            Box::new(V::shape(shapes)?),
+        ))
+    }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         out.value(&self.len())?;
@@ -178,10 +209,17 @@ where
 
 impl<K, V> Handover for BTreeMap<K, V>
 where
-    K: Serialize + DeserializeOwned + Ord,
+    K: Serialize + DeserializeOwned + Ord + 'static,
     V: Handover,
 {
     const SCHEMA: Schema = Schema::nested("BTreeMap", 0, [V::SCHEMA]);
+
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        Ok(Shape::Map(
+            Box::new(shapes.serde::<K>()?),
+            Box::new(V::shape(shapes)?),
+        ))
+    }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         out.value(&self.len())?;
@@ -206,6 +244,10 @@ macro_rules! tuples {
     ($(($($name:ident),+))*) => {$(
         impl<$($name: Handover),+> Handover for ($($name,)+) {
             const SCHEMA: Schema = Schema::nested("tuple", 0, [$($name::SCHEMA),+]);
+
+            fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+                Ok(Shape::Tuple(vec![$($name::shape(shapes)?),+]))
+            }
 
             #[allow(non_snake_case)]
             fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {

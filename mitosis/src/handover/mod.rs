@@ -22,7 +22,7 @@ pub(crate) use encoder::StateSink;
 pub(crate) use encoder::{InMemory, OUT_OF_LINE_BYTES};
 
 use crate::error::Error;
-use crate::schema::Schema;
+use crate::schema::{Schema, Shape, Shapes};
 
 /// A value that can be handed over to a new process: plain data, file
 /// descriptors, or any mix of the two.
@@ -82,13 +82,33 @@ use crate::schema::Schema;
 ///
 /// ## Schema and fingerprint
 ///
-/// The derive computes [`SCHEMA`](Handover::SCHEMA) at compile time. Its
-/// fingerprint covers the schema's name (by default the type's module path
-/// and name), the version, every sent field's name and type as written, and
-/// the fingerprint of every field type that is itself `Handover`, so that a
-/// change inside a nested type changes the outer fingerprint too. Skipped
-/// fields are left out: they do not change what crosses. The handshake
-/// compares fingerprints before anything is decoded.
+/// The derive declares [`SCHEMA`](Handover::SCHEMA): a name (by default the
+/// type's module path and name) and a version. The fingerprint that the
+/// handshake compares, before anything is decoded, is [`Schema::of`]: the
+/// name, the version, and the whole [`Shape`] of the encoding, worked out
+/// once per handover. The shape covers:
+///
+/// - every sent field's name, in order (skipped fields are left out: they do
+///   not change what crosses);
+/// - each field's encoding, seen through to what postcard reads and writes:
+///   integer widths, `Option`s, sequences, maps, tuples, enum variants and
+///   their order, nested structs, in this crate or any other. A serde type
+///   is traced through its `Deserialize` impl (with serde-reflection); a
+///   `Handover` type gives its own shape; an fd gives its kind;
+/// - not how a type's path is spelled, nor a type's own name:
+///   `TcpListener` and `std::net::TcpListener` are the same, and so are two
+///   serde structs of the same fields under different names.
+///
+/// A serde type that cannot be traced (one that asks for
+/// `deserialize_any`, such as an untagged enum) fails the handover with
+/// [`Error::Untraceable`], naming it; a handover never falls back to a
+/// type's name. A field handed over `with` a module is known only by its
+/// type and module as written, and a hand-written `Handover` impl only by
+/// its `SCHEMA`, unless it implements [`shape`](Handover::shape).
+///
+/// When the new process refuses the old state, both processes' errors name
+/// what differs, field by field:
+/// `field 'config.beta': was u32 at position 2, now position 1`.
 ///
 /// ## Type attributes
 ///
@@ -147,7 +167,9 @@ use crate::schema::Schema;
 ///     }
 /// }
 ///
-/// assert_eq!(State::accepted(), [State::SCHEMA, StateV1::SCHEMA]);
+/// let accepted = State::accepted(&mut mitosis::Shapes::new())?;
+/// assert_eq!(accepted, [mitosis::Schema::of::<State>()?, mitosis::Schema::of::<StateV1>()?]);
+/// # Ok::<(), mitosis::Error>(())
 /// ```
 ///
 /// `crate = "path"` makes the generated code reach mitosis through `path`
@@ -268,7 +290,7 @@ use crate::schema::Schema;
 ///     }
 /// }
 /// ```
-pub trait Handover: Sized {
+pub trait Handover: Sized + 'static {
     /// The identity of this type's encoding. Change the version whenever the
     /// encoding changes, so that an old state is refused instead of being
     /// decoded into the wrong shape.
@@ -280,6 +302,24 @@ pub trait Handover: Sized {
     /// Reads a value written by [`encode`](Handover::encode).
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error>;
 
+    /// The shape of this type's encoding, which its fingerprint covers
+    /// (see [`Schema::of`]). `#[derive(Handover)]` works it out from the
+    /// fields; the default, for a hand-written impl, is
+    /// [`Shape::Opaque`]: its `SCHEMA`'s name and version, nothing more.
+    ///
+    /// ```
+    /// use mitosis::{Handover, Shape, Shapes};
+    /// assert_eq!(Vec::<u32>::shape(&mut Shapes::new())?, Shape::Seq(Box::new(Shape::U32)));
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
+        let _ = shapes;
+        Ok(Shape::Opaque {
+            name: Self::SCHEMA.name.into_owned(),
+            version: Self::SCHEMA.version,
+        })
+    }
+
     /// The schemas a state of this type can be built from: its own first,
     /// then, newest first, those it migrates from. The new process offers
     /// them in the handshake, and the old process sends its state only if
@@ -289,7 +329,7 @@ pub trait Handover: Sized {
     /// in; by hand:
     ///
     /// ```
-    /// # use mitosis::{Decoder, Encoder, Error, Handover, Schema};
+    /// # use mitosis::{Decoder, Encoder, Error, Handover, Schema, Shapes};
     /// struct V1(u32);
     /// struct V2(u64);
     /// # impl Handover for V1 {
@@ -305,23 +345,25 @@ pub trait Handover: Sized {
     ///     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
     ///         input.value().map(V2)
     ///     }
-    ///     fn accepted() -> Vec<Schema> {
-    ///         let mut accepted = vec![Self::SCHEMA];
-    ///         accepted.extend(V1::accepted());
-    ///         accepted
+    ///     fn accepted(shapes: &mut Shapes) -> Result<Vec<Schema>, Error> {
+    ///         let mut accepted = vec![shapes.schema::<Self>()?];
+    ///         accepted.extend(V1::accepted(shapes)?);
+    ///         Ok(accepted)
     ///     }
     ///     fn decode_from(fingerprint: u64, input: &mut Decoder<'_>) -> Result<Self, Error> {
-    ///         if fingerprint == Self::SCHEMA.fingerprint {
+    ///         if fingerprint == input.fingerprint_of::<Self>()? {
     ///             Self::decode(input)
     ///         } else {
     ///             V1::decode_from(fingerprint, input).map(|old| V2(old.0.into()))
     ///         }
     ///     }
     /// }
-    /// assert_eq!(V2::accepted(), [Schema::new("V", 2), Schema::new("V", 1)]);
+    /// let accepted = V2::accepted(&mut Shapes::new())?;
+    /// assert_eq!((accepted[0].version, accepted[1].version), (2, 1));
+    /// # Ok::<(), mitosis::Error>(())
     /// ```
-    fn accepted() -> Vec<Schema> {
-        vec![Self::SCHEMA]
+    fn accepted(shapes: &mut Shapes) -> Result<Vec<Schema>, Error> {
+        Ok(vec![shapes.schema::<Self>()?])
     }
 
     /// Reads a value written with the schema whose fingerprint is
@@ -329,7 +371,7 @@ pub trait Handover: Sized {
     /// this type's own schema, a migration for an older one. See
     /// [`accepted`](Handover::accepted) for an example.
     fn decode_from(fingerprint: u64, input: &mut Decoder<'_>) -> Result<Self, Error> {
-        if fingerprint == Self::SCHEMA.fingerprint {
+        if fingerprint == input.fingerprint_of::<Self>()? {
             Self::decode(input)
         } else {
             Err(Error::Decode {
@@ -345,8 +387,9 @@ pub trait Handover: Sized {
 #[cfg(test)]
 impl Decoder<'_> {
     /// Decodes a value of `S`'s own schema.
-    pub(crate) fn decode<S: Handover>(self) -> Result<S, Error> {
-        self.decode_from(S::SCHEMA.fingerprint)
+    pub(crate) fn decode<S: Handover>(mut self) -> Result<S, Error> {
+        let fingerprint = self.fingerprint_of::<S>()?;
+        self.decode_from(fingerprint)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel;
 use crate::handover::{Decoder, Handover};
-use crate::schema::Schema;
+use crate::schema::{self, Schema, Shape, Shapes};
 use crate::wire::handshake;
 use crate::wire::{
     self, Abort, Ack, BytesStart, Commit, End, Kind, Message, Offer, Reason, Reject, Taken,
@@ -21,7 +21,11 @@ use crate::wire::{
 /// Every step of a handover, from the new process's side.
 pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, Error> {
     fault::at(Side::New, Point::Spawned);
-    let accepted = S::accepted();
+    // This process's own state shape, and every schema it accepts: traced
+    // once, before anything is connected, and kept for decoding.
+    let mut shapes = Shapes::new();
+    let own = S::shape(&mut shapes)?;
+    let accepted = S::accepted(&mut shapes)?;
 
     // Step 2: connect to the fd channel, where the old process checks who
     // this is and sends the secret and the terms (KEY); then connect back
@@ -52,6 +56,7 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
     fault::at(Side::New, Point::Hello);
     let offer = Offer {
         accepted: accepted.clone(),
+        description: Some(own.clone()),
     };
     conn.send(Step::Offer, &offer)?;
     drop(burst);
@@ -62,7 +67,12 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
     conn.read_exact(Step::Hello, &mut welcome)?;
     handshake::check_welcome(&terms.secret, &welcome)?;
 
-    let result = receive::<S>(&mut conn, &terms, &accepted, fd_channel, &deadline);
+    let mine = Mine {
+        accepted: &accepted,
+        own: &own,
+        shapes,
+    };
+    let result = receive::<S>(&mut conn, &terms, mine, fd_channel, &deadline);
     let state = match result {
         Ok(state) => state,
         Err(error) => {
@@ -114,7 +124,7 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
 fn receive<S: Handover>(
     conn: &mut Conn,
     terms: &Terms,
-    accepted: &[Schema],
+    mine: Mine<'_>,
     fd_channel: OwnedFd,
     deadline: &Deadline,
 ) -> Result<S, Error> {
@@ -125,11 +135,16 @@ fn receive<S: Handover>(
         let reject = Reject::decode(Step::Offer, &payload)?;
         return Err(Error::SchemaMismatch {
             sent: reject.schema,
-            accepted: accepted.to_vec(),
+            accepted: mine.accepted.to_vec(),
+            differences: reject
+                .description
+                .map(|old| schema::differences(&old, mine.own))
+                .unwrap_or_default(),
         });
     }
     let sent = wire::State::decode(Step::Offer, &payload)?.schema;
-    if !accepted
+    if !mine
+        .accepted
         .iter()
         .any(|schema| schema.fingerprint == sent.fingerprint)
     {
@@ -147,7 +162,17 @@ fn receive<S: Handover>(
 
     // Step 7: decode, migrating from an older schema if that is what came;
     // every byte, every out-of-line buffer and every fd must be used.
-    Decoder::new(&state.stream, state.out_of_line, fds).decode_from::<S>(sent.fingerprint)
+    Decoder::new(&state.stream, state.out_of_line, fds)
+        .with_shapes(mine.shapes)
+        .decode_from::<S>(sent.fingerprint)
+}
+
+/// What this process brings to steps 4 and 7: the schemas it accepts, its
+/// own state's shape, and the shapes traced for them.
+struct Mine<'a> {
+    accepted: &'a [Schema],
+    own: &'a Shape,
+    shapes: Shapes,
 }
 
 /// What step 5 brings.

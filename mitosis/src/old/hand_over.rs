@@ -18,6 +18,7 @@ use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener};
 use crate::handover::{Encoder, Handover, StateSink};
+use crate::schema::{self, Schema, Shape, Shapes};
 use crate::wire::handshake::{self, Secret};
 use crate::wire::{self, Ack, Commit, End, Message, Offer, Reason, Reject, Taken};
 
@@ -124,8 +125,8 @@ impl Parent {
     /// Runs the handover. On success, the state comes back too: disarmed
     /// (its fds point at `/dev/null`), for the caller to drop after it has
     /// reported `Done`.
-    pub(super) fn run<S: Handover>(mut self, state: S) -> (Outcome<S>, Option<S>) {
-        let result = without_panics(|| self.hand_over(&state));
+    pub(super) fn run<S: Handover>(mut self, state: S, own: &Own) -> (Outcome<S>, Option<S>) {
+        let result = without_panics(|| self.hand_over(&state, own));
         let pid = self.child.id();
         match result {
             Ok(()) => {
@@ -141,7 +142,7 @@ impl Parent {
     }
 
     /// Every step of a handover, as PROTOCOL.md numbers them.
-    fn hand_over<S: Handover>(&mut self, state: &S) -> Result<(), Error> {
+    fn hand_over<S: Handover>(&mut self, state: &S, own: &Own) -> Result<(), Error> {
         fault::at(Side::Old, Point::Spawned);
         // Step 2: the new process connects to the fd channel, where the
         // kernel says who it is (SO_PEERCRED), and only then learns the
@@ -185,20 +186,32 @@ impl Parent {
             });
         }
 
-        // Step 4: send the state only if the new process accepts its schema.
-        let Offer { accepted } = conn.recv(Step::Offer)?;
+        // Step 4: send the state only if the new process accepts its schema;
+        // otherwise say why, and what differs, in both processes.
+        let Offer {
+            accepted,
+            description,
+        } = conn.recv(Step::Offer)?;
         fault::at(Side::Old, Point::Offer);
         if !accepted
             .iter()
-            .any(|schema| schema.fingerprint == S::SCHEMA.fingerprint)
+            .any(|schema| schema.fingerprint == own.schema.fingerprint)
         {
             let error = Error::SchemaMismatch {
-                sent: S::SCHEMA,
+                sent: own.schema.clone(),
                 accepted,
+                differences: description
+                    .map(|new| schema::differences(&own.shape, &new))
+                    .unwrap_or_default(),
             };
-            return Err(reject::<S>(conn, Step::Offer, Reason::Schema, error));
+            return Err(reject(conn, own, Step::Offer, Reason::Schema, error));
         }
-        conn.send(Step::Offer, &wire::State { schema: S::SCHEMA })?;
+        conn.send(
+            Step::Offer,
+            &wire::State {
+                schema: own.schema.clone(),
+            },
+        )?;
 
         // Step 5: stream the encoded state, then its lengths and fd count;
         // or, over a limit, a REJECT that tells the new process why.
@@ -221,7 +234,7 @@ impl Parent {
         let encoded = match encoded {
             Ok(encoded) => encoded,
             Err(error @ (Error::LimitExceeded { .. } | Error::UnreadBytes { .. })) => {
-                return Err(reject::<S>(conn, Step::State, Reason::Limit, error));
+                return Err(reject(conn, own, Step::State, Reason::Limit, error));
             }
             Err(error) => return Err(error),
         };
@@ -328,14 +341,37 @@ impl Parent {
     }
 }
 
+/// The old process's own schema and shape, worked out before step 1.
+pub(super) struct Own {
+    pub(super) schema: Schema,
+    pub(super) shape: Shape,
+}
+
+impl Own {
+    /// `S`'s, traced once; an untraceable type fails here, before any
+    /// process starts.
+    pub(super) fn of<S: Handover>() -> Result<Own, Error> {
+        without_panics(|| {
+            let shapes = &mut Shapes::new();
+            let shape = S::shape(shapes)?;
+            Ok(Own {
+                schema: shapes.schema_with::<S>(&shape),
+                shape,
+            })
+        })
+    }
+}
+
 /// Tells the new process, with REJECT, why the state will not come, and
 /// returns the error for the old process's own outcome. If even the REJECT
 /// cannot be written, that error is the one to report.
-fn reject<S: Handover>(conn: &Conn, step: Step, reason: Reason, error: Error) -> Error {
+fn reject(conn: &Conn, own: &Own, step: Step, reason: Reason, error: Error) -> Error {
     let reject = Reject {
         reason,
-        schema: S::SCHEMA,
+        schema: own.schema.clone(),
         message: error.to_string(),
+        // The new process names what differs, from its side.
+        description: (reason == Reason::Schema).then(|| own.shape.clone()),
     };
     match conn.send(step, &reject) {
         Ok(()) => error,

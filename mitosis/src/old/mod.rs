@@ -21,7 +21,7 @@ pub(crate) use spawn::start_path;
 
 use crate::error::{Error, Step};
 use crate::handover::Handover;
-use hand_over::Parent;
+use hand_over::{Own, Parent};
 
 /// Hands `state` over to a freshly started copy of this program, with the
 /// default [`SplitOptions`].
@@ -66,13 +66,17 @@ fn start<S: Handover + Send + 'static>(options: &SplitOptions, state: S) -> Spli
     if let Err(error) = spawn::close_on_exec(&state) {
         return Split::failed(state, error);
     }
+    let own = match Own::of::<S>() {
+        Ok(own) => own,
+        Err(error) => return Split::failed(state, error),
+    };
     let (job_sender, job) = mpsc::channel::<(Parent, S, InFlight)>();
     let (outcome_sender, outcome) = mpsc::sync_channel(1);
     let worker = thread::Builder::new()
         .name("mitosis-split".into())
         .spawn(move || {
             if let Ok((parent, state, in_flight)) = job.recv() {
-                let (outcome, handed_over) = parent.run(state);
+                let (outcome, handed_over) = parent.run(state, &own);
                 drop(in_flight);
                 if outcome_sender.send(outcome).is_err() {
                     log::warn!(

@@ -79,7 +79,7 @@ fn set_close_on_exec(first: RawFd, last: RawFd) -> io::Result<()> {
 
 /// Runs the state's own code (its `Handover::encode`), turning a panic into
 /// an error, so that the state is never lost to it.
-pub(crate) fn without_panics(run: impl FnOnce() -> Result<(), Error>) -> Result<(), Error> {
+pub(crate) fn without_panics<T>(run: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()

@@ -5,7 +5,7 @@
 
 use super::{Fields, Kind, MAGIC, Payload, Reason, TOKEN_LEN};
 use crate::error::{Error, Step};
-use crate::schema::Schema;
+use crate::schema::{Schema, Shape};
 
 /// A frame's payload, written and read the same way by both sides.
 pub(crate) trait Message: Sized {
@@ -160,10 +160,12 @@ impl Key {
 }
 
 /// OFFER (new → old, step 4): the schemas the new process accepts, its own
-/// first: a count (u16), then each schema.
+/// first: a count (u16), then each schema; then a description of its own
+/// state's shape, so that the old process can name what differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Offer {
     pub(crate) accepted: Vec<Schema>,
+    pub(crate) description: Option<Shape>,
 }
 
 impl Message for Offer {
@@ -174,6 +176,7 @@ impl Message for Offer {
         for schema in &self.accepted {
             out.schema(schema);
         }
+        out.description(self.description.as_ref());
     }
 
     fn read(fields: &mut Fields<'_>) -> Result<Self, Error> {
@@ -181,7 +184,10 @@ impl Message for Offer {
         let accepted = (0..count)
             .map(|_| fields.schema())
             .collect::<Result<_, _>>()?;
-        Ok(Offer { accepted })
+        Ok(Offer {
+            accepted,
+            description: fields.description()?,
+        })
     }
 }
 
@@ -206,12 +212,14 @@ impl Message for State {
 }
 
 /// REJECT (old → new, step 4 or 5): why the state will not come, the
-/// schema the old process holds, and the old process's error.
+/// schema the old process holds, the old process's error, and (for a
+/// schema mismatch) a description of its state's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reject {
     pub(crate) reason: Reason,
     pub(crate) schema: Schema,
     pub(crate) message: String,
+    pub(crate) description: Option<Shape>,
 }
 
 impl Message for Reject {
@@ -220,7 +228,8 @@ impl Message for Reject {
     fn write(&self, out: &mut Payload) {
         out.u8(self.reason as u8)
             .schema(&self.schema)
-            .str(&self.message);
+            .str(&self.message)
+            .description(self.description.as_ref());
     }
 
     fn read(fields: &mut Fields<'_>) -> Result<Self, Error> {
@@ -228,6 +237,7 @@ impl Message for Reject {
             reason: fields.reason()?,
             schema: fields.schema()?,
             message: fields.str()?,
+            description: fields.description()?,
         })
     }
 }
@@ -353,6 +363,11 @@ mod tests {
         let schema = Schema::new("a::State", 3);
         round_trip(Offer {
             accepted: vec![schema.clone(), Schema::new("a::StateV0", 0)],
+            description: Some(Shape::Tuple(vec![Shape::U8, Shape::Str])),
+        });
+        round_trip(Offer {
+            accepted: vec![schema.clone()],
+            description: None,
         });
         round_trip(State {
             schema: schema.clone(),
@@ -361,6 +376,7 @@ mod tests {
             reason: Reason::Limit,
             schema,
             message: "héllo".into(),
+            description: None,
         });
         round_trip(BytesStart { size: 1 << 40 });
         round_trip(End {

@@ -7,13 +7,14 @@
 
 pub(crate) mod handshake;
 mod messages;
+mod shape;
 
 pub(crate) use messages::{
     Abort, Ack, BytesStart, Commit, End, Hello, Key, Message, Offer, Reject, State, Taken, Welcome,
 };
 
 use crate::error::{Error, Step};
-use crate::schema::Schema;
+use crate::schema::{Schema, Shape};
 
 /// The first eight bytes each side sends.
 pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
@@ -224,6 +225,15 @@ impl Payload {
         self.u16(end as u16).bytes(&value.as_bytes()[..end])
     }
 
+    /// A state's description: 0, or 1 and the description (`shape.rs`);
+    /// 0 too for one past the description's bounds.
+    fn description(&mut self, shape: Option<&Shape>) -> &mut Self {
+        match shape.and_then(shape::describe) {
+            Some(bytes) => self.u8(1).bytes(&bytes),
+            None => self.u8(0),
+        }
+    }
+
     /// A schema: version (u32), fingerprint (u64), name (string).
     fn schema(&mut self, schema: &Schema) -> &mut Self {
         self.u32(schema.version)
@@ -300,6 +310,17 @@ impl<'p> Fields<'p> {
                 format!("{} frame holds invalid UTF-8", self.kind),
             )
         })
+    }
+
+    fn description(&mut self) -> Result<Option<Shape>, Error> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => shape::read(self).map(Some),
+            flag => Err(Error::protocol(
+                self.step,
+                format!("{} frame has an unknown description flag {flag}", self.kind),
+            )),
+        }
     }
 
     fn schema(&mut self) -> Result<Schema, Error> {

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mitosis::Handover;
+
 use mitosis::testing::wire::{Frame, encode};
 use testdata::wire;
 
@@ -48,7 +48,11 @@ fn run() -> Result<(), String> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
-    let (kind, offer) = encode(&Frame::Offer(vec![testdata::State::SCHEMA]));
+    let schema = mitosis::Schema::of::<testdata::State>().map_err(|e| e.to_string())?;
+    let (kind, offer) = encode(&Frame::Offer {
+        accepted: vec![schema],
+        description: None,
+    });
     let mut hello_and_offer = mitosis::testing::wire::hello(&secret).to_vec();
     hello_and_offer.extend_from_slice(&wire::header(kind as u8, offer.len() as u32));
     hello_and_offer.extend_from_slice(&offer);

@@ -1,16 +1,31 @@
-//! The identity of a state type's encoding (PROTOCOL.md, step 4).
+//! The identity of a state type's encoding (PROTOCOL.md, step 4): its
+//! [`Schema`], whose fingerprint is worked out from its [`Shape`] by
+//! [`Shapes`].
+
+mod shape;
+mod trace;
 
 use std::borrow::Cow;
 use std::fmt;
+
+pub use shape::Shape;
+pub(crate) use shape::differences;
+pub use trace::Shapes;
+
+use crate::error::Error;
+use crate::handover::Handover;
 
 /// The identity of a state type's encoding, compared in the handshake before
 /// any state is decoded (PROTOCOL.md, step 4).
 ///
 /// Two binaries hand over only when the old one's `Schema` is one the new one
 /// accepts. `name` and `version` are for people; `fingerprint` is what is
-/// compared. A type's own schema is a constant with a borrowed name; one that
-/// the other process described in the handshake (in
-/// [`Error::SchemaMismatch`](crate::Error::SchemaMismatch)) owns its name.
+/// compared. A type declares its name and version in
+/// [`Handover::SCHEMA`](crate::Handover::SCHEMA); the fingerprint that the
+/// handshake compares also covers the type's [`Shape`], and
+/// [`Schema::of`] works it out. One that the other process described in the
+/// handshake (in [`Error::SchemaMismatch`](crate::Error::SchemaMismatch))
+/// owns its name.
 ///
 /// ```
 /// use mitosis::Schema;
@@ -84,6 +99,23 @@ impl Schema {
         }
         std::mem::forget(inner);
         schema
+    }
+
+    /// The schema a handover compares for `S`: its declared name and
+    /// version, with a fingerprint that covers its whole [`Shape`].
+    ///
+    /// ```
+    /// #[derive(mitosis::Handover)]
+    /// #[handover(version = 2)]
+    /// struct State {
+    ///     generation: u64,
+    /// }
+    /// let schema = mitosis::Schema::of::<State>()?;
+    /// assert_eq!(schema.version, 2);
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn of<S: Handover>() -> Result<Schema, Error> {
+        Shapes::new().schema::<S>()
     }
 
     /// `schema`'s fingerprint, usable in a constant.
