@@ -44,6 +44,8 @@
 //! | `testdata-migrate-v2` | [`v2::State`], v2, migrates from v1 | `m2` |
 //! | `testdata-migrate-v3` | [`v3::State`], v3, migrates from v2 (and so v1) | `m3` |
 //! | `testdata-nomigrate` | [`nomigrate::State`]: v2's fields, no migration | `n2` |
+//! | `testdata-shape-<x>` | [`shape`]`::<x>::State`, `testdata::Shape` v1 with nested serde types | `<x>` |
+//! | `testdata-shape-deep-a`, `-deep-b` | their own, `testdata::Deep` v1, around [`shape::deep_a`], [`shape::deep_b`] | `deep-a`, `deep-b` |
 //!
 //! The v2 and v3 states add a `note` that `status` reports as `note=<trail>`:
 //! the versions the state went through (`v1>v2>v3` after two migrations).
@@ -61,6 +63,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 
 pub mod nomigrate;
 pub mod schema2;
+pub mod shape;
 pub mod v2;
 pub mod v3;
 
@@ -214,6 +217,10 @@ pub trait AppState: Handover + Send + 'static {
 /// Implements [`AppState`] for a state type whose common fields have the
 /// usual names, except the generation counter (`$generation`); `fresh`
 /// gives the fields a fresh state adds, and `status` the status words.
+///
+/// Exported, so that a binary can define its state in its own crate around
+/// types of this one (`testdata-shape-deep-a` and `-deep-b`).
+#[macro_export]
 macro_rules! app_state {
     (
         $ty:ty,
@@ -265,8 +272,6 @@ macro_rules! app_state {
         }
     };
 }
-pub(crate) use app_state;
-
 app_state!(State, generation: generation, fresh: {}, status: |_state| String::new());
 
 /// The blob's deterministic content: a 251-byte pattern, repeated.
