@@ -45,6 +45,7 @@
 //! | `testdata-migrate-v3` | [`v3::State`], v3, migrates from v2 (and so v1) | `m3` |
 //! | `testdata-nomigrate` | [`nomigrate::State`]: v2's fields, no migration | `n2` |
 //! | `testdata-shape-<x>` | [`shape`]`::<x>::State`, `testdata::Shape` v1 with nested serde types | `<x>` |
+//! | `testdata-evolve-v1`, `-v2`, `-v3` | [`evolve`]`::v<N>::State`, `testdata::Evolving` v1..v3, evolved in place | `evolve-v<N>` |
 //! | `testdata-shape-deep-a`, `-deep-b` | their own, `testdata::Deep` v1, around [`shape::deep_a`], [`shape::deep_b`] | `deep-a`, `deep-b` |
 //!
 //! The v2 and v3 states add a `note` that `status` reports as `note=<trail>`:
@@ -61,6 +62,7 @@ use clap::Parser;
 use mitosis::{Handover, Outcome, SplitOptions};
 use rustix::event::{PollFd, PollFlags, poll};
 
+pub mod evolve;
 pub mod nomigrate;
 pub mod schema2;
 pub mod shape;

@@ -16,7 +16,11 @@
 //!   be accepted, the values arriving intact;
 //! - a type whose shape serde cannot describe from the type alone
 //!   (`#[serde(untagged)]`, `deserialize_any`) must make the split fail,
-//!   naming the type, with the old process serving on.
+//!   naming the type, with the old process serving on;
+//! - a state evolved in place (`testdata-evolve-v1`..`-v3`: a field added
+//!   with `#[handover(since = 2, default)]`, one removed with the
+//!   container's `removed(...)`) must be taken by every later version,
+//!   without copies of the older definitions.
 //!
 //! Differences are named as `field '<path>': ...` or `variant '<path>':
 //! ...`, the path being dot-separated from the state's top and positions
@@ -38,6 +42,9 @@ const SHAPE_UNTAGGED: &str = env!("CARGO_BIN_EXE_testdata-shape-untagged");
 const SHAPE_ANY: &str = env!("CARGO_BIN_EXE_testdata-shape-any");
 const SHAPE_DEEP_A: &str = env!("CARGO_BIN_EXE_testdata-shape-deep-a");
 const SHAPE_DEEP_B: &str = env!("CARGO_BIN_EXE_testdata-shape-deep-b");
+const EVOLVE_V1: &str = env!("CARGO_BIN_EXE_testdata-evolve-v1");
+const EVOLVE_V2: &str = env!("CARGO_BIN_EXE_testdata-evolve-v2");
+const EVOLVE_V3: &str = env!("CARGO_BIN_EXE_testdata-evolve-v3");
 
 /// What a fresh `testdata-shape-*` state holds (src/shape.rs), as `status`
 /// reports it.
@@ -379,4 +386,58 @@ fn a_new_build_with_an_untraceable_type_fails_closed() {
         names_untraceable(&init, type_name);
         still_serving(&run, &mut peer, &before);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Evolving a state in place (issue 12, 5)
+
+/// v1 → v2 → v3, then v3 into its own binary: `count` appears with its
+/// default, `legacy` disappears, and `generation` and `nick` go through.
+#[test]
+fn a_state_evolves_in_place_from_1_through_2_to_3() {
+    let (mut run, mut peer, before) = start("evolve-1-2-3", EVOLVE_V1);
+    assert_values(&before, &[("nick", "nick-v1"), ("legacy", "7")]);
+    assert_eq!(
+        try_field(&before, "count"),
+        None,
+        "v1 has no count: {before:?}"
+    );
+
+    let v2 = accepted(&mut run, &mut peer, EVOLVE_V2, "evolve-v2", 2);
+    assert_values(&v2, &[("nick", "nick-v1"), ("legacy", "7"), ("count", "0")]);
+    assert_kept(&before, &v2, &[]);
+
+    let v3 = accepted(&mut run, &mut peer, EVOLVE_V3, "evolve-v3", 3);
+    assert_values(&v3, &[("nick", "nick-v1"), ("count", "0")]);
+    assert_eq!(try_field(&v3, "legacy"), None, "v3 dropped legacy: {v3:?}");
+    assert_kept(&before, &v3, &[]);
+
+    let again = accepted(&mut run, &mut peer, EVOLVE_V3, "evolve-v3", 4);
+    assert_values(&again, &[("nick", "nick-v1"), ("count", "0")]);
+    assert_kept(&before, &again, &[]);
+    assert_eq!(peer.command("ping evolved"), "pong evolved");
+}
+
+/// v1 straight to v3: the added field and the removed one at once.
+#[test]
+fn a_state_evolves_in_place_from_1_straight_to_3() {
+    let (mut run, mut peer, before) = start("evolve-1-3", EVOLVE_V1);
+    let v3 = accepted(&mut run, &mut peer, EVOLVE_V3, "evolve-v3", 2);
+    assert_values(&v3, &[("nick", "nick-v1"), ("count", "0")]);
+    assert_eq!(try_field(&v3, "legacy"), None, "v3 dropped legacy: {v3:?}");
+    assert_kept(&before, &v3, &[]);
+}
+
+/// v2 to v3: `count` keeps the value it had, `legacy` is dropped.
+#[test]
+fn a_state_evolves_in_place_from_2_to_3() {
+    let (mut run, mut peer, before) = start("evolve-2-3", EVOLVE_V2);
+    assert_values(
+        &before,
+        &[("nick", "nick-v2"), ("legacy", "8"), ("count", "42")],
+    );
+    let v3 = accepted(&mut run, &mut peer, EVOLVE_V3, "evolve-v3", 2);
+    assert_values(&v3, &[("nick", "nick-v2"), ("count", "42")]);
+    assert_eq!(try_field(&v3, "legacy"), None, "v3 dropped legacy: {v3:?}");
+    assert_kept(&before, &v3, &[]);
 }
