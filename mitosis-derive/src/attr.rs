@@ -20,6 +20,19 @@ pub struct ContainerAttrs {
     pub migrate_from: Option<Type>,
     /// `crate = "path"`: where mitosis is, for a crate that re-exports it.
     pub krate: Option<Path>,
+    /// `removed(name = "...", ty = "Type", since = N, after = "field")`, in
+    /// order: fields that older versions had.
+    pub removed: Vec<Removed>,
+}
+
+/// A field removed in version `since`: older states still carry it, as a
+/// `ty` after the field `after` (or first).
+pub struct Removed {
+    pub span: Span,
+    pub name: String,
+    pub ty: Type,
+    pub since: (Span, u32),
+    pub after: Option<(Span, String)>,
 }
 
 impl ContainerAttrs {
@@ -38,8 +51,10 @@ impl ContainerAttrs {
 pub struct FieldAttrs {
     /// `skip`: not sent; rebuilt with `Default` or `default`.
     pub skip: Option<Span>,
-    /// `default = "path"`, with `skip`.
-    pub default: Option<(Span, ExprPath)>,
+    /// `default` or `default = "path"`, with `skip` or `since`.
+    pub default: Option<(Span, Option<ExprPath>)>,
+    /// `since = N`: the field was added in version N; older states lack it.
+    pub since: Option<(Span, u32)>,
     /// `with = "module"`: `module::encode` and `module::decode`.
     pub with: Option<(Span, Path)>,
     /// `fd`: a type that is `AsFd + From<OwnedFd>` but not `Handover`.
@@ -47,9 +62,12 @@ pub struct FieldAttrs {
 }
 
 const CONTAINER: &str = "the type attributes are `version = N`, `name = \"...\"`, \
-                         `migrate_from(Type)` and `crate = \"path\"`";
-const FIELD: &str = "the field attributes are `skip`, `default = \"path\"`, \
-                     `with = \"module\"` and `fd`";
+                         `migrate_from(Type)`, `removed(name = \"...\", ty = \"Type\", \
+                         since = N, after = \"field\")` and `crate = \"path\"`";
+const FIELD: &str = "the field attributes are `skip`, `default`, `default = \"path\"`, \
+                     `since = N`, `with = \"module\"` and `fd`";
+const REMOVED: &str = "`removed` takes `name = \"...\"`, `ty = \"Type\"`, `since = N` \
+                       and `after = \"field\"`";
 
 pub fn container(cx: &Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
     let mut parsed = ContainerAttrs::default();
@@ -66,6 +84,8 @@ pub fn container(cx: &Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
             let content;
             parenthesized!(content in meta.input);
             parsed.migrate_from = Some(content.parse()?);
+        } else if meta.path.is_ident("removed") {
+            parsed.removed.push(removed(meta)?);
         } else if meta.path.is_ident("crate") {
             once(meta, parsed.krate.is_some())?;
             let lit: LitStr = meta.value()?.parse()?;
@@ -97,8 +117,17 @@ pub fn field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
             parsed.skip = Some(span);
         } else if meta.path.is_ident("default") {
             once(meta, parsed.default.is_some())?;
-            let lit: LitStr = meta.value()?.parse()?;
-            parsed.default = Some((span, lit.parse()?));
+            let function = if meta.input.peek(syn::Token![=]) {
+                let lit: LitStr = meta.value()?.parse()?;
+                Some(lit.parse()?)
+            } else {
+                None
+            };
+            parsed.default = Some((span, function));
+        } else if meta.path.is_ident("since") {
+            once(meta, parsed.since.is_some())?;
+            let lit: LitInt = meta.value()?.parse()?;
+            parsed.since = Some((lit.span(), lit.base10_parse()?));
         } else if meta.path.is_ident("with") {
             once(meta, parsed.with.is_some())?;
             let lit: LitStr = meta.value()?.parse()?;
@@ -112,6 +141,44 @@ pub fn field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
         Ok(())
     });
     parsed
+}
+
+/// `removed(name = "...", ty = "Type", since = N, after = "field")`; all
+/// but `after` are required.
+fn removed(meta: &ParseNestedMeta<'_>) -> Result<Removed> {
+    let span = syn::spanned::Spanned::span(&meta.path);
+    let (mut name, mut ty, mut since, mut after) = (None, None, None, None);
+    meta.parse_nested_meta(|item| {
+        if item.path.is_ident("name") {
+            once(&item, name.is_some())?;
+            let lit: LitStr = item.value()?.parse()?;
+            name = Some(lit.value());
+        } else if item.path.is_ident("ty") {
+            once(&item, ty.is_some())?;
+            let lit: LitStr = item.value()?.parse()?;
+            ty = Some(lit.parse::<Type>()?);
+        } else if item.path.is_ident("since") {
+            once(&item, since.is_some())?;
+            let lit: LitInt = item.value()?.parse()?;
+            since = Some((lit.span(), lit.base10_parse()?));
+        } else if item.path.is_ident("after") {
+            once(&item, after.is_some())?;
+            let lit: LitStr = item.value()?.parse()?;
+            after = Some((lit.span(), lit.value()));
+        } else {
+            return Err(unknown(&item, REMOVED));
+        }
+        Ok(())
+    })?;
+    let missing =
+        |what: &str| syn::Error::new(span, format!("`removed` needs `{what}`; {REMOVED}"));
+    Ok(Removed {
+        span,
+        name: name.ok_or_else(|| missing("name = \"...\""))?,
+        ty: ty.ok_or_else(|| missing("ty = \"Type\""))?,
+        since: since.ok_or_else(|| missing("since = N"))?,
+        after,
+    })
 }
 
 pub fn variant(cx: &Ctxt, attrs: &[Attribute]) {

@@ -11,7 +11,7 @@ use syn::spanned::Spanned;
 use syn::{DeriveInput, Generics, Ident, LitStr, Path, Type};
 
 use crate::ast::{Enum, Field, Input, Struct, Variant};
-use crate::attr::{self, ContainerAttrs};
+use crate::attr::{self, ContainerAttrs, Removed};
 use crate::ctxt::Ctxt;
 
 pub fn derive(node: &DeriveInput) -> TokenStream {
@@ -73,9 +73,132 @@ fn impl_struct(input: Struct<'_>) -> TokenStream {
         shape,
         encode: quote!(#(#encode)*),
         decode: quote!(::core::result::Result::Ok(#construct)),
+        versions: versions(&krate, &input),
     };
     let fields: Vec<&Field<'_>> = input.fields.iter().collect();
     body.into_impl(input.ident, input.generics, &fields, &input.attrs)
+}
+
+/// A field of an older version of a struct: one it still has, or one
+/// `removed` since.
+enum Item<'f, 'a> {
+    Field(&'f Field<'a>),
+    Removed(&'f Removed),
+}
+
+impl Item<'_, '_> {
+    fn name(&self) -> String {
+        match self {
+            Item::Field(field) => field.schema_name(),
+            Item::Removed(removed) => removed.name.clone(),
+        }
+    }
+}
+
+/// For each version older than this one that a `since` or `removed` names
+/// (the one before each change), newest first: the version, its shape and
+/// its decoding, from this definition alone.
+fn versions(krate: &Path, input: &Struct<'_>) -> Vec<Version> {
+    let mut olds: Vec<u32> = input
+        .fields
+        .iter()
+        .filter_map(|field| field.attrs.since.map(|(_, since)| since))
+        .chain(input.attrs.removed.iter().map(|removed| removed.since.1))
+        .filter(|&since| since > 0)
+        .map(|since| since - 1)
+        .collect();
+    olds.sort_unstable();
+    olds.dedup();
+    olds.reverse();
+    let name = input.ident.to_string();
+    olds.into_iter()
+        .map(|version| {
+            let items = as_of(input, version);
+            let shapes = items.iter().map(|item| match item {
+                Item::Field(field) => field_shape(krate, field),
+                Item::Removed(removed) => {
+                    let ty = &removed.ty;
+                    quote!((&#krate::__private::Slot::<#ty>::new()).shape_field(__shapes)?)
+                }
+            });
+            let names = items.iter().map(Item::name);
+            let shape = quote! {
+                #krate::Shape::Struct {
+                    name: ::std::string::String::from(#name),
+                    fields: ::std::vec![#((::std::string::String::from(#names), #shapes)),*],
+                }
+            };
+            Version {
+                version,
+                shape,
+                decode: decode_as_of(krate, input, &items),
+            }
+        })
+        .collect()
+}
+
+/// The sent fields of version `version`, in its order: this one's fields
+/// that existed then (`since` at most `version`), and the fields removed
+/// after it, each after its `after` field (first without one; last when
+/// that field did not exist then either).
+fn as_of<'f, 'a>(input: &'f Struct<'a>, version: u32) -> Vec<Item<'f, 'a>> {
+    let mut items: Vec<Item<'f, 'a>> = input
+        .fields
+        .iter()
+        .filter(|field| field.attrs.skip.is_none())
+        .filter(|field| field.attrs.since.is_none_or(|(_, since)| since <= version))
+        .map(Item::Field)
+        .collect();
+    for removed in input
+        .attrs
+        .removed
+        .iter()
+        .filter(|removed| removed.since.1 > version)
+    {
+        let at = match &removed.after {
+            None => 0,
+            Some((_, after)) => items
+                .iter()
+                .position(|item| &item.name() == after)
+                .map_or(items.len(), |i| i + 1),
+        };
+        items.insert(at, Item::Removed(removed));
+    }
+    items
+}
+
+/// Decodes a state of an older version: `items` in its order (a removed
+/// field is decoded and dropped, closing any fd it holds), then the struct,
+/// with each field that did not exist then at its default.
+fn decode_as_of(krate: &Path, input: &Struct<'_>, items: &[Item<'_, '_>]) -> TokenStream {
+    let binding = |name: &str| format_ident!("__v_{}", name);
+    let reads = items.iter().map(|item| match item {
+        Item::Field(field) => {
+            let binding = binding(&field.schema_name());
+            let value = decode_value(krate, field);
+            quote!(let #binding = #value;)
+        }
+        Item::Removed(removed) => {
+            let ty = &removed.ty;
+            quote!(let _: #ty = (&#krate::__private::Slot::<#ty>::new()).decode_field(__input)?;)
+        }
+    });
+    let present: Vec<String> = items.iter().map(Item::name).collect();
+    let values = input.fields.iter().map(|field| {
+        let member = &field.member;
+        let value = match (field.attrs.skip, field.attrs.since) {
+            (Some(skip), _) => default_value(field, skip),
+            (None, Some((since, _))) if !present.contains(&field.schema_name()) => {
+                default_value(field, since)
+            }
+            _ => binding(&field.schema_name()).to_token_stream(),
+        };
+        quote!(#member: #value)
+    });
+    quote! {{
+        #(#reads)*
+        ::core::result::Result::Ok(Self { #(#values,)* })
+    }}
 }
 
 fn impl_enum(input: Enum<'_>) -> TokenStream {
@@ -115,6 +238,7 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
     };
     let body = Body {
         shape,
+        versions: Vec::new(),
         encode: quote! {
             match self {
                 #(#encode_arms)*
@@ -133,8 +257,21 @@ fn impl_enum(input: Enum<'_>) -> TokenStream {
     body.into_impl(input.ident, input.generics, &fields, &input.attrs)
 }
 
+/// An older version a struct accepts states of, worked out from `since`
+/// and `removed`.
+struct Version {
+    version: u32,
+    /// An expression of type `Shape`, in a function with `__shapes`.
+    shape: TokenStream,
+    /// An expression of type `Result<Self, Error>`, in a function with
+    /// `__input`.
+    decode: TokenStream,
+}
+
 /// The parts of the generated impl that differ between structs and enums.
 struct Body {
+    /// The older versions of this definition (structs only).
+    versions: Vec<Version>,
     /// An expression of type `Shape`, in a function with `__shapes`.
     shape: TokenStream,
     encode: TokenStream,
@@ -153,15 +290,13 @@ impl Body {
             shape,
             encode,
             decode,
+            versions,
         } = self;
         let schema = schema(&attrs.krate(), attrs, ident);
         let krate = attrs.krate();
         let generics = with_bounds(&krate, generics, fields);
         let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-        let migration = attrs
-            .migrate_from
-            .as_ref()
-            .map(|old| migration(&krate, old));
+        let migration = older(&krate, &versions, attrs.migrate_from.as_ref());
         let checks = fields.iter().filter_map(|field| check(&krate, field));
         quote! {
             #[automatically_derived]
@@ -223,21 +358,50 @@ fn check(krate: &Path, field: &Field<'_>) -> Option<TokenStream> {
     Some(quote_spanned!(ty.span()=> #krate::__private::Slot::<#ty>::new().check_field();))
 }
 
-/// `accepted` and `decode_from` for `migrate_from(Old)`. The calls on `Old`
-/// are spanned on it, so that a type that is not `Handover`, or has no
-/// `From` into this one, is reported there.
-fn migration(krate: &Path, old: &Type) -> TokenStream {
-    let span = old.span();
-    let accepted = quote_spanned!(span=> <#old as #krate::Handover>::accepted(__shapes));
-    let decode_old =
-        quote_spanned!(span=> <#old as #krate::Handover>::decode_from(__fingerprint, __input));
-    let convert = quote_spanned!(span=> <Self as ::core::convert::From<#old>>::from);
-    quote! {
+/// `accepted` and `decode_from` for the older states this type accepts:
+/// its own older versions (`since`, `removed`), then, through
+/// `migrate_from(Old)`, whatever `Old` accepts. Nothing when there are none.
+/// The calls on `Old` are spanned on it, so that a type that is not
+/// `Handover`, or has no `From` into this one, is reported there.
+fn older(krate: &Path, versions: &[Version], old: Option<&Type>) -> Option<TokenStream> {
+    if versions.is_empty() && old.is_none() {
+        return None;
+    }
+    let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
+    let shapes: Vec<&TokenStream> = versions.iter().map(|v| &v.shape).collect();
+    let decodes = versions.iter().map(|v| &v.decode);
+    let accepted_old = old.map(|old| {
+        let span = old.span();
+        quote_spanned!(span=> __accepted.extend(<#old as #krate::Handover>::accepted(__shapes)?);)
+    });
+    let otherwise = match old {
+        Some(old) => {
+            let span = old.span();
+            let decode_old = quote_spanned!(span=>
+                <#old as #krate::Handover>::decode_from(__fingerprint, __input));
+            let convert = quote_spanned!(span=> <Self as ::core::convert::From<#old>>::from);
+            quote!(#decode_old.map(#convert))
+        }
+        None => quote!(::core::result::Result::Err(#krate::__private::no_migration(
+            &<Self as #krate::Handover>::SCHEMA,
+            __fingerprint,
+        ))),
+    };
+    Some(quote! {
         fn accepted(
             __shapes: &mut #krate::Shapes,
         ) -> ::core::result::Result<::std::vec::Vec<#krate::Schema>, #krate::Error> {
+            #[allow(unused_imports)]
+            use #krate::__private::{ShapeHandover as _, ShapeSerde as _, ShapeUnsupported as _};
             let mut __accepted = ::std::vec![__shapes.schema::<Self>()?];
-            __accepted.extend(#accepted?);
+            #(
+                __accepted.push(#krate::__private::schema_as_of(
+                    &<Self as #krate::Handover>::SCHEMA,
+                    #numbers,
+                    &#shapes,
+                ));
+            )*
+            #accepted_old
             ::core::result::Result::Ok(__accepted)
         }
 
@@ -245,13 +409,31 @@ fn migration(krate: &Path, old: &Type) -> TokenStream {
             __fingerprint: u64,
             __input: &mut #krate::Decoder<'_>,
         ) -> ::core::result::Result<Self, #krate::Error> {
+            #[allow(unused_imports)]
+            use #krate::__private::{
+                DecodeHandover as _, DecodeSerde as _, DecodeUnsupported as _,
+                ShapeHandover as _, ShapeSerde as _, ShapeUnsupported as _,
+            };
             if __fingerprint == __input.fingerprint_of::<Self>()? {
-                <Self as #krate::Handover>::decode(__input)
-            } else {
-                #decode_old.map(#convert)
+                return <Self as #krate::Handover>::decode(__input);
             }
+            #(
+                {
+                    let __shapes = #krate::__private::shapes(__input);
+                    let __shape = #shapes;
+                    let __schema = #krate::__private::schema_as_of(
+                        &<Self as #krate::Handover>::SCHEMA,
+                        #numbers,
+                        &__shape,
+                    );
+                    if __fingerprint == __schema.fingerprint {
+                        return #decodes;
+                    }
+                }
+            )*
+            #otherwise
         }
-    }
+    })
 }
 
 /// The declared schema: the name (`name = "..."`, or the type's module path
@@ -338,24 +520,36 @@ fn encode_fields(krate: &Path, fields: &[Field<'_>], bindings: &[TokenStream]) -
 fn construct(krate: &Path, path: TokenStream, fields: &[Field<'_>]) -> TokenStream {
     let values = fields.iter().map(|field| {
         let member = &field.member;
-        let ty = field.ty;
-        let value = if let Some(skip) = field.attrs.skip {
-            match &field.attrs.default {
-                Some((_, function)) => quote!(#function()),
-                // Spanned on `skip`, so that a type without `Default` is
-                // reported at the attribute that needs it.
-                None => quote_spanned!(skip=> <#ty as ::core::default::Default>::default()),
-            }
-        } else if let Some((_, module)) = &field.attrs.with {
-            quote!(#module::decode(__input)?)
-        } else if field.attrs.fd.is_some() {
-            quote!(<#ty as ::core::convert::From<::std::os::fd::OwnedFd>>::from(__input.fd()?))
-        } else {
-            quote!((&#krate::__private::Slot::<#ty>::new()).decode_field(__input)?)
+        let value = match field.attrs.skip {
+            Some(skip) => default_value(field, skip),
+            None => decode_value(krate, field),
         };
         quote!(#member: #value)
     });
     quote!(#path { #(#values,)* })
+}
+
+/// A sent field's value, read from `__input`.
+fn decode_value(krate: &Path, field: &Field<'_>) -> TokenStream {
+    let ty = field.ty;
+    if let Some((_, module)) = &field.attrs.with {
+        quote!(#module::decode(__input)?)
+    } else if field.attrs.fd.is_some() {
+        quote!(<#ty as ::core::convert::From<::std::os::fd::OwnedFd>>::from(__input.fd()?))
+    } else {
+        quote!((&#krate::__private::Slot::<#ty>::new()).decode_field(__input)?)
+    }
+}
+
+/// The value of a field that did not cross: `default = "path"`, or the
+/// type's `Default` (spanned on `at`, the attribute that needs it, so that
+/// a type without `Default` is reported there).
+fn default_value(field: &Field<'_>, at: Span) -> TokenStream {
+    let ty = field.ty;
+    match &field.attrs.default {
+        Some((_, Some(function))) => quote!(#function()),
+        _ => quote_spanned!(at=> <#ty as ::core::default::Default>::default()),
+    }
 }
 
 /// The generics with `T: Handover` for every type parameter that appears in

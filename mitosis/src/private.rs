@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 use crate::handover::{Decoder, Encoder, Handover};
-use crate::schema::{Shape, Shapes};
+use crate::schema::{Schema, Shape, Shapes};
 
 /// A field being encoded. `(&Field(&value)).encode_field(out)` picks the
 /// path for `value`'s type.
@@ -102,6 +102,30 @@ impl<T: DeserializeOwned> DecodeSerde for &Slot<T> {
     type Output = T;
     fn decode_field(&self, input: &mut Decoder<'_>) -> Result<T, Error> {
         input.value()
+    }
+}
+
+/// The schema of an older version of a type, with that version's shape.
+pub fn schema_as_of(declared: &Schema, version: u32, shape: &Shape) -> Schema {
+    Schema {
+        name: declared.name.clone(),
+        version,
+        fingerprint: shape.fingerprint(&declared.name, version),
+    }
+}
+
+/// The shapes a decoder's handover worked out, for working out an older
+/// version's.
+pub fn shapes<'d>(input: &'d mut Decoder<'_>) -> &'d mut Shapes {
+    &mut input.shapes
+}
+
+/// The error for a state whose schema is none this type accepts.
+pub fn no_migration(declared: &Schema, fingerprint: u64) -> Error {
+    Error::Decode {
+        detail: format!(
+            "{declared} has no migration from the schema with fingerprint {fingerprint:016x}"
+        ),
     }
 }
 

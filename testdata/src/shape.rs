@@ -485,7 +485,7 @@ pub mod deep_b {
         }
     }
 
-    /// A fresh state's `deep`, with the same values as [`deep_a::sample`].
+    /// A fresh state's `deep`, with the same values as `deep_a::sample`.
     pub fn sample() -> Option<Vec<BTreeMap<String, Inner>>> {
         let inner = |weight, name: &str| Inner {
             weight,

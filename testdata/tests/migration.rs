@@ -147,7 +147,10 @@ fn verbatim_copies_have_the_original_fingerprints() {
         "both say v2, but their fields differ"
     );
 
-    assert_eq!(State::accepted(&mut Shapes::new()).unwrap(), std::slice::from_ref(&v1));
+    assert_eq!(
+        State::accepted(&mut Shapes::new()).unwrap(),
+        std::slice::from_ref(&v1)
+    );
     assert_eq!(
         v2::State::accepted(&mut Shapes::new()).unwrap(),
         [schema::<v2::State>(), v1.clone()]

@@ -97,10 +97,10 @@ kind!(Option<u32>, "Option<u32>", maybes, MaybeU32);
 kind!(Vec<u16>, "Vec<u16>", ports, Ports);
 
 /// What the test knows of a shape of the family.
-trait Shape: Handover {
+trait Written: Handover {
     const NAME: &'static str;
     /// The fields of `Inner`: names and kinds, in order.
-    fn shape() -> Vec<(&'static str, &'static str)>;
+    fn written() -> Vec<(&'static str, &'static str)>;
     fn build(pool: &Pool) -> Self;
     fn values(&self) -> Vec<(&'static str, Value)>;
 }
@@ -122,10 +122,10 @@ macro_rules! shapes {
                     pub inner: Inner,
                 }
 
-                impl Shape for State {
+                impl Written for State {
                     const NAME: &'static str = stringify!($module);
 
-                    fn shape() -> Vec<(&'static str, &'static str)> {
+                    fn written() -> Vec<(&'static str, &'static str)> {
                         vec![$((stringify!($field), <$ty as Kind>::NAME)),*]
                     }
 
@@ -204,23 +204,23 @@ impl<T: Fingerprint, E: std::fmt::Display> Fingerprint for Result<T, E> {
     }
 }
 
-fn fingerprint<S: Shape>() -> u64 {
+fn fingerprint<S: Written>() -> u64 {
     Schema::of::<S>().fingerprint()
 }
 
 /// The property, for a value of `A` built from `pool` and the type `B`.
-fn check<A: Shape, B: Shape>(pool: &Pool) -> Result<(), TestCaseError> {
+fn check<A: Written, B: Written>(pool: &Pool) -> Result<(), TestCaseError> {
     let (a, b) = (fingerprint::<A>(), fingerprint::<B>());
-    let same_shape = A::shape() == B::shape();
+    let same_shape = A::written() == B::written();
     prop_assert_eq!(
         a == b,
         same_shape,
         "{} {:?} ({:016x}) and {} {:?} ({:016x}): the fingerprints {} but the shapes {}",
         A::NAME,
-        A::shape(),
+        A::written(),
         a,
         B::NAME,
-        B::shape(),
+        B::written(),
         b,
         if a == b { "match" } else { "differ" },
         if same_shape { "match" } else { "differ" },
@@ -287,7 +287,7 @@ fn decode_as<A: Handover, B: Handover>(value: &A) -> Result<B, mitosis::Error> {
 /// without an error, which only the fingerprint can tell apart.
 #[test]
 fn the_family_has_equal_and_confusable_shapes() {
-    assert_eq!(s0::State::shape(), s1::State::shape());
+    assert_eq!(s0::State::written(), s1::State::written());
     let value = s0::State {
         inner: s0::Inner {
             id: 5,
@@ -305,7 +305,7 @@ fn the_family_has_equal_and_confusable_shapes() {
         (5, 6, "x"),
         "varints: the same values"
     );
-    assert_ne!(s0::State::shape(), s4::State::shape());
+    assert_ne!(s0::State::written(), s4::State::written());
     let swapped: s2::State = decode_as(&value).expect("s0's bytes decode as s2");
     assert_eq!((swapped.inner.flag, swapped.inner.id), (5, 6), "swapped");
 }

@@ -33,7 +33,7 @@ pub struct Decoder<'de> {
     pub(super) buffer_capacity_limit: u64,
     /// The handover's shapes, worked out before the state arrived, so that
     /// [`fingerprint_of`](Decoder::fingerprint_of) traces nothing again.
-    shapes: Shapes,
+    pub(crate) shapes: Shapes,
 }
 
 impl<'de> Decoder<'de> {

@@ -137,12 +137,51 @@ use crate::schema::{Schema, Shape, Shapes};
 /// assert_eq!(<StateV1 as mitosis::Handover>::SCHEMA.name, "bot::State");
 /// ```
 ///
+/// ### Evolving a state in place
+///
+/// Most changes add a field or remove one. Neither needs a copy of the old
+/// type: mark a field added in version N with `#[handover(since = N)]` (it
+/// takes `Default`, or `default = "function"`, when an older state lacks
+/// it), and list a removed field on the type with `removed(name = "...",
+/// ty = "Type", since = N, after = "field")` (`after` names the field it
+/// followed; without it, it came first). The derive works out each older
+/// version's shape from this one definition, accepts states of all of
+/// them, skips a removed field in an older state (closing any fd it holds),
+/// and fills in an added one:
+///
+/// ```
+/// use mitosis::Handover;
+///
+/// // Version 1 was { generation: u64, nick: String, legacy: u32 }.
+/// #[derive(Handover)]
+/// #[handover(name = "bot::State", version = 3, removed(name = "legacy", ty = "u32", since = 3, after = "nick"))]
+/// struct State {
+///     generation: u64,
+///     nick: String,
+///     #[handover(since = 2, default)]
+///     count: u64,
+/// }
+///
+/// let versions: Vec<u32> = State::accepted(&mut mitosis::Shapes::new())?
+///     .iter()
+///     .map(|schema| schema.version)
+///     .collect();
+/// assert_eq!(versions, [3, 2, 1]);
+/// # Ok::<(), mitosis::Error>(())
+/// ```
+///
+/// `since` and `removed` apply to structs with named fields. For a real
+/// transformation (a field renamed, a type changed, an enum reshaped) use
+/// `migrate_from`; the two mix, and a type tries its own older versions
+/// before its `migrate_from` chain.
+///
 /// `migrate_from(Old)` lets this type be built from an `Old` state, through
-/// `impl From<Old> for Self`. `Old` is a verbatim copy of the previous
-/// build's type (same fields, types written the same way, same version),
-/// renamed, with `name` set to the previous name. It can migrate from an
-/// older type in turn, so chains work. The new process offers all of them in
-/// the handshake, and the old process sends its state only if one matches:
+/// `impl From<Old> for Self`. `Old` is a copy of the previous build's type
+/// with the same shape (same fields in the same order, encoded the same
+/// way, same version), renamed, with `name` set to the previous name. It
+/// can migrate from an older type in turn, so chains work. The new process
+/// offers all of them in the handshake, and the old process sends its state
+/// only if one matches:
 ///
 /// ```
 /// use mitosis::Handover;
