@@ -318,3 +318,25 @@ impl State {
             .retain(|joined| !casemapping.eq(joined, channel));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bot's state, as the handshake describes it to the other build:
+    /// well inside the description's bounds, so that a refused upgrade
+    /// names the fields that differ.
+    #[test]
+    fn the_state_is_described_in_full() {
+        let shape = State::shape(&mut mitosis::Shapes::new()).unwrap();
+        let len = shape
+            .description_len()
+            .expect("the description fits its bounds");
+        eprintln!("ircbot::State's description: {len} bytes");
+        assert!(len < 1024, "{len} bytes");
+        let mitosis::Shape::Struct { fields, .. } = shape else {
+            panic!("a struct");
+        };
+        assert_eq!(fields[0].0, "server");
+    }
+}

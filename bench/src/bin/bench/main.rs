@@ -285,6 +285,42 @@ struct Run {
     fd_limit: (u64, String),
     load_before: String,
     load_after: String,
+    /// What working out the state type's schema costs (once per handover,
+    /// in each process).
+    schema: SchemaCost,
+}
+
+/// The cost of `Schema::of` for the bench's state type, traced afresh each
+/// round as a handover does, and the size of its description.
+struct SchemaCost {
+    /// `Schema::of::<Case>()`: every variant, the map's types included.
+    case: Samples,
+    /// `Schema::of::<HashMap<String, Vec<String>>>()`: the map alone.
+    map: Samples,
+    description_bytes: Option<usize>,
+}
+
+/// Rounds of the schema measurement.
+const SCHEMA_ROUNDS: usize = 1000;
+
+fn schema_cost() -> Result<SchemaCost> {
+    let mut case = Samples::default();
+    let mut map = Samples::default();
+    for _ in 0..SCHEMA_ROUNDS {
+        let start = monotonic_ns();
+        mitosis::Schema::of::<Case>()?;
+        let between = monotonic_ns();
+        mitosis::Schema::of::<HashMap<String, Vec<String>>>()?;
+        let end = monotonic_ns();
+        case.done.push(between - start);
+        map.done.push(end - between);
+    }
+    let shape = Case::shape(&mut mitosis::Shapes::new())?;
+    Ok(SchemaCost {
+        case,
+        map,
+        description_bytes: shape.description_len(),
+    })
 }
 
 /// What a mitosis round measured.
@@ -426,6 +462,7 @@ fn harness(cli: &Cli) -> Result<()> {
         fd_limit,
         load_before,
         load_after: load_average(),
+        schema: schema_cost()?,
     };
     let text = report::markdown(&run, &command_line());
     println!("{text}");

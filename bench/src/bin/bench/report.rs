@@ -412,6 +412,33 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     out.push_str(&table.text);
 
     out.push_str(METHOD);
+
+    let _ = writeln!(out, "\n## Schema fingerprint\n");
+    let _ = writeln!(
+        out,
+        "`Schema::of`, traced afresh each time as each process does once per handover, \
+         {} rounds; the state's values are never looked at, so this is the same for the \
+         1 KiB case and the million-entry map. The state's description in OFFER and REJECT: \
+         {}.\n",
+        super::SCHEMA_ROUNDS,
+        run.schema
+            .description_bytes
+            .map_or("left out (past its bounds)".into(), |len| format!(
+                "{len} bytes"
+            ))
+    );
+    let mut table = Table::new(&["type", "p50", "p99"]);
+    for (name, samples) in [
+        ("`Case` (every case's type, in one enum)", &run.schema.case),
+        (
+            "`HashMap<String, Vec<String>>` (the map's type alone)",
+            &run.schema.map,
+        ),
+    ] {
+        let stats = Stats::of(&samples.done);
+        table.row([name.to_string(), p50(stats), p99(stats)]);
+    }
+    out.push_str(&table.text);
     out
 }
 
