@@ -436,7 +436,12 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         ),
     ] {
         let stats = Stats::of(&samples.done);
-        table.row([name.to_string(), p50(stats), p99(stats)]);
+        let us = |at: fn(Stats) -> std::time::Duration| {
+            stats.map_or("—".into(), |s| {
+                format!("{:.1} µs", at(s).as_nanos() as f64 / 1e3)
+            })
+        };
+        table.row([name.to_string(), us(|s| s.p50), us(|s| s.p99)]);
     }
     out.push_str(&table.text);
     out
