@@ -347,21 +347,6 @@ impl StateSink for DataFrames<'_> {
     }
 }
 
-/// Writes all of `bytes` to the socket `fd` with `MSG_NOSIGNAL`, so that a
-/// hung-up peer is an `EPIPE` error, never SIGPIPE. For mitosis's own
-/// sockets outside [`Conn`].
-pub(crate) fn send_all(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match rustix::net::send(fd.as_fd(), bytes, SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// A duration as `poll` takes it.
 pub(crate) fn timespec(duration: Duration) -> rustix::event::Timespec {
     rustix::event::Timespec {

@@ -121,11 +121,11 @@ pub mod testing;
 pub use args::Flag;
 pub use args::args;
 pub use error::{Error, Step};
-pub use handover::{Decoder, Encoder, Handover};
+pub use handover::{Decoder, Encoder, Handover, Shapes};
 pub use mitosis_derive::Handover;
 pub use new::init;
 pub use old::{Outcome, Split, SplitOptions, split};
-pub use schema::{Schema, Shape, Shapes};
+pub use schema::{Schema, Shape};
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[doc = include_str!("../../README.md")]

@@ -18,8 +18,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
+use crate::handover::Shapes;
 use crate::handover::{Decoder, Encoder, Handover};
-use crate::schema::{Schema, Shape, Shapes};
+use crate::schema::{Schema, Shape};
 
 /// A field being encoded. `(&Field(&value)).encode_field(out)` picks the
 /// path for `value`'s type.

@@ -6,8 +6,9 @@
 use std::os::fd::OwnedFd;
 
 use crate::error::{Error, Step};
+use crate::handover::Shapes;
 use crate::handover::{Decoder, Encoder, Handover, InMemory};
-use crate::schema::{Schema, Shapes};
+use crate::schema::Schema;
 
 /// Encodes `value` in memory and decodes it as `T` from `value`'s schema,
 /// passing its fds as duplicates, the way the fd channel would: a handover

@@ -2,12 +2,13 @@
 //! cross with them.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use super::Shapes;
 use super::{Decoder, Encoder, Handover};
 use crate::error::{Error, Step};
-use crate::schema::{Schema, Shape, Shapes};
+use crate::schema::{Schema, Shape};
 
 /// The most unread bytes [`BufReader`]'s `decode` puts back: they pass
 /// through a socket buffer, which holds at least this much. The old
@@ -57,7 +58,7 @@ where
             detail: format!("could not put a BufReader's unread bytes back: {error}"),
         };
         let (feed, source) = UnixStream::pair().map_err(put_back)?;
-        crate::conn::send_all(&feed, &unread).map_err(put_back)?;
+        send_all(&feed, &unread).map_err(put_back)?;
         drop(feed);
         let mut reader = BufReader::with_capacity(capacity, R::from(OwnedFd::from(source)));
         let buffered = reader.fill_buf().map_err(put_back)?.len();
@@ -81,6 +82,20 @@ fn check_unread(unread: usize, step: Step) -> Result<(), Error> {
             unread: unread as u64,
             max: MAX_UNREAD_BYTES as u64,
         });
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` to the socket `fd` with `MSG_NOSIGNAL`, so that a
+/// hung-up peer is an `EPIPE` error, never SIGPIPE.
+fn send_all(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(fd.as_fd(), bytes, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -6,10 +6,10 @@ use std::os::fd::OwnedFd;
 use serde::de::DeserializeOwned;
 
 use super::Handover;
+use super::Shapes;
 use super::buffered::MAX_BUFFER_CAPACITIES;
 use super::encoder::OUT_OF_LINE_BYTES;
 use crate::error::Error;
-use crate::schema::Shapes;
 
 /// Where [`Handover::decode`] reads a value from.
 ///

@@ -10,10 +10,11 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::Shapes;
 use super::decoder::bounded_capacity;
 use super::{Decoder, Encoder, Handover};
 use crate::error::Error;
-use crate::schema::{Schema, Shape, Shapes};
+use crate::schema::{Schema, Shape};
 
 macro_rules! fd_types {
     ($($ty:ty),* $(,)?) => {$(

@@ -14,15 +14,17 @@ mod buffered;
 mod decoder;
 mod encoder;
 mod impls;
+mod shapes;
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub(crate) use encoder::StateSink;
 #[cfg(any(test, feature = "test-hooks"))]
 pub(crate) use encoder::{InMemory, OUT_OF_LINE_BYTES};
+pub use shapes::Shapes;
 
 use crate::error::Error;
-use crate::schema::{Schema, Shape, Shapes};
+use crate::schema::{Schema, Shape};
 
 /// A value that can be handed over to a new process: plain data, file
 /// descriptors, or any mix of the two.

@@ -10,8 +10,9 @@ use crate::env::{Limits, Terms};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel;
+use crate::handover::Shapes;
 use crate::handover::{Decoder, Handover};
-use crate::schema::{self, Schema, Shape, Shapes};
+use crate::schema::{self, Schema, Shape};
 use crate::wire::handshake;
 use crate::wire::{
     self, Abort, Ack, BytesStart, Commit, End, Kind, Message, Offer, Reason, Reject, Taken,

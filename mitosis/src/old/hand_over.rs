@@ -17,8 +17,9 @@ use crate::env::Terms;
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener};
+use crate::handover::Shapes;
 use crate::handover::{Encoder, Handover, StateSink};
-use crate::schema::{self, Schema, Shape, Shapes};
+use crate::schema::{self, Schema, Shape};
 use crate::wire::handshake::{self, Secret};
 use crate::wire::{self, Ack, Commit, End, Message, Offer, Reason, Reject, Taken};
 

@@ -1,19 +1,14 @@
 //! The identity of a state type's encoding (PROTOCOL.md, step 4): its
-//! [`Schema`], whose fingerprint is worked out from its [`Shape`] by
-//! [`Shapes`].
+//! [`Schema`], and the [`Shape`] its fingerprint covers. (Working a type's
+//! shape out is the `Handover` layer's: `handover::shapes`.)
 
 mod shape;
-mod trace;
 
 use std::borrow::Cow;
 use std::fmt;
 
 pub use shape::Shape;
 pub(crate) use shape::differences;
-pub use trace::Shapes;
-
-use crate::error::Error;
-use crate::handover::Handover;
 
 /// The identity of a state type's encoding, compared in the handshake before
 /// any state is decoded (PROTOCOL.md, step 4).
@@ -99,23 +94,6 @@ impl Schema {
         }
         std::mem::forget(inner);
         schema
-    }
-
-    /// The schema a handover compares for `S`: its declared name and
-    /// version, with a fingerprint that covers its whole [`Shape`].
-    ///
-    /// ```
-    /// #[derive(mitosis::Handover)]
-    /// #[handover(version = 2)]
-    /// struct State {
-    ///     generation: u64,
-    /// }
-    /// let schema = mitosis::Schema::of::<State>()?;
-    /// assert_eq!(schema.version, 2);
-    /// # Ok::<(), mitosis::Error>(())
-    /// ```
-    pub fn of<S: Handover>() -> Result<Schema, Error> {
-        Shapes::new().schema::<S>()
     }
 
     /// `schema`'s fingerprint, usable in a constant.

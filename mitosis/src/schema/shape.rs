@@ -169,21 +169,6 @@ impl Shape {
         }
     }
 
-    /// How many bytes this shape's description takes in the handshake
-    /// (PROTOCOL.md, "Frames"), which lets the other process name what
-    /// differs on a mismatch; `None` when it is past the description's
-    /// bounds (32 KiB, 64 levels, 8,192 nodes), and so left out.
-    ///
-    /// ```
-    /// use mitosis::{Handover, Shapes};
-    /// let shape = Vec::<String>::shape(&mut Shapes::new())?;
-    /// assert_eq!(shape.description_len(), Some(2));
-    /// # Ok::<(), mitosis::Error>(())
-    /// ```
-    pub fn description_len(&self) -> Option<usize> {
-        crate::wire::describe(self).map(|bytes| bytes.len())
-    }
-
     /// Whether two shapes encode the same way (names of types aside).
     pub(crate) fn same_encoding(&self, other: &Shape) -> bool {
         self.digest() == other.digest()

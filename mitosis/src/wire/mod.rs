@@ -9,8 +9,6 @@ pub(crate) mod handshake;
 mod messages;
 mod shape;
 
-pub(crate) use shape::describe;
-
 pub(crate) use messages::{
     Abort, Ack, BytesStart, Commit, End, Hello, Key, Message, Offer, Reject, State, Taken, Welcome,
 };

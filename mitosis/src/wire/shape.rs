@@ -23,6 +23,23 @@ const MAX_NODES: u32 = 8192;
 /// The longest name in a description, in bytes.
 const MAX_NAME: usize = 255;
 
+impl Shape {
+    /// How many bytes this shape's description takes in the handshake
+    /// (PROTOCOL.md, "Frames"), which lets the other process name what
+    /// differs on a mismatch; `None` when it is past the description's
+    /// bounds (32 KiB, 64 levels, 8,192 nodes), and so left out.
+    ///
+    /// ```
+    /// use mitosis::{Handover, Shapes};
+    /// let shape = Vec::<String>::shape(&mut Shapes::new())?;
+    /// assert_eq!(shape.description_len(), Some(2));
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn description_len(&self) -> Option<usize> {
+        describe(self).map(|bytes| bytes.len())
+    }
+}
+
 /// `shape` as a description, if it fits the bounds.
 pub(crate) fn describe(shape: &Shape) -> Option<Vec<u8>> {
     let mut out = Payload::default();

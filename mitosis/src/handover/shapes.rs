@@ -1,5 +1,6 @@
-//! [`Shapes`]: working out a state's [`Shape`], tracing each serde type
-//! through its `Deserialize` impl with serde-reflection, once per type.
+//! [`Shapes`]: working out a state's [`Shape`] and [`Schema`], tracing each
+//! serde type through its `Deserialize` impl with serde-reflection, once
+//! per type.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -9,9 +10,9 @@ use serde_reflection::{
     ContainerFormat, Format, Named, Registry, Samples, Tracer, TracerConfig, VariantFormat,
 };
 
-use super::{Schema, Shape};
+use super::Handover;
 use crate::error::Error;
-use crate::handover::Handover;
+use crate::schema::{Schema, Shape};
 
 /// Works out the [`Shape`] of a state, for
 /// [`Handover::shape`](crate::Handover::shape). Each serde type is traced
@@ -99,6 +100,25 @@ impl Shapes {
         let shape = convert(&format, &registry, &mut Vec::new()).map_err(untraceable)?;
         self.traced.insert(TypeId::of::<T>(), shape.clone());
         Ok(shape)
+    }
+}
+
+impl Schema {
+    /// The schema a handover compares for `S`: its declared name and
+    /// version, with a fingerprint that covers its whole [`Shape`].
+    ///
+    /// ```
+    /// #[derive(mitosis::Handover)]
+    /// #[handover(version = 2)]
+    /// struct State {
+    ///     generation: u64,
+    /// }
+    /// let schema = mitosis::Schema::of::<State>()?;
+    /// assert_eq!(schema.version, 2);
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn of<S: Handover>() -> Result<Schema, Error> {
+        Shapes::new().schema::<S>()
     }
 }
 
