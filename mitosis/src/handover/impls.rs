@@ -173,6 +173,31 @@ impl<T: Handover> Handover for VecDeque<T> {
     }
 }
 
+/// A map's shape: serde keys, `Handover` values.
+fn map_shape<K: DeserializeOwned + 'static, V: Handover>(
+    shapes: &mut Shapes,
+) -> Result<Shape, Error> {
+    Ok(Shape::Map(
+        Box::new(shapes.serde::<K>()?),
+        Box::new(V::shape(shapes)?),
+    ))
+}
+
+/// A map's encoding, as postcard writes one: the length, then each key
+/// (serde) and value (`Handover`) in turn.
+fn encode_map<'a, K: Serialize + 'a, V: Handover>(
+    len: usize,
+    entries: impl Iterator<Item = (&'a K, &'a V)>,
+    out: &mut Encoder<'a>,
+) -> Result<(), Error> {
+    out.value(&len)?;
+    for (key, value) in entries {
+        out.value(key)?;
+        value.encode(out)?;
+    }
+    Ok(())
+}
+
 impl<K, V, H> Handover for HashMap<K, V, H>
 where
     K: Serialize + DeserializeOwned + Eq + Hash + 'static,
@@ -182,18 +207,11 @@ where
     const SCHEMA: Schema = Schema::nested("HashMap", 0, [V::SCHEMA]);
 
     fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
-        Ok(Shape::Map(
-            Box::new(shapes.serde::<K>()?),
-            Box::new(V::shape(shapes)?),
-        ))
+        map_shape::<K, V>(shapes)
     }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.value(&self.len())?;
-        self.iter().try_for_each(|(key, value)| {
-            out.value(key)?;
-            value.encode(out)
-        })
+        encode_map(self.len(), self.iter(), out)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
@@ -216,18 +234,11 @@ where
     const SCHEMA: Schema = Schema::nested("BTreeMap", 0, [V::SCHEMA]);
 
     fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
-        Ok(Shape::Map(
-            Box::new(shapes.serde::<K>()?),
-            Box::new(V::shape(shapes)?),
-        ))
+        map_shape::<K, V>(shapes)
     }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.value(&self.len())?;
-        self.iter().try_for_each(|(key, value)| {
-            out.value(key)?;
-            value.encode(out)
-        })
+        encode_map(self.len(), self.iter(), out)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
