@@ -20,7 +20,9 @@ pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub(crate) use encoder::StateSink;
 #[cfg(any(test, feature = "test-hooks"))]
-pub(crate) use encoder::{InMemory, OUT_OF_LINE_BYTES};
+pub(crate) use encoder::InMemory;
+#[cfg(feature = "test-hooks")]
+pub(crate) use encoder::OUT_OF_LINE_BYTES;
 pub use shapes::Shapes;
 
 use crate::error::Error;
