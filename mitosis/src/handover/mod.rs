@@ -18,11 +18,11 @@ mod shapes;
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
-pub(crate) use encoder::StateSink;
 #[cfg(any(test, feature = "test-hooks"))]
 pub(crate) use encoder::InMemory;
 #[cfg(feature = "test-hooks")]
 pub(crate) use encoder::OUT_OF_LINE_BYTES;
+pub(crate) use encoder::StateSink;
 pub use shapes::Shapes;
 
 use crate::error::Error;
