@@ -1,7 +1,8 @@
 //! The handshake and every frame's payload: HELLO (as the old process reads
 //! a connection's first bytes), WELCOME (as the new process reads it), and
 //! OFFER, STATE, REJECT, BYTES_START, END, ABORT, COMMIT, ACK and TAKEN,
-//! through the same typed messages the handover uses.
+//! and KEY (the fd channel's first message), through the same typed messages
+//! the handover uses.
 //!
 //! The first input byte picks the decoder and whether the rest is used as is
 //! or XORed onto a valid encoding made by the real encoder, so that the
@@ -9,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mitosis::testing::wire::{self, Frame, HELLO_LEN, KINDS, SECRET_LEN, WELCOME_LEN};
+use mitosis::testing::wire::{self, Frame, HELLO_LEN, KEY_LEN, KINDS, SECRET_LEN, WELCOME_LEN};
 use mitosis::Schema;
 
 const SECRET: [u8; SECRET_LEN] = {
@@ -96,12 +97,24 @@ fn frame(index: usize, payload: &[u8]) {
     }
 }
 
+fn key(bytes: &[u8]) {
+    if let Ok((secret, timeout, max_bytes, max_fds)) = wire::parse_key(bytes) {
+        // A KEY is read only at its exact length, and then exactly.
+        assert_eq!(bytes.len(), KEY_LEN);
+        assert_eq!(wire::key(&secret, timeout, max_bytes, max_fds), bytes);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {
         return;
     };
     let onto_valid = mode & 0x80 != 0;
     let index = usize::from(mode >> 2 & 0x1f) % KINDS.len();
+    if mode & 0x40 != 0 {
+        let valid = wire::key(&SECRET, 10_000, 4 << 30, 1 << 20);
+        return key(&if onto_valid { xor_onto(&valid, input) } else { input.to_vec() });
+    }
     match mode % 3 {
         0 if onto_valid => hello(&xor_onto(&wire::hello(&SECRET), input)),
         0 => hello(input),

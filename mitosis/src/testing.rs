@@ -180,6 +180,34 @@ pub mod wire {
         handshake::check_welcome(&Secret::from_bytes(*secret), welcome)
     }
 
+    /// Length of KEY, the fd channel's first message.
+    pub const KEY_LEN: usize = real::Key::LEN;
+
+    /// KEY as the old process sends it: the secret, the commit timeout in
+    /// milliseconds, and the limits.
+    pub fn key(
+        secret: &[u8; SECRET_LEN],
+        timeout_ms: u64,
+        max_bytes: u64,
+        max_fds: u64,
+    ) -> Vec<u8> {
+        real::Key {
+            secret: *secret,
+            timeout_ms,
+            max_state_bytes: max_bytes,
+            max_fds,
+        }
+        .encode()
+        .to_vec()
+    }
+
+    /// What the new process makes of the fd channel's first message: the
+    /// secret, timeout and limits of a KEY.
+    pub fn parse_key(bytes: &[u8]) -> Result<([u8; SECRET_LEN], u64, u64, u64), Error> {
+        let key = real::Key::decode(bytes)?;
+        Ok((key.secret, key.timeout_ms, key.max_state_bytes, key.max_fds))
+    }
+
     /// What a receiver makes of a frame header when it expects one of
     /// `expected`: the kind and the payload length it then allocates.
     pub fn decode_header(

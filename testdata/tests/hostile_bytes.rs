@@ -862,8 +862,42 @@ fn every_frame_round_trips_and_every_prefix_is_refused() {
     }
 }
 
+/// KEY, the fd channel's first message: read only at its exact length and
+/// magic, and then exactly what was sent.
+fn check_key(bytes: &[u8]) {
+    let (got, stats) = measure(|| wire::parse_key(bytes));
+    match got {
+        Ok((secret, timeout, bytes_limit, fds)) => {
+            assert_eq!(wire::key(&secret, timeout, bytes_limit, fds), bytes);
+        }
+        Err(Error::Protocol { step, detail }) => {
+            assert_eq!(step, Step::Connect);
+            assert!(
+                detail.contains("KEY") && (detail.contains("magic") || detail.contains("bytes")),
+                "{detail}"
+            );
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+    assert!(stats.largest <= 256, "{stats:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn arbitrary_and_mutated_keys_are_refused_or_read_exactly(
+        secret in secret(),
+        numbers in (any::<u64>(), any::<u64>(), any::<u64>()),
+        noise in vec(any::<u8>(), 0..128),
+        edits in edits(),
+    ) {
+        let key = wire::key(&secret, numbers.0, numbers.1, numbers.2);
+        prop_assert_eq!(key.len(), wire::KEY_LEN);
+        prop_assert_eq!(wire::parse_key(&key).unwrap(), (secret, numbers.0, numbers.1, numbers.2));
+        check_key(&noise);
+        check_key(&mutate(key, &edits));
+    }
 
     #[test]
     fn arbitrary_payloads_of_every_kind_are_refused_or_read_exactly(
