@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mitosis::testing::wire::{self, Frame, HELLO_LEN, KEY_LEN, KINDS, SECRET_LEN, WELCOME_LEN};
-use mitosis::Schema;
+use mitosis::{Schema, Shape};
 
 const SECRET: [u8; SECRET_LEN] = {
     let mut secret = [0; SECRET_LEN];
@@ -66,12 +66,19 @@ fn welcome(bytes: &[u8]) {
 fn sample(index: usize) -> Frame {
     let schema = Schema::new("bot::State", 2);
     match index {
-        0 => Frame::Offer(vec![schema, Schema::new("bot::State", 1)]),
+        0 => Frame::Offer {
+            accepted: vec![schema, Schema::new("bot::State", 1)],
+            description: Some(Shape::Struct {
+                name: "State".into(),
+                fields: vec![("generation".into(), Shape::U64)],
+            }),
+        },
         1 => Frame::State(schema),
         2 => Frame::Reject {
             reason: 1,
             schema,
             message: "schema mismatch".into(),
+            description: None,
         },
         3 => Frame::BytesStart(1 << 20),
         4 => Frame::End {
