@@ -318,3 +318,126 @@ fn setpriv_as_root() -> Option<PathBuf> {
     eprintln!("skipped: {reason} (with CI=true this is a failure)");
     None
 }
+
+// ---------------------------------------------------------------------------
+// Floods of the handover port
+
+const FLOODER: &str = env!("CARGO_BIN_EXE_flooder");
+
+/// How many upgrades each flood test runs.
+const FLOODED_UPGRADES: u32 = 20;
+
+/// How long each upgrade's flood lasts: from before the held child is let
+/// go until well after a handover on this machine completes.
+const FLOOD_FOR: Duration = Duration::from_millis(400);
+
+/// Splits `FLOODED_UPGRADES` times in a row, each time holding the new
+/// process before `init` (a slow start), flooding its handover port with
+/// `flood(port)`, and then letting it go: every upgrade must succeed, the
+/// new generation serving with the state intact.
+fn upgrades_under_a_flood(name: &str, flood: impl Fn(u16) -> Box<dyn FnOnce() -> u64>) {
+    let (mut run, mut peer) = Spawn::new(name)
+        .args(&["--blob-size", "100003", "--spare-fds", "10"])
+        .start();
+    let before = status(&mut peer);
+    let mut flooded = 0;
+    for upgrade in 1..=FLOODED_UPGRADES {
+        let fifo = run.dir.join(&format!("release-{upgrade}.fifo"));
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .expect("mkfifo");
+        peer.send(&format!("split fifo={}\n", fifo.display()));
+        let splitting = run.stdout.expect("splitting child=");
+        let child: u32 = field(&splitting, "child").parse().unwrap();
+        // What any local user can do: read the port from the command line.
+        let finish = flood(mitosis_port_of(child));
+        let started = Instant::now();
+        let ready = {
+            let _writer = release(&fifo);
+            peer.line()
+        };
+        let took = started.elapsed();
+        flooded += finish();
+        assert!(
+            ready.starts_with("ready ") && field(&ready, "pid") == child.to_string(),
+            "upgrade {upgrade} of {FLOODED_UPGRADES} under a flood: {ready:?}"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "upgrade {upgrade} took {took:?} under the flood, past the 1 s hello timeout"
+        );
+        let now = status(&mut peer);
+        assert_eq!(
+            field(&now, "generation"),
+            (upgrade + 1).to_string(),
+            "{now:?}"
+        );
+        for key in ["blob", "spare"] {
+            assert_eq!(field(&now, key), field(&before, key), "{key}: {now:?}");
+        }
+    }
+    eprintln!(
+        "{FLOODED_UPGRADES} of {FLOODED_UPGRADES} upgrades succeeded under {flooded} flood \
+         connections"
+    );
+    assert!(flooded > 0, "the flood made connections");
+}
+
+/// A flood of idle connections from this user, during each of 20 slow
+/// starts, fails no upgrade and delays none past the hello timeout.
+#[test]
+fn a_flood_from_the_same_user_fails_no_upgrade() {
+    upgrades_under_a_flood("flood-same-user", |port| {
+        let flooder = std::thread::spawn(move || {
+            let until = Instant::now() + FLOOD_FOR;
+            let mut open = std::collections::VecDeque::new();
+            let mut made = 0;
+            while Instant::now() < until {
+                if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) {
+                    made += 1;
+                    open.push_back(conn);
+                    if open.len() > 1000 {
+                        open.pop_front();
+                    }
+                }
+            }
+            made
+        });
+        Box::new(move || flooder.join().expect("the flooder"))
+    });
+}
+
+/// The same, from user nobody: the flooder is another user's process.
+#[test]
+fn a_flood_from_another_user_fails_no_upgrade() {
+    let Some(setpriv) = setpriv_as_root() else {
+        return;
+    };
+    let tools = TempDir::new("flooder-tools");
+    fs::set_permissions(tools.path(), fs::Permissions::from_mode(0o755))
+        .expect("make the tools directory world-readable");
+    let binary = tools.install(FLOODER, "flooder");
+    upgrades_under_a_flood("flood-other-user", |port| {
+        let child = Command::new(&setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&binary)
+            .arg(port.to_string())
+            .arg(FLOOD_FOR.as_millis().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the flooder as nobody");
+        Box::new(move || {
+            let output = child.wait_with_output().expect("the flooder's output");
+            let text = String::from_utf8_lossy(&output.stdout);
+            text.trim()
+                .strip_prefix("flooded ")
+                .and_then(|rest| rest.strip_suffix(" connections"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("the flooder said {text:?}"))
+        })
+    });
+}
