@@ -30,8 +30,8 @@ use crate::conn::Deadline;
 use crate::env::{MAX_FDS, MAX_PENDING};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
-use crate::wire::Key;
 use crate::wire::handshake::hex;
+use crate::wire::{Arrival, Key};
 
 /// Linux refuses more than 253 fds in one `SCM_RIGHTS` message
 /// (`SCM_MAX_FD`).
@@ -233,20 +233,58 @@ pub(crate) fn send_key(
     key: &Key,
     deadline: &Deadline,
 ) -> Result<(), Error> {
+    send_message(channel, "KEY", &key.encode(), deadline)
+}
+
+/// Step 2: sends ARRIVAL, the port the new process's TCP connection comes
+/// from, to the old process.
+pub(crate) fn send_arrival(
+    channel: BorrowedFd<'_>,
+    arrival: Arrival,
+    deadline: &Deadline,
+) -> Result<(), Error> {
+    send_message(channel, "ARRIVAL", &arrival.encode(), deadline)
+}
+
+/// Sends one step-2 message whole, under the deadline.
+fn send_message(
+    channel: BorrowedFd<'_>,
+    name: &str,
+    message: &[u8],
+    deadline: &Deadline,
+) -> Result<(), Error> {
     const STEP: Step = Step::Connect;
     set_timeout(channel, sockopt::Timeout::Send, deadline, STEP)?;
-    let key = key.encode();
     loop {
-        match send(channel, &key, SendFlags::NOSIGNAL) {
-            Ok(n) if n == key.len() => return Ok(()),
+        match send(channel, message, SendFlags::NOSIGNAL) {
+            Ok(n) if n == message.len() => return Ok(()),
             Ok(n) => {
                 return Err(Error::protocol(
                     STEP,
-                    format!("KEY: sent {n} of {} bytes", key.len()),
+                    format!("{name}: sent {n} of {} bytes", message.len()),
                 ));
             }
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(deadline.io_error(STEP)(e.into())),
+        }
+    }
+}
+
+/// Step 2: reads ARRIVAL without waiting: `None` while it has not come.
+pub(crate) fn try_recv_arrival(channel: BorrowedFd<'_>) -> Result<Option<Arrival>, Error> {
+    const STEP: Step = Step::Connect;
+    let mut arrival = [0u8; Arrival::LEN + 1];
+    loop {
+        match recv(
+            channel,
+            &mut arrival,
+            RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+        ) {
+            Ok((_, 0)) => return Err(Error::PeerGone { step: STEP }),
+            Ok((_, len)) => return Arrival::decode(&arrival[..len.min(arrival.len())]).map(Some),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(Error::io(STEP)(e.into())),
         }
     }
 }

@@ -1,11 +1,16 @@
 //! The new process's handover, step by step: [`take_over`] walks steps 2
 //! to 8 in PROTOCOL.md's order.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::net::{
+    AddressFamily, SocketFlags, SocketType, bind, connect, getsockname, socket_with, sockopt,
+};
 use std::path::Path;
 
-use crate::conn::{Conn, Deadline};
+use crate::conn::{Conn, Deadline, timespec};
 use crate::env::{Limits, Terms};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
@@ -15,8 +20,8 @@ use crate::handover::{Decoder, Handover};
 use crate::schema::{self, Schema, Shape};
 use crate::wire::handshake;
 use crate::wire::{
-    self, Abort, Ack, BytesStart, Commit, End, Kind, Message, Offer, Reason, Reject, Taken,
-    VERSIONS, Welcome,
+    self, Abort, Ack, Arrival, BytesStart, Commit, End, Kind, Message, Offer, Reason, Reject,
+    Taken, VERSIONS, Welcome,
 };
 
 /// Every step of a handover, from the new process's side.
@@ -35,12 +40,7 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
         fd_channel::connect_to(fd_socket).map_err(Error::io(Step::Connect))?;
     let terms = Terms::from_key(fd_channel::recv_key(fd_channel.as_fd())?);
     let deadline = Deadline::after(terms.timeout);
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream = match deadline.remaining(Step::Connect)? {
-        Some(left) => TcpStream::connect_timeout(&address, left),
-        None => TcpStream::connect(address),
-    }
-    .map_err(deadline.io_error(Step::Connect))?;
+    let stream = connect_back(port, fd_channel.as_fd(), &deadline)?;
     stream.set_nodelay(true).map_err(Error::io(Step::Connect))?;
     let mut conn = Conn::new(stream, deadline, Side::New);
 
@@ -119,6 +119,55 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
     fault::at(Side::New, Point::Done);
     log::debug!("mitosis: step 8: took over");
     Ok(state)
+}
+
+/// Step 2's TCP connection: its local port is chosen first and told to the
+/// old process on the fd channel (ARRIVAL), where the kernel vouches for
+/// who sends it, so that the old process can close every other connection
+/// to the port as it arrives. A flood of strangers can then neither crowd
+/// this one out nor delay it.
+fn connect_back(
+    port: u16,
+    fd_channel: BorrowedFd<'_>,
+    deadline: &Deadline,
+) -> Result<TcpStream, Error> {
+    const STEP: Step = Step::Connect;
+    let io = |e: rustix::io::Errno| Error::io(STEP)(e.into());
+    let socket = socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(io)?;
+    bind(&socket, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
+    let local = getsockname(&socket)
+        .ok()
+        .and_then(|address| SocketAddrV4::try_from(address).ok())
+        .ok_or_else(|| Error::protocol(STEP, "the TCP socket has no IPv4 address"))?;
+    fd_channel::send_arrival(fd_channel, Arrival { port: local.port() }, deadline)?;
+    match connect(&socket, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::INPROGRESS) => {
+            // Connected (or refused) once writable.
+            loop {
+                let left = deadline.remaining(STEP)?;
+                let mut fds = [PollFd::new(&socket, PollFlags::OUT)];
+                match poll(&mut fds, left.map(timespec).as_ref()) {
+                    Ok(_) if !fds[0].revents().is_empty() => break,
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            sockopt::socket_error(&socket)
+                .map_err(io)?
+                .map_err(|e| deadline.io_error(STEP)(e.into()))?;
+        }
+        Err(e) => return Err(deadline.io_error(STEP)(e.into())),
+    }
+    let stream = TcpStream::from(socket);
+    stream.set_nonblocking(false).map_err(Error::io(STEP))?;
+    Ok(stream)
 }
 
 /// Steps 4 to 7: the schema, the state, the fds, and decoding.

@@ -13,8 +13,8 @@ use crate::conn::{Deadline, timespec};
 use crate::env::{MAX_PENDING, Terms};
 use crate::error::{Error, Step};
 use crate::fd_channel::{self, FdListener};
-use crate::wire::Hello;
 use crate::wire::handshake::{Progress, Secret, check_hello};
+use crate::wire::{Arrival, Hello};
 
 struct Pending {
     stream: TcpStream,
@@ -82,8 +82,12 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
         .set_nonblocking(true)
         .map_err(Error::io(STEP))?;
     let mut fd_channel: Option<OwnedFd> = None;
+    // The port the child's TCP connection comes from, once its ARRIVAL has
+    // come; from then on every other connection is closed as it arrives.
+    let mut arrival: Option<u16> = None;
+    let mut strangers: u64 = 0;
     let mut pending: Vec<Pending> = Vec::new();
-    loop {
+    let result = 'accept: loop {
         let now = Instant::now();
         pending.retain(|conn| {
             let alive = conn.expires.is_none_or(|expires| expires > now);
@@ -109,13 +113,13 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
             let mut fds = Vec::with_capacity(FIRST_PENDING + pending.len());
             fds.push(PollFd::new(doors.listener, PollFlags::IN));
             fds.push(PollFd::new(&doors.child_exited, PollFlags::IN));
-            // Once the child has its KEY, nobody else's connection matters.
-            let channel = if fd_channel.is_none() {
-                PollFlags::IN
-            } else {
-                PollFlags::empty()
-            };
-            fds.push(PollFd::new(doors.fd_listener, channel));
+            // Before KEY, the fd channel's listener, for the child's
+            // connection; after, that connection, for its ARRIVAL.
+            match (&fd_channel, arrival) {
+                (None, _) => fds.push(PollFd::new(doors.fd_listener, PollFlags::IN)),
+                (Some(channel), None) => fds.push(PollFd::new(channel, PollFlags::IN)),
+                (Some(channel), Some(_)) => fds.push(PollFd::new(channel, PollFlags::empty())),
+            }
             fds.extend(
                 pending
                     .iter()
@@ -130,14 +134,20 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
             (ready, readable)
         };
         if ready[EXITED] {
-            return Err(Error::PeerGone { step: STEP });
+            break 'accept Err(Error::PeerGone { step: STEP });
         }
-        if ready[CHANNEL]
-            && fd_channel.is_none()
-            && let Some(conn) = doors.fd_listener.accept_child(doors.child)?
-        {
-            fd_channel::send_key(conn.as_fd(), &doors.terms.key(), deadline)?;
-            fd_channel = Some(conn);
+        if ready[CHANNEL] {
+            match &fd_channel {
+                None => {
+                    if let Some(conn) = doors.fd_listener.accept_child(doors.child)? {
+                        fd_channel::send_key(conn.as_fd(), &doors.terms.key(), deadline)?;
+                        fd_channel = Some(conn);
+                    }
+                }
+                Some(channel) => {
+                    strangers += learn_arrival(channel, &mut arrival, &mut pending)?;
+                }
+            }
         }
         for index in (0..pending.len()).rev() {
             if !readable[index] {
@@ -163,7 +173,7 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
                         .set_nonblocking(false)
                         .map_err(Error::io(STEP))?;
                     conn.stream.set_nodelay(true).map_err(Error::io(STEP))?;
-                    return Ok(Arrived {
+                    break 'accept Ok(Arrived {
                         fd_channel,
                         stream: conn.stream,
                         versions,
@@ -174,7 +184,21 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
         if ready[PORT] {
             loop {
                 match doors.listener.accept() {
-                    Ok((stream, _)) => {
+                    Ok((stream, from)) => {
+                        // A full list would drop its oldest, which may be
+                        // the child's, accepted before its ARRIVAL was read:
+                        // read it now (it was sent before the child
+                        // connected), and drop strangers instead.
+                        if pending.len() == MAX_PENDING
+                            && let Some(channel) = &fd_channel
+                        {
+                            strangers += learn_arrival(channel, &mut arrival, &mut pending)?;
+                        }
+                        if arrival.is_some_and(|port| port != from.port()) {
+                            // Not the child's: closed unread, at once.
+                            strangers += 1;
+                            continue;
+                        }
                         stream.set_nonblocking(true).map_err(Error::io(STEP))?;
                         if pending.len() == MAX_PENDING {
                             log::warn!(
@@ -194,9 +218,41 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
                     // A connection that failed between SYN and accept is
                     // that connection's problem, not the handover's.
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                    Err(e) => return Err(Error::io(STEP)(e)),
+                    Err(e) => break 'accept Err(Error::io(STEP)(e)),
                 }
             }
         }
+    };
+    if strangers > 0 {
+        log::warn!(
+            "mitosis: closed {strangers} connections to the handover port from other processes, \
+             unread"
+        );
     }
+    result
+}
+
+/// Reads the child's ARRIVAL, if it has come and was not read yet, and then
+/// closes every pending connection from another port. Returns how many it
+/// closed.
+fn learn_arrival(
+    channel: &OwnedFd,
+    arrival: &mut Option<u16>,
+    pending: &mut Vec<Pending>,
+) -> Result<u64, Error> {
+    if arrival.is_some() {
+        return Ok(0);
+    }
+    let Some(Arrival { port }) = fd_channel::try_recv_arrival(channel.as_fd())? else {
+        return Ok(0);
+    };
+    *arrival = Some(port);
+    let before = pending.len();
+    pending.retain(|conn| peer_port(&conn.stream) == Some(port));
+    Ok((before - pending.len()) as u64)
+}
+
+/// The port a loopback connection comes from.
+fn peer_port(stream: &TcpStream) -> Option<u16> {
+    stream.peer_addr().ok().map(|address| address.port())
 }

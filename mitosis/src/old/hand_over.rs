@@ -50,7 +50,7 @@ impl Parent {
         let not_started = |error| (error, None);
         const STEP: Step = Step::Spawn;
         let deadline = Deadline::after(options.commit_timeout);
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        let listener = handover_port()
             .map_err(Error::io(STEP))
             .map_err(not_started)?;
         let port = listener
@@ -340,6 +340,27 @@ impl Parent {
             }
         }
     }
+}
+
+/// The handover port: a loopback listener on an ephemeral port, with a
+/// backlog as deep as the system allows (std's is 128), so that a flood of
+/// connections from strangers, which step 2 closes as fast as they come,
+/// rarely leaves the new process's connection waiting for room.
+fn handover_port() -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, listen, socket_with};
+    let socket = socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    bind(
+        &socket,
+        &std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+    )?;
+    // The kernel caps it at net.core.somaxconn (4096 by default).
+    listen(&socket, 4096)?;
+    Ok(TcpListener::from(socket))
 }
 
 /// The old process's own schema and shape, worked out before step 1.

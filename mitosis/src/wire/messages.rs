@@ -159,6 +159,42 @@ impl Key {
     }
 }
 
+/// ARRIVAL, the new process's message on the fd channel (new → old, step
+/// 2), right after KEY: magic, then the local port of the TCP connection it
+/// is about to open, so that the old process can close every other
+/// connection to the handover port at once, without reading a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Arrival {
+    pub(crate) port: u16,
+}
+
+impl Arrival {
+    pub(crate) const LEN: usize = 8 + 2;
+
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        let mut arrival = [0u8; Self::LEN];
+        arrival[..8].copy_from_slice(&MAGIC);
+        arrival[8..].copy_from_slice(&self.port.to_le_bytes());
+        arrival
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Arrival, Error> {
+        match <&[u8; Self::LEN]>::try_from(bytes) {
+            Ok(bytes) if bytes[..8] == MAGIC => Ok(Arrival {
+                port: u16::from_le_bytes([bytes[8], bytes[9]]),
+            }),
+            _ => Err(Error::protocol(
+                Step::Connect,
+                format!(
+                    "the new process's ARRIVAL on the fd channel is not {} bytes starting with \
+                     the magic",
+                    Self::LEN
+                ),
+            )),
+        }
+    }
+}
+
 /// OFFER (new → old, step 4): the schemas the new process accepts, its own
 /// first: a count (u16), then each schema; then a description of its own
 /// state's shape, so that the old process can name what differs.
@@ -419,6 +455,14 @@ mod tests {
         let mut bad = bytes;
         bad[0] = 0;
         assert!(Key::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn arrival_round_trips_and_refuses_anything_else() {
+        let arrival = Arrival { port: 40_123 };
+        assert_eq!(Arrival::decode(&arrival.encode()).unwrap(), arrival);
+        assert!(Arrival::decode(&arrival.encode()[..9]).is_err());
+        assert!(Arrival::decode(b"mitosis\x01\x02\x03").is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@ mod messages;
 mod shape;
 
 pub(crate) use messages::{
-    Abort, Ack, BytesStart, Commit, End, Hello, Key, Message, Offer, Reject, State, Taken, Welcome,
+    Abort, Ack, Arrival, BytesStart, Commit, End, Hello, Key, Message, Offer, Reject, State, Taken,
+    Welcome,
 };
 
 use crate::error::{Error, Step};
