@@ -26,27 +26,7 @@ fn failed_split(run: &mut Run, peer: &mut Peer, command: &str) -> (String, Durat
     let started = Instant::now();
     let line = peer.command(command);
     let elapsed = started.elapsed();
-    assert!(
-        line.starts_with("split failed: "),
-        "expected a failed split, got {line:?}"
-    );
-    let splitting = run.stdout.expect("splitting child=");
-    let child: u32 = field(&splitting, "child").parse().unwrap();
-    assert_eq!(
-        field(&line, "children"),
-        "none",
-        "the failed child was reaped before the state came back: {line:?}"
-    );
-    assert!(
-        is_gone(child, run.first_pid),
-        "the failed child {child} still exists as a child of {}: {line:?}",
-        run.first_pid
-    );
-    assert_eq!(
-        fd_channel_dirs(run.first_pid),
-        Vec::<std::path::PathBuf>::new(),
-        "the fd channel's directory is removed after the failure"
-    );
+    let child = failed_and_reaped(run, &line);
     (line, elapsed, child)
 }
 

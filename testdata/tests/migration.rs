@@ -14,22 +14,11 @@ use common::*;
 use mitosis::{Handover, Schema, Shapes};
 use testdata::{State, nomigrate, schema2, v2, v3};
 
-/// Sends `command`, expects it to fail, and checks the failed child is gone
-/// and reaped. Returns the `split failed` line.
+/// Sends `command`, expects it to be refused at the schema offer, and checks
+/// the failed child is gone and reaped. Returns the `split failed` line.
 fn failed_split(run: &mut Run, peer: &mut Peer, command: &str) -> String {
     let line = peer.command(command);
-    assert!(
-        line.starts_with("split failed: "),
-        "expected a failed split, got {line:?}"
-    );
-    let child: u32 = field(&run.stdout.expect("splitting child="), "child")
-        .parse()
-        .unwrap();
-    assert_eq!(field(&line, "children"), "none", "reaped: {line:?}");
-    assert!(
-        is_gone(child, run.first_pid),
-        "the failed child {child} is gone"
-    );
+    failed_and_reaped(run, &line);
     assert!(
         line.contains("| step=step 4 (schema offer) |"),
         "refused at the schema offer, before any state was sent: {line:?}"

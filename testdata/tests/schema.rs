@@ -111,18 +111,7 @@ fn refused(run: &mut Run, peer: &mut Peer, binary: &str, name: &str) -> (String,
              what it decoded: {taken:?}"
         );
     }
-    assert!(
-        line.starts_with("split failed: "),
-        "expected a failed split, got {line:?}"
-    );
-    let child: u32 = field(&run.stdout.expect("splitting child="), "child")
-        .parse()
-        .unwrap();
-    assert_eq!(field(&line, "children"), "none", "reaped: {line:?}");
-    assert!(
-        is_gone(child, run.first_pid),
-        "the refused child {child} is gone"
-    );
+    failed_and_reaped(run, &line);
     assert!(
         line.contains("schema mismatch") && line.contains("| step=step 4 (schema offer) |"),
         "refused as a schema mismatch at the schema offer, before any state was sent: {line:?}"

@@ -509,6 +509,34 @@ pub fn is_gone(pid: u32, parent: u32) -> bool {
     }
 }
 
+/// Checks that `line`, the answer to a split command, is a `split failed`
+/// line, and that the child that failed was reaped before the state came
+/// back and left no fd channel directory behind. Returns the child's pid.
+pub fn failed_and_reaped(run: &mut Run, line: &str) -> u32 {
+    assert!(
+        line.starts_with("split failed: "),
+        "expected a failed split, got {line:?}"
+    );
+    let splitting = run.stdout.expect("splitting child=");
+    let child: u32 = field(&splitting, "child").parse().unwrap();
+    assert_eq!(
+        field(line, "children"),
+        "none",
+        "the failed child was reaped before the state came back: {line:?}"
+    );
+    assert!(
+        is_gone(child, run.first_pid),
+        "the failed child {child} still exists as a child of {}: {line:?}",
+        run.first_pid
+    );
+    assert_eq!(
+        fd_channel_dirs(run.first_pid),
+        Vec::<PathBuf>::new(),
+        "the fd channel's directory is removed after the failure"
+    );
+    child
+}
+
 // ---------------------------------------------------------------------------
 // The peer (control) connection
 
