@@ -2,7 +2,7 @@
 //! and on the handover port, among any others that arrive.
 
 use std::io::{self, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,9 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
         .set_nonblocking(true)
         .map_err(Error::io(STEP))?;
     let mut fd_channel: Option<OwnedFd> = None;
-    // The port the child's TCP connection comes from, once its ARRIVAL has
-    // come; from then on every other connection is closed as it arrives.
-    let mut arrival: Option<u16> = None;
+    // The address the child's TCP connection comes from, once its ARRIVAL
+    // has come; from then on every other connection is closed as it arrives.
+    let mut arrival: Option<SocketAddr> = None;
     let mut strangers: u64 = 0;
     let mut pending: Vec<Pending> = Vec::new();
     let result = 'accept: loop {
@@ -194,7 +194,7 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
                         {
                             strangers += learn_arrival(channel, &mut arrival, &mut pending)?;
                         }
-                        if arrival.is_some_and(|port| port != from.port()) {
+                        if arrival.is_some_and(|child| child != from) {
                             // Not the child's: closed unread, at once.
                             strangers += 1;
                             continue;
@@ -233,11 +233,11 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
 }
 
 /// Reads the child's ARRIVAL, if it has come and was not read yet, and then
-/// closes every pending connection from another port. Returns how many it
+/// closes every pending connection from any other address. Returns how many it
 /// closed.
 fn learn_arrival(
     channel: &OwnedFd,
-    arrival: &mut Option<u16>,
+    arrival: &mut Option<SocketAddr>,
     pending: &mut Vec<Pending>,
 ) -> Result<u64, Error> {
     if arrival.is_some() {
@@ -246,13 +246,11 @@ fn learn_arrival(
     let Some(Arrival { port }) = fd_channel::try_recv_arrival(channel.as_fd())? else {
         return Ok(0);
     };
-    *arrival = Some(port);
+    // The child binds 127.0.0.1; the whole address counts, because anyone
+    // can connect from the same port on 127.0.0.2.
+    let child = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    *arrival = Some(child);
     let before = pending.len();
-    pending.retain(|conn| peer_port(&conn.stream) == Some(port));
+    pending.retain(|conn| conn.stream.peer_addr().ok() == Some(child));
     Ok((before - pending.len()) as u64)
-}
-
-/// The port a loopback connection comes from.
-fn peer_port(stream: &TcpStream) -> Option<u16> {
-    stream.peer_addr().ok().map(|address| address.port())
 }
