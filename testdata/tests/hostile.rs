@@ -12,6 +12,8 @@ use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -391,23 +393,88 @@ fn upgrades_under_a_flood(name: &str, flood: impl Fn(u16) -> Box<dyn FnOnce() ->
 #[test]
 fn a_flood_from_the_same_user_fails_no_upgrade() {
     upgrades_under_a_flood("flood-same-user", |port| {
+        let until = Instant::now() + FLOOD_FOR;
         let flooder = std::thread::spawn(move || {
-            let until = Instant::now() + FLOOD_FOR;
-            let mut open = std::collections::VecDeque::new();
-            let mut made = 0;
-            while Instant::now() < until {
-                if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) {
-                    made += 1;
-                    open.push_back(conn);
-                    if open.len() > 1000 {
-                        open.pop_front();
-                    }
-                }
-            }
-            made
+            let made = AtomicU64::new(0);
+            flood(port, &made, || Instant::now() < until);
+            made.into_inner()
         });
         Box::new(move || flooder.join().expect("the flooder"))
     });
+}
+
+/// Connects to `port` for as long as `go_on` says, holding the newest 1,000
+/// connections open and idle, and counts each connection in `made`.
+fn flood(port: u16, made: &AtomicU64, mut go_on: impl FnMut() -> bool) {
+    let mut open = std::collections::VecDeque::new();
+    while go_on() {
+        if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) {
+            made.fetch_add(1, Ordering::Relaxed);
+            open.push_back(conn);
+            if open.len() > 1000 {
+                open.pop_front();
+            }
+        }
+    }
+}
+
+/// 100,000 connections from this user during one slow start, and more
+/// while the new process connects: the upgrade succeeds within the hello
+/// timeout.
+#[test]
+fn a_flood_of_100000_connections_during_a_slow_start_fails_nothing() {
+    const FLOOD: u64 = 100_000;
+    const THREADS: u64 = 2;
+    let (mut run, mut peer) = Spawn::new("flood-100000")
+        .args(&["--blob-size", "100003", "--spare-fds", "10"])
+        .start();
+    let before = status(&mut peer);
+    let (child, fifo) = split_held_at_fifo(&mut run, &mut peer);
+    let port = mitosis_port_of(child);
+    let made = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (enough, flood_reached) = std::sync::mpsc::sync_channel(THREADS as usize);
+    let flooders: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (made, stop, enough) = (made.clone(), stop.clone(), enough.clone());
+            std::thread::spawn(move || {
+                let mut told = false;
+                flood(port, &made, || {
+                    if !told && made.load(Ordering::Relaxed) >= FLOOD {
+                        told = enough.send(()).is_ok();
+                    }
+                    !stop.load(Ordering::Relaxed)
+                })
+            })
+        })
+        .collect();
+    flood_reached
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the flood reached 100,000 connections");
+    let started = Instant::now();
+    let ready = {
+        let _writer = release(&fifo);
+        peer.line()
+    };
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().expect("a flooder");
+    }
+    let connected = made.load(Ordering::Relaxed);
+    eprintln!("{connected} flood connections; the upgrade took {took:?} after the release");
+    assert!(
+        ready.starts_with("ready ") && field(&ready, "pid") == child.to_string(),
+        "the upgrade under a flood of {connected} connections: {ready:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the upgrade took {took:?} under the flood, past the 1 s hello timeout"
+    );
+    let now = status(&mut peer);
+    for key in ["blob", "spare"] {
+        assert_eq!(field(&now, key), field(&before, key), "{key}: {now:?}");
+    }
 }
 
 /// The same, from user nobody: the flooder is another user's process.
