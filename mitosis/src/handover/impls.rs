@@ -142,8 +142,7 @@ impl<T: Handover> Handover for Vec<T> {
     }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.value(&self.len())?;
-        self.iter().try_for_each(|item| item.encode(out))
+        encode_seq(self.len(), self.iter(), out)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
@@ -159,18 +158,29 @@ impl<T: Handover> Handover for Vec<T> {
 impl<T: Handover> Handover for VecDeque<T> {
     const SCHEMA: Schema = Schema::nested("VecDeque", 0, [T::SCHEMA]);
 
+    // The same encoding as a `Vec`, so the same shape.
     fn shape(shapes: &mut Shapes) -> Result<Shape, Error> {
-        Ok(Shape::Seq(Box::new(T::shape(shapes)?)))
+        Vec::<T>::shape(shapes)
     }
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
-        out.value(&self.len())?;
-        self.iter().try_for_each(|item| item.encode(out))
+        encode_seq(self.len(), self.iter(), out)
     }
 
     fn decode(input: &mut Decoder<'_>) -> Result<Self, Error> {
         Vec::<T>::decode(input).map(VecDeque::from)
     }
+}
+
+/// A sequence's encoding, as postcard writes one: the length, then each
+/// item.
+fn encode_seq<'a, T: Handover + 'a>(
+    len: usize,
+    mut items: impl Iterator<Item = &'a T>,
+    out: &mut Encoder<'a>,
+) -> Result<(), Error> {
+    out.value(&len)?;
+    items.try_for_each(|item| item.encode(out))
 }
 
 /// A map's shape: serde keys, `Handover` values.
