@@ -832,4 +832,26 @@ pub mod wire {
         }
         Ok((channel, key[8..8 + SECRET_LEN].try_into().unwrap()))
     }
+
+    /// What a fake new binary started by a real `split` does first: reads
+    /// the port from its `--mitosis` flag and KEY from the fd channel, and
+    /// connects back (without ARRIVAL, as an earlier build would). Returns
+    /// the TCP connection, with a 20 s read timeout, the fd channel, and the
+    /// secret.
+    pub fn connect_back_as_fake_child()
+    -> Result<(std::net::TcpStream, std::os::fd::OwnedFd, [u8; SECRET_LEN]), String> {
+        use clap::Parser;
+        // The old process passes its own arguments along, so its parser
+        // reads them, with the flag.
+        let cli = crate::Cli::parse();
+        let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
+        let fd_socket =
+            std::env::var_os("MITOSIS_FD_SOCKET").ok_or("MITOSIS_FD_SOCKET is not set")?;
+        let (channel, secret) = connect_and_read_key(fd_socket.as_ref())?;
+        let conn = std::net::TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        Ok((conn, channel, secret))
+    }
 }

@@ -8,11 +8,8 @@
 //! 0. This drives the old process's side of a version mismatch.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::Parser;
 use testdata::wire;
 
 fn main() -> ExitCode {
@@ -26,16 +23,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    // The old process passes its own arguments along, so its parser reads
-    // them, with the flag.
-    let cli = testdata::Cli::parse();
-    let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
-    let fd_socket = std::env::var_os("MITOSIS_FD_SOCKET").ok_or("MITOSIS_FD_SOCKET is not set")?;
-    let (_channel, secret) = wire::connect_and_read_key(fd_socket.as_ref())?;
-
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
+    let (mut conn, _channel, secret) = wire::connect_back_as_fake_child()?;
     conn.write_all(&wire::hello(2, 2, &secret))
         .map_err(|e| format!("send HELLO: {e}"))?;
     let mut welcome = [0u8; wire::WELCOME_LEN];

@@ -17,11 +17,8 @@
 //! of step 5` on stderr, and exits 0.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::process::ExitCode;
-use std::time::Duration;
-
-use clap::Parser;
 
 use mitosis::testing::wire::{Frame, encode};
 use testdata::wire;
@@ -40,14 +37,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let cli = testdata::Cli::parse();
-    let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
-    let fd_socket = std::env::var_os("MITOSIS_FD_SOCKET").ok_or("MITOSIS_FD_SOCKET is not set")?;
-    let (_channel, secret) = wire::connect_and_read_key(fd_socket.as_ref())?;
-
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
+    let (mut conn, _channel, secret) = wire::connect_back_as_fake_child()?;
     let schema = mitosis::Schema::of::<testdata::State>().map_err(|e| e.to_string())?;
     let (kind, offer) = encode(&Frame::Offer {
         accepted: vec![schema],
