@@ -106,7 +106,7 @@ fn xor_onto(valid: &[u8], input: &[u8]) -> Vec<u8> {
     bytes
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::Offer,
     Kind::State,
     Kind::Data,
@@ -118,6 +118,7 @@ const KINDS: [Kind; 11] = [
     Kind::BytesStart,
     Kind::Bytes,
     Kind::Taken,
+    Kind::Ready,
 ];
 
 fn header(input: &[u8]) {

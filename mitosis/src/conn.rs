@@ -7,9 +7,10 @@
 
 use std::io::{self, BufReader, IoSlice, Read};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags};
 use rustix::net::SendFlags;
 
 use crate::error::{Error, Step};
@@ -66,7 +67,7 @@ pub(crate) struct Conn {
     deadline: Deadline,
     /// Set while a read may wait for as long as the other process lives.
     unbounded: bool,
-    /// Counts step 5's bytes for the tests' `state@N` faults; nothing
+    /// Counts step 6's bytes for the tests' `state@N` faults; nothing
     /// without the `test-hooks` feature.
     tripwire: Tripwire,
 }
@@ -191,7 +192,7 @@ impl Conn {
     }
 
     /// How many of the next `len` bytes may move before a test fault
-    /// strikes: all of them but in step 5 under `test-hooks`.
+    /// strikes: all of them but in step 6 under `test-hooks`.
     fn allow(&self, step: Step, len: usize) -> usize {
         if step == Step::State {
             self.tripwire.allow(len)
@@ -252,7 +253,7 @@ impl Conn {
         Ok((kind, self.read_payload(step, len)?))
     }
 
-    /// From here on, reads and writes have no time limit: for step 8,
+    /// From here on, reads and writes have no time limit: for step 9,
     /// where only the other process's decision or its death may end a wait.
     pub(crate) fn drop_deadline(&mut self, step: Step) -> Result<(), Error> {
         self.unbounded = true;
@@ -260,6 +261,48 @@ impl Conn {
             .set_read_timeout(None)
             .and_then(|()| self.stream().set_write_timeout(None))
             .map_err(Error::io(step))
+    }
+
+    /// The deadline reads and writes run against.
+    pub(crate) fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// From here on, reads and writes run against `deadline`: the transfer
+    /// timeout, restarted when the transfer begins.
+    pub(crate) fn set_deadline(&mut self, deadline: Deadline) {
+        self.unbounded = false;
+        self.deadline = deadline;
+    }
+
+    /// Whether a frame has begun to arrive: bytes are buffered here, or the
+    /// socket is readable (or closed) within `wait`. `None` waits for as long
+    /// as it takes; `watch` are more fds whose readiness also ends the wait,
+    /// reported by index.
+    pub(crate) fn wait_readable(
+        &self,
+        step: Step,
+        watch: &[BorrowedFd<'_>],
+        wait: Option<Duration>,
+    ) -> Result<Readable, Error> {
+        if !self.reader.buffer().is_empty() {
+            return Ok(Readable::Conn);
+        }
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(self.stream().as_fd())
+            .chain(watch.iter().copied())
+            .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+            .collect();
+        match rustix::event::poll(&mut fds, wait.map(timespec).as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io(step)(e.into())),
+        }
+        if !fds[0].revents().is_empty() {
+            return Ok(Readable::Conn);
+        }
+        Ok(fds[1..]
+            .iter()
+            .position(|fd| !fd.revents().is_empty())
+            .map_or(Readable::Nothing, Readable::Watched))
     }
 
     /// Appends `len` bytes from the stream to `buf`, reading into its spare
@@ -318,7 +361,18 @@ fn set_cork(fd: &OwnedFd, on: bool) -> bool {
         .is_ok()
 }
 
-/// Where the encoder streams the state (step 5): plain bytes as DATA
+/// What [`Conn::wait_readable`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readable {
+    /// The connection has bytes, or has closed.
+    Conn,
+    /// The watched fd at this index is ready.
+    Watched(usize),
+    /// The wait ran out, or a signal ended it.
+    Nothing,
+}
+
+/// Where the encoder streams the state (step 6): plain bytes as DATA
 /// frames, and each out-of-line byte buffer as BYTES_START and BYTES frames,
 /// written straight from the state's memory.
 pub(crate) struct DataFrames<'c> {

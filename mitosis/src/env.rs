@@ -7,7 +7,7 @@
 //!   ([`apply`] on the old side, [`take`] on the new), which is no secret:
 //!   the channel lives in a 0700 directory and serves only the new
 //!   process's pid;
-//! - the [`Terms`] (the secret, the commit timeout and the limits) travel
+//! - the [`Terms`] (the secret, the transfer timeout and the limits) travel
 //!   as the fd channel's first message, KEY, once the kernel has shown
 //!   that the new process is the one connected.
 //!
@@ -24,10 +24,18 @@ use crate::wire::handshake::Secret;
 /// The path of the old process's fd channel socket.
 const FD_SOCKET_VAR: &str = "MITOSIS_FD_SOCKET";
 
-/// How long the new process has, from spawn to commit, by default: enough
-/// for a large program to start and for a 1 GiB state to cross loopback, and
-/// short enough that a hung upgrade gives the connections back quickly.
-pub(crate) const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the new process has, from spawn to READY, by default. The
+/// service is not paused meanwhile (with `prepare`), so this can be
+/// generous: enough for a large program to start, load its configuration
+/// and warm its caches.
+pub(crate) const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the transfer may take, from the hand-over to COMMIT, by
+/// default. The service is paused meanwhile, so this is tight: a 4 GiB
+/// state (the default limit) crosses in about 3 s on a small machine, and
+/// a new process that hangs while decoding gives the connections back
+/// after at most this long.
+pub(crate) const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a connection to the handover port may take to prove the secret
 /// by default. The real new process proves it in its first write.
@@ -80,6 +88,8 @@ pub(crate) fn take() -> Result<PathBuf, Error> {
 /// What the old process tells the new one in KEY.
 pub(crate) struct Terms {
     pub(crate) secret: Secret,
+    /// The transfer timeout: how long either side waits for the other's
+    /// next message in steps 3 and 4, and for the whole of steps 6 to 8.
     pub(crate) timeout: Duration,
     pub(crate) limits: Limits,
 }

@@ -14,7 +14,7 @@ use crate::schema::Schema;
 /// so that a log line says how far the handover got.
 ///
 /// ```
-/// assert_eq!(mitosis::Step::State.to_string(), "step 5 (state transfer)");
+/// assert_eq!(mitosis::Step::State.to_string(), "step 6 (state transfer)");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -28,13 +28,17 @@ pub enum Step {
     /// Step 4: the new process says which schemas it accepts; the old one
     /// answers with the schema it will send, or a rejection.
     Offer,
-    /// Step 5: the encoded state streams over TCP.
+    /// Step 5: the new process sets itself up, while the old one still
+    /// serves, and says READY; the old process's program then hands over.
+    Ready,
+    /// Step 6: the encoded state streams over TCP.
     State,
-    /// Step 6: the file descriptors travel over the Unix fd channel.
+    /// Step 7: the file descriptors travel over the Unix fd channel.
     Fds,
-    /// Step 7: the new process decodes the state and commits (or aborts).
+    /// Step 8: the new process decodes the state, checks it and commits
+    /// (or aborts).
     Commit,
-    /// Step 8: the old process acknowledges the commit; ownership passes.
+    /// Step 9: the old process acknowledges the commit; ownership passes.
     Ack,
 }
 
@@ -50,10 +54,11 @@ impl Step {
             Step::Connect => 2,
             Step::Hello => 3,
             Step::Offer => 4,
-            Step::State => 5,
-            Step::Fds => 6,
-            Step::Commit => 7,
-            Step::Ack => 8,
+            Step::Ready => 5,
+            Step::State => 6,
+            Step::Fds => 7,
+            Step::Commit => 8,
+            Step::Ack => 9,
         }
     }
 
@@ -63,6 +68,7 @@ impl Step {
             Step::Connect => "connect",
             Step::Hello => "hello",
             Step::Offer => "schema offer",
+            Step::Ready => "set-up",
             Step::State => "state transfer",
             Step::Fds => "fd transfer",
             Step::Commit => "commit",
@@ -111,6 +117,9 @@ pub enum Error {
     },
     /// Another split from this process has not produced its outcome yet.
     SplitInFlight,
+    /// The [`Upgrade`](crate::Upgrade) failed before, and its error was
+    /// returned then.
+    AlreadyFailed,
     /// An I/O error on one of the handover's sockets.
     Io {
         /// Where in the handover it happened.
@@ -131,11 +140,16 @@ pub enum Error {
         /// when this process ignores SIGCHLD.
         status: Option<ExitStatus>,
     },
-    /// The handover did not complete in time.
+    /// The handover did not complete in time: in steps 1 to 5, the new
+    /// process was not ready within the start timeout
+    /// ([`SplitOptions::start_timeout`](crate::SplitOptions::start_timeout));
+    /// from step 6 on, the transfer did not finish within the transfer
+    /// timeout
+    /// ([`SplitOptions::transfer_timeout`](crate::SplitOptions::transfer_timeout)).
     Timeout {
-        /// Where in the handover the time ran out.
+        /// Where in the handover the time ran out; it tells which timeout.
         step: Step,
-        /// The configured commit timeout.
+        /// The timeout that ran out.
         after: Duration,
         /// Whether the new process ran out of time waiting for the old one
         /// (and gave up by itself), rather than the old process waiting for
@@ -228,7 +242,7 @@ pub enum Error {
     /// A `BufReader` in the state holds more bytes it has read but not yet
     /// returned than a handover can put back into a new `BufReader`.
     ///
-    /// The old process checks this while encoding, in step 5, and refuses
+    /// The old process checks this while encoding, in step 6, and refuses
     /// to send the state; the new process checks it again while decoding.
     ///
     /// ```
@@ -277,7 +291,10 @@ impl Error {
             Error::Untraceable { .. } => Some(Step::Spawn),
             Error::Decode { .. } => Some(Step::Commit),
             Error::Encode { .. } | Error::EncodePanicked { .. } => Some(Step::State),
-            Error::BadFlag { .. } | Error::MissingEnvironment { .. } | Error::SplitInFlight => None,
+            Error::BadFlag { .. }
+            | Error::MissingEnvironment { .. }
+            | Error::SplitInFlight
+            | Error::AlreadyFailed => None,
         }
     }
 
@@ -333,6 +350,10 @@ impl fmt::Display for Error {
                 "a split is already in progress in this process; wait for its outcome before \
                  splitting again",
             ),
+            Error::AlreadyFailed => f.write_str(
+                "this upgrade failed already, and its readiness check returned the error; drop \
+                 it and prepare a new one",
+            ),
             Error::Io { step, source } => write!(
                 f,
                 "I/O error in {step}: {source}{}",
@@ -362,12 +383,23 @@ impl fmt::Display for Error {
                 step,
                 after,
                 in_new_process: false,
+            } if step.number() <= Step::Ready.number() => write!(
+                f,
+                "the new process was not ready within the start timeout of {after:?} (stuck in \
+                 {step}); it was killed, and this process keeps its state and went on serving. \
+                 Raise SplitOptions::start_timeout if the new build needs longer to start, or \
+                 check that it calls mitosis::init (or mitosis::arrive) early in main"
+            ),
+            Error::Timeout {
+                step,
+                after,
+                in_new_process: false,
             } => write!(
                 f,
-                "the handover did not complete within {after:?} (stuck in {step}); the new \
-                 process was killed, and this process keeps its state. Raise \
-                 SplitOptions::commit_timeout if the new build needs longer to start, or check \
-                 that it calls mitosis::init early in main"
+                "the transfer did not complete within the transfer timeout of {after:?} (stuck \
+                 in {step}); the new process was killed, and this process keeps its state. \
+                 Raise SplitOptions::transfer_timeout if a state this large needs longer to \
+                 cross and decode, or check that the new build commits promptly"
             ),
             Error::Timeout {
                 step,
@@ -375,10 +407,10 @@ impl fmt::Display for Error {
                 in_new_process: true,
             } => write!(
                 f,
-                "the handover did not complete within {after:?} (stuck in {step}): the old \
-                 process stopped answering, so this process gives up and the old one keeps its \
-                 state; see the old process's log. If this build needs longer to start, the old \
-                 process's SplitOptions::commit_timeout is the one to raise"
+                "the old process did not answer within the transfer timeout of {after:?} (stuck \
+                 in {step}), so this process gives up and the old one keeps its state; see the \
+                 old process's log. The old process's SplitOptions::transfer_timeout sets this \
+                 limit"
             ),
             Error::ProtocolVersion { ours, theirs } => write!(
                 f,

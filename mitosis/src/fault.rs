@@ -8,7 +8,7 @@
 //! reaches both sides:
 //!
 //! - side: `old` or `new`;
-//! - point: `spawned`, `hello`, `offer`, `state@<bytes>`, `fds@<batch>`,
+//! - point: `spawned`, `hello`, `offer`, `ready`, `state@<bytes>`, `fds@<batch>`,
 //!   `commit`, `ack`, `taken` or `done` (see [`Point`]);
 //! - action: `kill`, or `stall=<milliseconds>`.
 //!
@@ -29,10 +29,11 @@ pub(crate) enum Side {
 /// | `spawned` | started the new process (step 1) | `init` found the flag |
 /// | `hello` | read HELLO (step 3) | sent HELLO |
 /// | `offer` | read OFFER (step 4) | sent OFFER |
-/// | `state@N` | sent N bytes of step 5 | received N bytes of step 5 |
-/// | `fds@K` | sent fd batch K-1 (step 6) | received fd batch K-1 |
-/// | `commit` | read COMMIT (step 7) | decoded the state |
-/// | `ack` | sent ACK (step 8) | sent COMMIT |
+/// | `ready` | read READY (step 5) | sent READY |
+/// | `state@N` | sent N bytes of step 6 | received N bytes of step 6 |
+/// | `fds@K` | sent fd batch K-1 (step 7) | received fd batch K-1 |
+/// | `commit` | read COMMIT (step 8) | decoded the state |
+/// | `ack` | sent ACK (step 9) | sent COMMIT |
 /// | `taken` | read TAKEN | read ACK |
 /// | `done` | closed its copies | sent TAKEN |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub(crate) enum Point {
     Spawned,
     Hello,
     Offer,
+    Ready,
     // Named only by the active module's parser; the inert tripwire never
     // asks for it.
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
@@ -74,7 +76,7 @@ mod inert {
             Tripwire
         }
 
-        /// How many of the next `len` bytes of step 5 may pass before the
+        /// How many of the next `len` bytes of step 6 may pass before the
         /// fault strikes: all of them.
         #[inline(always)]
         pub(crate) fn allow(&self, len: usize) -> usize {
@@ -138,6 +140,7 @@ mod active {
                 "spawned" => Point::Spawned,
                 "hello" => Point::Hello,
                 "offer" => Point::Offer,
+                "ready" => Point::Ready,
                 "commit" => Point::Commit,
                 "ack" => Point::Ack,
                 "taken" => Point::Taken,
@@ -184,7 +187,7 @@ mod active {
         }
     }
 
-    /// Counts the bytes of step 5 on one side, so that a `state@N` fault
+    /// Counts the bytes of step 6 on one side, so that a `state@N` fault
     /// strikes after exactly N bytes, wherever that falls in a frame.
     #[derive(Debug)]
     pub(crate) struct Tripwire {

@@ -1,5 +1,5 @@
 //! The fd channel: a Unix SEQPACKET socket that carries the handover's KEY
-//! (PROTOCOL.md, step 2) and then the state's file descriptors (step 6).
+//! (PROTOCOL.md, step 2) and then the state's file descriptors (step 7).
 //!
 //! The old process listens on it inside a fresh 0700 directory, so no other
 //! user can even reach it, and accepts only the connection whose

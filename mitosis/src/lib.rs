@@ -123,8 +123,8 @@ pub use args::args;
 pub use error::{Error, Step};
 pub use handover::{Decoder, Encoder, Handover, Shapes};
 pub use mitosis_derive::Handover;
-pub use new::init;
-pub use old::{Outcome, Split, SplitOptions, split};
+pub use new::{Arrival, arrive, init};
+pub use old::{Outcome, Split, SplitOptions, Upgrade, prepare, split};
 pub use schema::{Schema, Shape};
 
 /// The README's examples, compiled as doctests so that they stay true.

@@ -48,7 +48,7 @@ pub fn encode_state<S: Handover>(value: &S) -> Result<EncodedState, Error> {
 }
 
 /// Decodes a state of `S`'s own schema from what the new process received
-/// (step 7), checking that every byte, buffer and fd is used.
+/// (step 8), checking that every byte, buffer and fd is used.
 pub fn decode_state<S: Handover>(
     stream: &[u8],
     out_of_line: Vec<Vec<u8>>,
@@ -260,6 +260,8 @@ pub mod wire {
             /// The new process's error.
             message: String,
         },
+        /// READY.
+        Ready,
         /// COMMIT.
         Commit,
         /// ACK.
@@ -269,13 +271,14 @@ pub mod wire {
     }
 
     /// The frame kinds whose payloads [`decode`] reads.
-    pub const KINDS: [Kind; 9] = [
+    pub const KINDS: [Kind; 10] = [
         Kind::Offer,
         Kind::State,
         Kind::Reject,
         Kind::BytesStart,
         Kind::End,
         Kind::Abort,
+        Kind::Ready,
         Kind::Commit,
         Kind::Ack,
         Kind::Taken,
@@ -337,6 +340,7 @@ pub mod wire {
                 reason: reason(byte),
                 message,
             }),
+            Frame::Ready => pair(real::Ready),
             Frame::Commit => pair(real::Commit),
             Frame::Ack => pair(real::Ack),
             Frame::Taken => pair(real::Taken),
@@ -347,6 +351,7 @@ pub mod wire {
     pub fn step_of(kind: Kind) -> Step {
         match kind {
             Kind::Offer | Kind::State => Step::Offer,
+            Kind::Ready => Step::Ready,
             Kind::Reject | Kind::Data | Kind::BytesStart | Kind::Bytes | Kind::End => Step::State,
             Kind::Abort | Kind::Commit => Step::Commit,
             Kind::Ack | Kind::Taken => Step::Ack,
@@ -390,6 +395,7 @@ pub mod wire {
                     message: abort.message,
                 }
             }
+            Kind::Ready => real::Ready::decode(step, payload).map(|_| Frame::Ready)?,
             Kind::Commit => real::Commit::decode(step, payload).map(|_| Frame::Commit)?,
             Kind::Ack => real::Ack::decode(step, payload).map(|_| Frame::Ack)?,
             Kind::Taken => real::Taken::decode(step, payload).map(|_| Frame::Taken)?,

@@ -101,9 +101,17 @@ pub struct Cli {
     #[arg(long)]
     pub log: Option<PathBuf>,
 
-    /// Commit timeout for the splits this process performs.
+    /// Start and transfer timeout for the splits this process performs.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+
+    /// Start timeout, instead of `--timeout-ms`.
+    #[arg(long)]
+    pub start_timeout_ms: Option<u64>,
+
+    /// Transfer timeout, instead of `--timeout-ms`.
+    #[arg(long)]
+    pub transfer_timeout_ms: Option<u64>,
 
     /// Hello timeout for the splits this process performs (library default
     /// when absent).
@@ -153,8 +161,8 @@ pub struct Cli {
     #[arg(long)]
     pub nofile_limit: Option<u64>,
 
-    /// A commit timeout of `Duration::MAX` (no limit), instead of
-    /// `--timeout-ms`.
+    /// Start and transfer timeouts of `Duration::MAX` (no limit), instead
+    /// of `--timeout-ms`.
     #[arg(long)]
     pub commit_timeout_max: bool,
 
@@ -402,6 +410,44 @@ fn child_env() -> io::Result<String> {
         .join(" "))
 }
 
+/// The faults that strike after `mitosis::arrive`, not before it.
+const AFTER_ARRIVAL: [&str; 4] = ["setup-sleep=", "no-commit-exit", "no-commit-hang", "refuse"];
+
+/// Takes over as `TESTDATA_FAULT` asks: with `mitosis::init`, or, for the
+/// faults after arrival, with `arrive`, then a set-up that sleeps
+/// (`setup-sleep=<ms>`), or a received state that is never committed
+/// (`no-commit-exit`, `no-commit-hang`) or is refused (`refuse`).
+fn take_over<S: AppState>() -> Result<Option<S>, mitosis::Error> {
+    let fault = std::env::var(FAULT_VAR).unwrap_or_default();
+    if !AFTER_ARRIVAL.iter().any(|f| fault.starts_with(f)) {
+        return mitosis::init::<S>();
+    }
+    let Some(mut arrival) = mitosis::arrive::<S>()? else {
+        return Ok(None);
+    };
+    if let Some(ms) = fault.strip_prefix("setup-sleep=") {
+        say(format!("setting up pid={}", std::process::id()));
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        return arrival.commit().map(Some);
+    }
+    let state = arrival.receive()?;
+    say(format!(
+        "received pid={} generation={}",
+        std::process::id(),
+        state.generation()
+    ));
+    match fault.as_str() {
+        "no-commit-exit" => std::process::exit(EXIT_FAULT.into()),
+        "no-commit-hang" => loop {
+            std::thread::park();
+        },
+        _ => {
+            arrival.abort("testdata was told to refuse the state");
+            std::process::exit(EXIT_FAULT.into());
+        }
+    }
+}
+
 /// Fails the way `TESTDATA_FAULT` asks, before `init`.
 fn fault() {
     let Some(fault) = std::env::var_os(FAULT_VAR) else {
@@ -416,6 +462,13 @@ fn fault() {
             std::thread::park();
         },
         other => {
+            if let Some(ms) = other.strip_prefix("sleep=") {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                return;
+            }
+            if AFTER_ARRIVAL.iter().any(|fault| other.starts_with(fault)) {
+                return;
+            }
             if let Some(path) = other.strip_prefix("fifo=") {
                 // Opening a fifo for reading blocks until a writer opens it:
                 // the test releases this process by opening it for writing.
@@ -439,7 +492,7 @@ pub fn run<S: AppState>(version: &str) -> ExitCode {
     host_before_init();
 
     // First thing in main, as mitosis documents: take over, or start fresh.
-    let taken = match mitosis::init::<S>() {
+    let taken = match take_over::<S>() {
         Ok(taken) => taken,
         Err(e) => {
             eprintln!("init error: {e}");
@@ -573,23 +626,51 @@ impl App {
 
     fn serve<S: AppState>(&self, mut state: S) -> io::Result<()> {
         let mut chunk = vec![0u8; 64 * 1024];
+        // An upgrade being prepared (`prepare`), while this process serves.
+        let mut upgrade: Option<mitosis::Upgrade<S>> = None;
         loop {
             // Whole lines first: some may have arrived with the state.
             while let Some(line) = take_line(state.peer_buffer()) {
-                state = self.command(state, &line)?;
+                state = self.command(state, &line, &mut upgrade)?;
             }
-            let (listener_ready, peer_ready) = {
-                let mut fds = [
+            let (listener_ready, peer_ready, upgrade_ready) = {
+                let mut fds = vec![
                     PollFd::new(state.listener(), PollFlags::IN),
                     PollFd::new(state.peer(), PollFlags::IN),
                 ];
+                if let Some(upgrade) = &upgrade {
+                    fds.push(PollFd::new(upgrade, PollFlags::IN));
+                }
                 match poll(&mut fds, None) {
                     Ok(_) => {}
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => return Err(e.into()),
                 }
-                (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
+                (
+                    !fds[0].revents().is_empty(),
+                    !fds[1].revents().is_empty(),
+                    fds.get(2).is_some_and(|fd| !fd.revents().is_empty()),
+                )
             };
+            if upgrade_ready && let Some(mut pending) = upgrade.take() {
+                state = match pending.is_ready() {
+                    Ok(true) => self.finish(pending.hand_over(state))?,
+                    Ok(false) => {
+                        upgrade = Some(pending);
+                        state
+                    }
+                    Err(error) => {
+                        let line = format!(
+                            "prepare failed: {error} | step={} | children={}",
+                            step_of(&error),
+                            children()
+                        );
+                        reply(state.peer(), &line)?;
+                        state
+                    }
+                };
+                continue;
+            }
             if listener_ready {
                 let (mut conn, _) = state.listener().accept()?;
                 let hello = format!("hello generation={} pid={}\n", state.generation(), self.pid);
@@ -611,7 +692,12 @@ impl App {
         }
     }
 
-    fn command<S: AppState>(&self, state: S, line: &str) -> io::Result<S> {
+    fn command<S: AppState>(
+        &self,
+        state: S,
+        line: &str,
+        upgrade: &mut Option<mitosis::Upgrade<S>>,
+    ) -> io::Result<S> {
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("");
         let args: Vec<&str> = words.collect();
@@ -635,6 +721,14 @@ impl App {
                 .join(" "),
             "child-env" => child_env()?,
             "split" => return self.split(state, &args),
+            "prepare" => match self.options(&args).prepare(&state) {
+                Ok(pending) => {
+                    let answer = format!("preparing child={}", pid_text(pending.pid()));
+                    *upgrade = Some(pending);
+                    answer
+                }
+                Err(error) => format!("prepare refused: {error}"),
+            },
             "exit" => std::process::exit(0),
             _ => format!("error: unknown command {line:?}"),
         };
@@ -642,33 +736,39 @@ impl App {
         Ok(state)
     }
 
-    /// `split [twice] [binary=<path>] [<fault>]`
-    fn split<S: AppState>(&self, state: S, args: &[&str]) -> io::Result<S> {
+    /// The options of `split` and `prepare`: `[binary=<path>] [<fault>]`.
+    fn options(&self, args: &[&str]) -> SplitOptions {
         let mut options = SplitOptions::new();
-        options.commit_timeout(Duration::from_millis(self.cli.timeout_ms));
-        if let Some(ms) = self.cli.hello_timeout_ms {
+        let cli = &self.cli;
+        options
+            .start_timeout(Duration::from_millis(
+                cli.start_timeout_ms.unwrap_or(cli.timeout_ms),
+            ))
+            .transfer_timeout(Duration::from_millis(
+                cli.transfer_timeout_ms.unwrap_or(cli.timeout_ms),
+            ));
+        if let Some(ms) = cli.hello_timeout_ms {
             options.hello_timeout(Duration::from_millis(ms));
         }
-        if let Some(bytes) = self.cli.max_state_bytes {
+        if let Some(bytes) = cli.max_state_bytes {
             options.max_state_bytes(bytes);
         }
-        if let Some(fds) = self.cli.max_fds {
+        if let Some(fds) = cli.max_fds {
             options.max_fds(fds);
         }
-        if self.cli.commit_timeout_max {
-            options.commit_timeout(Duration::MAX);
+        if cli.commit_timeout_max {
+            options
+                .start_timeout(Duration::MAX)
+                .transfer_timeout(Duration::MAX);
         }
-        if self.cli.hello_timeout_max {
+        if cli.hello_timeout_max {
             options.hello_timeout(Duration::MAX);
         }
         let mut fault = None;
-        let mut twice = false;
         for &arg in args {
             if let Some(binary) = arg.strip_prefix("binary=") {
                 options.binary(binary);
-            } else if arg == "twice" {
-                twice = true;
-            } else {
+            } else if arg != "twice" {
                 fault = Some(arg);
             }
         }
@@ -678,8 +778,12 @@ impl App {
             Some(fault) => options.env(FAULT_VAR, fault),
             None => options.env_remove(FAULT_VAR),
         };
+        options
+    }
 
-        let split = options.split(state);
+    /// `split [twice] [binary=<path>] [<fault>]`
+    fn split<S: AppState>(&self, state: S, args: &[&str]) -> io::Result<S> {
+        let split = self.options(args).split(state);
         let Some(child) = split.pid() else {
             // Refused before a new process ran: the outcome is already here.
             let Outcome::Failed { state, error } = split.wait() else {
@@ -690,7 +794,7 @@ impl App {
         };
         say(format!("splitting child={child}"));
 
-        if twice {
+        if args.contains(&"twice") {
             // The state is on its way; try to split something else.
             let second = mitosis::split(7u32);
             match (second.pid(), second.wait()) {
@@ -701,18 +805,21 @@ impl App {
                 (None, Outcome::Done { pid }) => say(format!("second split done: pid={pid}")),
             }
         }
+        self.finish(split)
+    }
 
+    /// Waits for a handover's outcome: exits after `Done`, and reports a
+    /// failure to the peer and carries on.
+    fn finish<S: AppState>(&self, split: mitosis::Split<S>) -> io::Result<S> {
         match split.wait() {
             Outcome::Done { pid } => {
                 say(format!("done pid={pid} fds={}", fd_list()));
                 std::process::exit(0);
             }
             Outcome::Failed { state, error } => {
-                let step = error
-                    .step()
-                    .map_or_else(|| "none".to_owned(), |step| step.to_string());
                 let line = format!(
-                    "split failed: {error} | step={step} | children={}",
+                    "split failed: {error} | step={} | children={}",
+                    step_of(&error),
                     children()
                 );
                 reply(state.peer(), &line)?;
@@ -720,6 +827,16 @@ impl App {
             }
         }
     }
+}
+
+fn step_of(error: &mitosis::Error) -> String {
+    error
+        .step()
+        .map_or_else(|| "none".to_owned(), |step| step.to_string())
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "none".to_owned(), |pid| pid.to_string())
 }
 
 /// Removes and returns the first whole line from `buffer`, without its

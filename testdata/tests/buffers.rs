@@ -130,7 +130,7 @@ fn a_full_bufwriter_is_written_once_after_a_rollback() {
         "the injected fault killed the new process: {failed:?}"
     );
     assert!(
-        failed.ends_with("| step=step 7 (commit)"),
+        failed.ends_with("| step=step 8 (commit)"),
         "it died in step 7, after decoding: {failed:?}"
     );
     assert_eq!(run.stdout.expect("rolled back"), "rolled back");
@@ -179,7 +179,7 @@ fn an_encoder_failure_is_reported_as_encoding_by_the_old_process() {
         "no advice meant for a decoding failure: {failed:?}"
     );
     assert!(
-        failed.ends_with("| step=step 5 (state transfer)"),
+        failed.ends_with("| step=step 6 (state transfer)"),
         "{failed:?}"
     );
     assert_eq!(

@@ -30,7 +30,7 @@ fn failed_split(run: &mut Run, peer: &mut Peer, command: &str) -> (String, Durat
     (line, elapsed, child)
 }
 
-/// A child that fails before committing, with a 60 s commit timeout: the
+/// A child that fails before committing, with 60 s timeouts: the
 /// failure must be reported as soon as the child is gone, not at the
 /// timeout.
 fn child_fails_before_commit(name: &str, fault: &str, exit: &str) {
@@ -69,12 +69,12 @@ fn child_hangs_is_killed_at_timeout() {
     let (mut run, mut peer) = Spawn::new("hang").args(&["--timeout-ms", "1000"]).start();
     let (line, elapsed, child) = failed_split(&mut run, &mut peer, "split hang");
     assert!(
-        line.contains("did not complete within 1s") && line.contains("was killed"),
+        line.contains("not ready within the start timeout of 1s") && line.contains("was killed"),
         "a timeout message: {line:?}"
     );
     assert!(
         elapsed >= Duration::from_millis(1000),
-        "the child was given its full commit timeout, but the failure came after {elapsed:?}"
+        "the child was given its full start timeout, but the failure came after {elapsed:?}"
     );
     assert!(
         is_gone(child, run.first_pid),
@@ -198,12 +198,12 @@ fn over_a_limit_rolls_back(name: &str, args: &[&str], what: &str, max: &str) {
     assert!(
         line.contains(&format!(
             "{what} or more, over the handover's limit of {max}"
-        )) && line.contains("step=step 5 (state transfer)"),
+        )) && line.contains("step=step 6 (state transfer)"),
         "the old process names the limit: {line:?}"
     );
     let init = run.stderr.expect("init error:");
     assert!(
-        init.contains("the other process gave up in step 5 (state transfer)")
+        init.contains("the other process gave up in step 6 (state transfer)")
             && init.contains(&format!("over the handover's limit of {max}")),
         "the new process says why: {init:?}"
     );
@@ -242,13 +242,13 @@ fn protocol_version_mismatch_parent_side() {
         &format!("split binary={}", fake.display()),
     );
     assert!(
-        line.contains("protocol version mismatch") && line.contains("2..=2"),
+        line.contains("protocol version mismatch") && line.contains("3..=3"),
         "the old process reports the mismatch and the child's versions: {line:?}"
     );
     let welcome = run.stderr.expect("fake-child:");
     assert_eq!(
-        welcome, "fake-child: welcome chosen=0 min=1 max=1 token=ok",
-        "the old process proved the secret and said it speaks 1..=1 only"
+        welcome, "fake-child: welcome chosen=0 min=1 max=2 token=ok",
+        "the old process proved the secret and said it speaks 1..=2 only"
     );
     still_serving(&run, &mut peer, "after the version mismatch");
 }
@@ -263,7 +263,7 @@ fn second_split_while_in_flight_is_refused() {
             && second.ends_with(" state=7"),
         "the second split is refused with its state: {second:?}"
     );
-    assert!(line.contains("did not complete within"), "{line:?}");
+    assert!(line.contains("within the start timeout"), "{line:?}");
     still_serving(&run, &mut peer, "after both splits");
 }
 
@@ -319,7 +319,7 @@ fn child_killed_mid_transfer_rolls_back() {
         "the old process reports the killed child: {line:?}"
     );
     assert!(
-        line.contains("step=step 5 (state transfer)"),
+        line.contains("step=step 6 (state transfer)"),
         "killed during the transfer: {line:?}"
     );
     assert_eq!(field(&line, "children"), "none", "{line:?}");

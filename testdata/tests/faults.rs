@@ -36,6 +36,8 @@ enum Owner {
 }
 
 struct Case {
+    /// `split`, or `prepare` (then the hand-over once ready).
+    how: &'static str,
     side: &'static str,
     point: String,
     action: &'static str,
@@ -46,7 +48,7 @@ struct Case {
 
 impl Case {
     fn fault(&self) -> String {
-        format!("{}:{}:{}", self.side, self.point, self.action)
+        format!("{}:{}:{}:{}", self.how, self.side, self.point, self.action)
     }
 }
 
@@ -57,21 +59,23 @@ fn points() -> Vec<(String, u8)> {
         // The old process reads HELLO while accepting, in step 2.
         ("hello".to_owned(), 2),
         ("offer".to_owned(), 4),
+        // The old process read READY; the new process sent it.
+        ("ready".to_owned(), 5),
     ];
     // Before the first byte, inside the first frame header, inside the
     // first DATA frame, and inside the blob's BYTES frame.
     for offset in [0, 3, 20, 100_000] {
-        points.push((format!("state@{offset}"), 5));
+        points.push((format!("state@{offset}"), 6));
     }
     // Before the first fd batch, and between the two.
     for batch in [0, 1] {
-        points.push((format!("fds@{batch}"), 6));
+        points.push((format!("fds@{batch}"), 7));
     }
     points.extend([
-        ("commit".to_owned(), 7),
-        ("ack".to_owned(), 8),
-        ("taken".to_owned(), 8),
-        ("done".to_owned(), 8),
+        ("commit".to_owned(), 8),
+        ("ack".to_owned(), 9),
+        ("taken".to_owned(), 9),
+        ("done".to_owned(), 9),
     ]);
     points
 }
@@ -90,6 +94,11 @@ fn expected_owner(side: &str, point: &str, action: &str) -> Owner {
         // Stalled past the deadline before ACK: the new process gives up,
         // or is killed for want of an ACK, and the old one carries on.
         ("old", _) if matches!(point, "ack" | "taken" | "done") => Owner::New,
+        // Stalled between READY and the hand-over, as a program may be
+        // between two passes of its loop: the new process waits for as long
+        // as the old one lives, and the transfer timeout starts with the
+        // hand-over.
+        ("old", _) if point == "ready" => Owner::New,
         ("old", _) => Owner::Old,
         // The new process owns the connections once it has sent TAKEN.
         ("new", "kill") if point == "done" => Owner::Nobody,
@@ -114,8 +123,12 @@ fn cases() -> Vec<Case> {
             } else {
                 step
             };
-            for action in ["kill", "stall"] {
+            for (action, how) in ["kill", "stall"]
+                .into_iter()
+                .flat_map(|action| [(action, "split"), (action, "prepare")])
+            {
                 cases.push(Case {
+                    how,
                     side,
                     owner: expected_owner(side, &point, action),
                     point: point.clone(),
@@ -229,11 +242,36 @@ fn run_case(case: &Case) -> String {
     assert_eq!(field(&status, "spare"), spare, "{status}");
     let before = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap());
 
-    peer.send("split\n");
+    peer.send(&format!("{}\n", case.how));
+    let old_killed = case.side == "old" && case.action == "kill";
+    if case.how == "prepare" {
+        // An old process killed by its own handover thread may die before
+        // it answers.
+        match peer.try_line().expect("EOF, not a timeout") {
+            Some(preparing) => assert!(preparing.starts_with("preparing child="), "{preparing:?}"),
+            None => assert!(old_killed, "the old process closed the connection"),
+        }
+        // Serving while the new process starts, whenever the fault stops
+        // it from becoming ready; otherwise the hand-over may come first.
+        if !old_killed && case.first_step <= 4 {
+            assert_eq!(peer.command("ping 1.5"), "pong 1.5");
+        }
+    }
     let step = match case.owner {
         Owner::Old => {
             let failed = peer.line();
-            assert!(failed.starts_with("split failed: "), "{failed:?}");
+            // Prepared, a failure before READY arrives through the
+            // readiness check, one after it from the hand-over.
+            let expected: &[&str] = match (case.how, case.first_step) {
+                ("split", _) => &["split failed: "],
+                (_, ..=4) => &["prepare failed: "],
+                (_, 5) => &["prepare failed: ", "split failed: "],
+                _ => &["split failed: "],
+            };
+            assert!(
+                expected.iter().any(|prefix| failed.starts_with(prefix)),
+                "expected {expected:?}: {failed:?}"
+            );
             let step = named_step(&failed, case);
             assert_eq!(
                 field(&failed, "children"),
@@ -321,7 +359,7 @@ fn named_step(line: &str, case: &Case) -> String {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no step number in {line:?}"));
     assert!(
-        (case.first_step..=8).contains(&number),
+        (case.first_step..=9).contains(&number),
         "the error names step {number}, before the fault's step {}: {line:?}",
         case.first_step
     );

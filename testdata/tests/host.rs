@@ -57,7 +57,7 @@ fn still_serving(run: &Run, peer: &mut Peer, blob: &str) {
 }
 
 /// With SIGPIPE at its default action, the new process hangs up in the
-/// middle of step 5 while the old one is still writing the state, after
+/// middle of step 6 while the old one is still writing the state, after
 /// shutting down its sending half: the old process's write fails with
 /// EPIPE, and it must get that as an error, not as the signal, and roll
 /// back.
@@ -84,12 +84,12 @@ fn sigpipe_at_default_does_not_kill_the_old_process() {
     );
     assert!(
         line.contains("the new process exited (exit status: 0)")
-            && line.contains("step=step 5 (state transfer)"),
-        "the error names the new process's exit in step 5: {line:?}"
+            && line.contains("step=step 6 (state transfer)"),
+        "the error names the new process's exit in step 6: {line:?}"
     );
     assert_eq!(field(&line, "children"), "none", "{line:?}");
     run.stderr
-        .expect("half-close-child: hung up after 100000 bytes of step 5");
+        .expect("half-close-child: hung up after 100000 bytes of step 6");
     assert_eq!(
         channel_dirs_in(runtime.path(), run.first_pid),
         Vec::<PathBuf>::new(),
@@ -99,7 +99,7 @@ fn sigpipe_at_default_does_not_kill_the_old_process() {
 }
 
 /// The same with the real new process, killed by a test fault once
-/// 100,000 bytes of step 5 have arrived. Whether its death reaches the old
+/// 100,000 bytes of step 6 have arrived. Whether its death reaches the old
 /// process as a reset (ECONNRESET, no signal) or as a hang-up and then a
 /// reset (EPIPE, the signal) depends on whether it had read everything
 /// that had arrived; either way the old process rolls back.
@@ -123,8 +123,8 @@ fn sigpipe_at_default_and_the_new_process_killed_in_step_5() {
         "expected a failed split: {line:?}"
     );
     assert!(
-        line.contains("step=step 5 (state transfer)"),
-        "the failure is in step 5: {line:?}"
+        line.contains("step=step 6 (state transfer)"),
+        "the failure is in step 6: {line:?}"
     );
     assert!(
         line.contains("signal: 9 (SIGKILL)"),

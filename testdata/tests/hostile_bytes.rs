@@ -262,7 +262,7 @@ fn a_hello_proves_the_secret_only_when_complete() {
     let secret = [7; SECRET_LEN];
     let hello = wire::hello(&secret);
     assert_eq!(&hello[..8], MAGIC);
-    assert_eq!(wire::parse_hello(&secret, &hello), Ok(Some((1, 1))));
+    assert_eq!(wire::parse_hello(&secret, &hello), Ok(Some((1, 2))));
     for len in 0..HELLO_LEN {
         assert_eq!(wire::parse_hello(&secret, &hello[..len]), Ok(None), "{len}");
     }
@@ -301,10 +301,10 @@ fn welcome_by_the_book(secret: &[u8; SECRET_LEN], welcome: &[u8; WELCOME_LEN]) -
         WelcomeVerdict::WrongToken
     } else if u16_at(8) == 0 {
         WelcomeVerdict::NoSharedVersion((u16_at(10), u16_at(12)))
-    } else if u16_at(8) != 1 {
+    } else if !(1..=2).contains(&u16_at(8)) {
         WelcomeVerdict::NeverOffered(u16_at(8))
     } else {
-        WelcomeVerdict::Chosen(1)
+        WelcomeVerdict::Chosen(u16_at(8))
     }
 }
 
@@ -325,7 +325,7 @@ fn check_welcome(secret: &[u8; SECRET_LEN], welcome: &[u8; WELCOME_LEN]) {
             assert!(detail.contains("did not prove the secret"), "{detail}");
         }
         (WelcomeVerdict::NoSharedVersion(range), Err(Error::ProtocolVersion { ours, theirs })) => {
-            assert_eq!((*ours, theirs), ((1, 1), range));
+            assert_eq!((*ours, theirs), ((1, 2), range));
         }
         (WelcomeVerdict::NeverOffered(v), Err(Error::Protocol { step, detail })) => {
             assert_eq!(*step, Step::Hello);
@@ -424,6 +424,7 @@ const KINDS: [(Kind, &str, u32); 11] = [
     (Kind::BytesStart, "BYTES_START", 65_536),
     (Kind::Bytes, "BYTES", 1_048_576),
     (Kind::Taken, "TAKEN", 65_536),
+    (Kind::Ready, "READY", 65_536),
 ];
 
 fn header(kind: u8, len: u32) -> [u8; HEADER_LEN] {
@@ -487,7 +488,7 @@ fn the_kinds_and_limits_are_the_protocols() {
             (kind, 0)
         );
     }
-    for unknown in [0, 12, 0x42, 0xff] {
+    for unknown in [0, 13, 0x42, 0xff] {
         assert!(check_header(header(unknown, 0), &[Kind::Offer]).is_err());
     }
 }
@@ -805,6 +806,7 @@ fn frames() -> impl Strategy<Value = Frame> {
             fds: c
         }),
         (1..=5u8, text).prop_map(|(reason, message)| Frame::Abort { reason, message }),
+        Just(Frame::Ready),
         Just(Frame::Commit),
         Just(Frame::Ack),
         Just(Frame::Taken),
@@ -840,6 +842,7 @@ fn every_frame_round_trips_and_every_prefix_is_refused() {
             reason: 3,
             message: "could not decode".into(),
         },
+        Frame::Ready,
         Frame::Commit,
         Frame::Ack,
         Frame::Taken,

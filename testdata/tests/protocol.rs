@@ -45,7 +45,7 @@ impl FakeParent {
             .env("MITOSIS_FD_SOCKET", &fd_socket)
             .spawn();
         // The new process connects to the fd channel first and reads KEY:
-        // the secret, a 5 s commit timeout, and the default limits.
+        // the secret, a 5 s transfer timeout, and the default limits.
         let key = wire::key(&secret, 5000, 4 << 30, 1 << 20);
         let fd_conn = accept_and_send(fd_listener.as_ref().unwrap(), &key);
         FakeParent {
@@ -217,7 +217,7 @@ fn parent_vanishing_mid_transfer_fails_init_cleanly() {
     let init = stderr.iter().find(|line| line.starts_with("init error:"));
     let init = init.unwrap_or_else(|| panic!("no init error on stderr: {stderr:#?}"));
     assert!(
-        init.contains("step 5 (state transfer)") && !init.contains("did not complete within"),
+        init.contains("step 6 (state transfer)") && !init.contains("did not complete within"),
         "the new process sees the old one vanish during the state transfer, and does not wait \
          for its timeout to notice: {init:?} (exited {:?} after the fake parent left)",
         started.elapsed()

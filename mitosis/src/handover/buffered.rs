@@ -23,7 +23,7 @@ pub(crate) const MAX_UNREAD_BYTES: usize = 64 * 1024;
 /// read them from a fresh Unix socket and then swaps the real reader in;
 /// that works for up to 64 KiB of unread bytes. For a larger remainder,
 /// the old process refuses to hand the state over
-/// ([`Error::UnreadBytes`], in step 5): it keeps the state and the bytes,
+/// ([`Error::UnreadBytes`], in step 6): it keeps the state and the bytes,
 /// and nothing is lost.
 ///
 /// ```
@@ -204,7 +204,7 @@ where
             return Ok(BufWriter::with_capacity(capacity, inner));
         }
         // The new process must not touch the fd before it has taken over
-        // (PROTOCOL.md, step 8): if the handover rolls back, the old process
+        // (PROTOCOL.md, step 9): if the handover rolls back, the old process
         // writes these bytes itself. `write_all` into an empty BufWriter
         // buffers them only if they are fewer than its capacity; as many
         // would go straight to the fd. So a buffer that was exactly full
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "a BufReader in the state holds 65537 bytes it has read but not yet returned, more \
-             than the 65536 a handover can put back, in step 5 (state transfer); the old \
+             than the 65536 a handover can put back, in step 6 (state transfer); the old \
              process keeps its state. Consume those bytes before splitting, or give the \
              BufReader a capacity of at most 65536 bytes"
         );

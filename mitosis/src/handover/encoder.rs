@@ -38,7 +38,7 @@ pub(crate) const ENCODE_BUFFER: usize = 64 * 1024;
 
 /// Byte buffers of this size or more travel out of line: in frames of their
 /// own, read by the new process straight into their final `Vec`, so they
-/// are copied once (PROTOCOL.md, step 5).
+/// are copied once (PROTOCOL.md, step 6).
 pub(crate) const OUT_OF_LINE_BYTES: usize = 64 * 1024;
 
 /// Where an encoded state goes: the stream of plain bytes, and the byte
@@ -266,7 +266,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// Puts `fd` into the side table and writes its index into the stream.
-    /// The fd itself crosses in step 6; the old process keeps its own copy
+    /// The fd itself crosses in step 7; the old process keeps its own copy
     /// until the new process has committed.
     ///
     /// ```

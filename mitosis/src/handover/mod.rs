@@ -4,7 +4,7 @@
 //! Plain data is encoded with postcard into the state stream. A value that
 //! owns a file descriptor writes an index into the stream instead, and its fd
 //! goes into a side table that travels over the fd channel (PROTOCOL.md,
-//! steps 5 and 6). Decoding reverses that: an index in the stream takes the fd
+//! steps 6 and 7). Decoding reverses that: an index in the stream takes the fd
 //! at that place in the received table.
 //!
 //! [`Encoder`] and [`Decoder`] are the two ends; `impls` and `buffered` hold

@@ -1,5 +1,6 @@
-//! The new process's handover, step by step: [`take_over`] walks steps 2
-//! to 8 in PROTOCOL.md's order.
+//! The new process's handover, step by step in PROTOCOL.md's order:
+//! [`arrive`] walks steps 2 to 4, [`Session::receive`] steps 5 to 8, and
+//! [`Session::commit`] the end of step 8 and step 9.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,15 +18,29 @@ use crate::fault::{self, Point, Side};
 use crate::fd_channel;
 use crate::handover::Shapes;
 use crate::handover::{Decoder, Handover};
-use crate::schema::{self, Schema, Shape};
+use crate::schema::{self, Schema};
 use crate::wire::handshake;
 use crate::wire::{
-    self, Abort, Ack, Arrival, BytesStart, Commit, End, Kind, Message, Offer, Reason, Reject,
-    Taken, VERSIONS, Welcome,
+    self, Abort, Ack, Arrival, BytesStart, Commit, End, Kind, Message, Offer, Ready, Reason,
+    Reject, Taken, Welcome,
 };
 
-/// Every step of a handover, from the new process's side.
-pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, Error> {
+/// The new process's side of one handover, from the agreed schema on.
+pub(super) struct Session {
+    conn: Conn,
+    fd_channel: OwnedFd,
+    terms: Terms,
+    /// The protocol version WELCOME chose.
+    version: u16,
+    /// The schema the old process will send, one of `accepted`.
+    sent: Schema,
+    shapes: Option<Shapes>,
+}
+
+/// Steps 2 to 4: connect, prove the secret both ways, and agree on the
+/// schema. The old process goes on serving meanwhile, and after this
+/// until [`Session::receive`].
+pub(super) fn arrive<S: Handover>(port: u16, fd_socket: &Path) -> Result<Session, Error> {
     fault::at(Side::New, Point::Spawned);
     // This process's own state shape, and every schema it accepts: traced
     // once, before anything is connected, and kept for decoding.
@@ -35,23 +50,20 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
 
     // Step 2: connect to the fd channel, where the old process checks who
     // this is and sends the secret and the terms (KEY); then connect back
-    // over loopback. The fd channel stays open for step 6.
+    // over loopback. The fd channel stays open for step 7.
     let fd_channel: OwnedFd =
         fd_channel::connect_to(fd_socket).map_err(Error::io(Step::Connect))?;
     let terms = Terms::from_key(fd_channel::recv_key(fd_channel.as_fd())?);
+    // Each answer of the old process's comes at once, from its handover
+    // thread; the transfer timeout bounds the wait for them.
     let deadline = Deadline::after(terms.timeout);
     let stream = connect_back(port, fd_channel.as_fd(), &deadline)?;
     stream.set_nodelay(true).map_err(Error::io(Step::Connect))?;
     let mut conn = Conn::new(stream, deadline, Side::New);
 
     // Step 3: prove the secret. Step 4's OFFER follows at once, without
-    // waiting for WELCOME: this process speaks one protocol version, so it
-    // knows the OFFER's format already, and the round trip is saved
-    // (PROTOCOL.md, step 4).
-    const _: () = assert!(
-        VERSIONS.0 == VERSIONS.1,
-        "with a range of versions, OFFER must wait for WELCOME's choice"
-    );
+    // waiting for WELCOME: OFFER is the same in every version this build
+    // speaks, so the round trip is saved (PROTOCOL.md, step 4).
     let burst = conn.cork();
     conn.write_all(Step::Hello, &handshake::hello(&terms.secret))?;
     fault::at(Side::New, Point::Hello);
@@ -66,59 +78,130 @@ pub(super) fn take_over<S: Handover>(port: u16, fd_socket: &Path) -> Result<S, E
     // protocol version.
     let mut welcome = [0u8; Welcome::LEN];
     conn.read_exact(Step::Hello, &mut welcome)?;
-    handshake::check_welcome(&terms.secret, &welcome)?;
+    let version = handshake::check_welcome(&terms.secret, &welcome)?;
 
-    let mine = Mine {
-        accepted: &accepted,
-        own: &own,
-        shapes,
-    };
-    let result = receive::<S>(&mut conn, &terms, mine, fd_channel, &deadline);
-    let state = match result {
-        Ok(state) => state,
-        Err(error) => {
-            if !matches!(error, Error::PeerGone { .. } | Error::SchemaMismatch { .. }) {
-                // Best effort: tell the old process why, so that its error
-                // says more than "the new process went away".
-                let abort = Abort {
-                    reason: Reason::of(&error),
-                    message: error.to_string(),
-                };
-                let _ = conn.send(Step::Commit, &abort);
-            }
-            return Err(error);
+    // Step 4: the old process sends its state only if it matches one of the
+    // offered schemas.
+    let (kind, payload) = conn.read_frame(Step::Offer, &[wire::State::KIND, Reject::KIND])?;
+    if kind == Reject::KIND {
+        let reject = Reject::decode(Step::Offer, &payload)?;
+        return Err(Error::SchemaMismatch {
+            sent: reject.schema,
+            accepted,
+            differences: reject
+                .description
+                .map(|old| schema::differences(&old, &own))
+                .unwrap_or_default(),
+        });
+    }
+    let sent = wire::State::decode(Step::Offer, &payload)?.schema;
+    if !accepted
+        .iter()
+        .any(|schema| schema.fingerprint == sent.fingerprint)
+    {
+        return Err(Error::protocol(
+            Step::Offer,
+            format!("the old process sent schema {sent}, which this process did not offer"),
+        ));
+    }
+    log::debug!("mitosis: step 4: schema {sent} agreed, protocol version {version}");
+    Ok(Session {
+        conn,
+        fd_channel,
+        terms,
+        version,
+        sent,
+        shapes: Some(shapes),
+    })
+}
+
+impl Session {
+    /// Steps 5 to 8 up to the commit: READY, then the state's bytes, its
+    /// fds, and decoding. The old process has stopped serving from the
+    /// moment it hands over until this process commits.
+    pub(super) fn receive<S: Handover>(&mut self) -> Result<S, Error> {
+        let result = self.receive_state::<S>();
+        if let Err(error) = &result
+            && !matches!(error, Error::PeerGone { .. })
+        {
+            // Best effort: tell the old process why, so that its error
+            // says more than "the new process went away".
+            self.abort(error.to_string(), Reason::of(error));
         }
-    };
-
-    // Step 7 (end): the state is complete; commit.
-    fault::at(Side::New, Point::Commit);
-    conn.send(Step::Commit, &Commit)?;
-    fault::at(Side::New, Point::Ack);
-
-    // Step 8: wait for the old process's decision, for as long as it lives:
-    // after COMMIT, only the old process may call the handover off, and it
-    // kills this process before it does.
-    conn.drop_deadline(Step::Ack)?;
-    match conn.recv::<Ack>(Step::Ack) {
-        Ok(_) => {}
-        // The old process never closes the connection after a COMMIT
-        // without acknowledging it, unless it is gone; then nobody else
-        // owns the connections, so this process takes them.
-        Err(Error::PeerGone { .. }) => log::warn!(
-            "mitosis: the old process went away after the commit, before acknowledging it; \
-             taking over"
-        ),
-        Err(error) => return Err(error),
+        result
     }
-    fault::at(Side::New, Point::Taken);
-    // Ownership passes with this frame. If the old process is gone by now,
-    // it cannot read it, and the connections are this process's anyway.
-    if let Err(error) = conn.send(Step::Ack, &Taken) {
-        log::debug!("mitosis: could not send TAKEN ({error}); the old process is gone");
+
+    fn receive_state<S: Handover>(&mut self) -> Result<S, Error> {
+        let conn = &mut self.conn;
+        // Step 5: ask for the state. A version 1 old process sends it
+        // without being asked.
+        if self.version >= wire::READY_VERSION {
+            conn.send(Step::Ready, &Ready)?;
+        }
+        fault::at(Side::New, Point::Ready);
+        // The old process hands over between two passes of its program's
+        // loop; wait for that for as long as it lives. The transfer timeout
+        // runs from the first byte.
+        conn.wait_readable(Step::State, &[], None)?;
+        conn.set_deadline(Deadline::after(self.terms.timeout));
+
+        // Step 6: the state's bytes, up to the END frame.
+        let state = receive_state(conn, self.terms.limits)?;
+
+        // Step 7: the fds.
+        let fds = fd_channel::recv_fds(self.fd_channel.as_fd(), state.fd_count, &conn.deadline())?;
+
+        // Step 8: decode, migrating from an older schema if that is what
+        // came; every byte, every out-of-line buffer and every fd must be
+        // used.
+        let shapes = self.shapes.take().unwrap_or_default();
+        let state = Decoder::new(&state.stream, state.out_of_line, fds)
+            .with_shapes(shapes)
+            .decode_from::<S>(self.sent.fingerprint)?;
+        fault::at(Side::New, Point::Commit);
+        Ok(state)
     }
-    fault::at(Side::New, Point::Done);
-    log::debug!("mitosis: step 8: took over");
-    Ok(state)
+
+    /// Tells the old process, with ABORT, that this process gives up and
+    /// why; it then keeps its state and serves on. Best effort: if the
+    /// connection is gone, so is the old process's interest.
+    pub(super) fn abort(&self, message: String, reason: Reason) {
+        let _ = self.conn.send(Step::Commit, &Abort { reason, message });
+    }
+
+    /// Steps 8 (end) and 9: commit, wait for the old process's ACK, and
+    /// answer TAKEN. From TAKEN on this process owns the connections.
+    pub(super) fn commit(&mut self) -> Result<(), Error> {
+        let conn = &mut self.conn;
+        conn.send(Step::Commit, &Commit)?;
+        fault::at(Side::New, Point::Ack);
+
+        // Step 9: wait for the old process's decision, for as long as it
+        // lives: after COMMIT, only the old process may call the handover
+        // off, and it kills this process before it does.
+        conn.drop_deadline(Step::Ack)?;
+        match conn.recv::<Ack>(Step::Ack) {
+            Ok(_) => {}
+            // The old process never closes the connection after a COMMIT
+            // without acknowledging it, unless it is gone; then nobody else
+            // owns the connections, so this process takes them.
+            Err(Error::PeerGone { .. }) => log::warn!(
+                "mitosis: the old process went away after the commit, before acknowledging \
+                 it; taking over"
+            ),
+            Err(error) => return Err(error),
+        }
+        fault::at(Side::New, Point::Taken);
+        // Ownership passes with this frame. If the old process is gone by
+        // now, it cannot read it, and the connections are this process's
+        // anyway.
+        if let Err(error) = conn.send(Step::Ack, &Taken) {
+            log::debug!("mitosis: could not send TAKEN ({error}); the old process is gone");
+        }
+        fault::at(Side::New, Point::Done);
+        log::debug!("mitosis: step 9: took over");
+        Ok(())
+    }
 }
 
 /// Step 2's TCP connection: its local port is chosen first and told to the
@@ -170,69 +253,14 @@ fn connect_back(
     Ok(stream)
 }
 
-/// Steps 4 to 7: the schema, the state, the fds, and decoding.
-fn receive<S: Handover>(
-    conn: &mut Conn,
-    terms: &Terms,
-    mine: Mine<'_>,
-    fd_channel: OwnedFd,
-    deadline: &Deadline,
-) -> Result<S, Error> {
-    // Step 4: the old process sends its state only if it matches one of the
-    // offered schemas.
-    let (kind, payload) = conn.read_frame(Step::Offer, &[wire::State::KIND, Reject::KIND])?;
-    if kind == Reject::KIND {
-        let reject = Reject::decode(Step::Offer, &payload)?;
-        return Err(Error::SchemaMismatch {
-            sent: reject.schema,
-            accepted: mine.accepted.to_vec(),
-            differences: reject
-                .description
-                .map(|old| schema::differences(&old, mine.own))
-                .unwrap_or_default(),
-        });
-    }
-    let sent = wire::State::decode(Step::Offer, &payload)?.schema;
-    if !mine
-        .accepted
-        .iter()
-        .any(|schema| schema.fingerprint == sent.fingerprint)
-    {
-        return Err(Error::protocol(
-            Step::Offer,
-            format!("the old process sent schema {sent}, which this process did not offer"),
-        ));
-    }
-
-    // Step 5: the state's bytes, up to the END frame.
-    let state = receive_state(conn, terms.limits)?;
-
-    // Step 6: the fds.
-    let fds = fd_channel::recv_fds(fd_channel.as_fd(), state.fd_count, deadline)?;
-
-    // Step 7: decode, migrating from an older schema if that is what came;
-    // every byte, every out-of-line buffer and every fd must be used.
-    Decoder::new(&state.stream, state.out_of_line, fds)
-        .with_shapes(mine.shapes)
-        .decode_from::<S>(sent.fingerprint)
-}
-
-/// What this process brings to steps 4 and 7: the schemas it accepts, its
-/// own state's shape, and the shapes traced for them.
-struct Mine<'a> {
-    accepted: &'a [Schema],
-    own: &'a Shape,
-    shapes: Shapes,
-}
-
-/// What step 5 brings.
+/// What step 6 brings.
 struct ReceivedState {
     stream: Vec<u8>,
     out_of_line: Vec<Vec<u8>>,
     fd_count: u32,
 }
 
-/// Step 5: DATA frames for the stream, BYTES_START and BYTES frames for each
+/// Step 6: DATA frames for the stream, BYTES_START and BYTES frames for each
 /// out-of-line buffer (read straight into its own `Vec`), then END, which
 /// must agree with what arrived. The whole state is bounded by the
 /// handover's limits, checked before anything is read or allocated. A

@@ -55,6 +55,8 @@ pub(crate) struct Doors<'p> {
     pub(crate) child: Pid,
     /// Readable once the new process has exited.
     pub(crate) child_exited: BorrowedFd<'p>,
+    /// Readable once the program has dropped its `Upgrade`.
+    pub(crate) dropped: BorrowedFd<'p>,
     /// The secret, the timeout and the limits, for KEY.
     pub(crate) terms: &'p Terms,
     pub(crate) hello_timeout: Duration,
@@ -108,7 +110,8 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
         const PORT: usize = 0;
         const EXITED: usize = 1;
         const CHANNEL: usize = 2;
-        const FIRST_PENDING: usize = 3;
+        const DROPPED: usize = 3;
+        const FIRST_PENDING: usize = 4;
         let (ready, readable) = {
             let mut fds = Vec::with_capacity(FIRST_PENDING + pending.len());
             fds.push(PollFd::new(doors.listener, PollFlags::IN));
@@ -120,6 +123,7 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
                 (Some(channel), None) => fds.push(PollFd::new(channel, PollFlags::IN)),
                 (Some(channel), Some(_)) => fds.push(PollFd::new(channel, PollFlags::empty())),
             }
+            fds.push(PollFd::new(&doors.dropped, PollFlags::IN));
             fds.extend(
                 pending
                     .iter()
@@ -135,6 +139,9 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
         };
         if ready[EXITED] {
             break 'accept Err(Error::PeerGone { step: STEP });
+        }
+        if ready[DROPPED] {
+            break 'accept Err(super::hand_over::abandoned(STEP));
         }
         if ready[CHANNEL] {
             match &fd_channel {

@@ -1,8 +1,9 @@
-//! The old process's handover, step by step: [`Parent::start`] is step 1,
-//! and [`Parent::hand_over`] walks steps 2 to 8 in PROTOCOL.md's order.
+//! The old process's handover, step by step, in PROTOCOL.md's order:
+//! [`Parent::start`] is step 1, [`Parent::prepare`] walks steps 2 to 5 while
+//! the program serves, and [`Parent::hand_over`] steps 6 to 9, the pause.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Child;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use super::accept::{Doors, accept_child};
 use super::spawn::{Launch, start_path, without_panics};
 use super::{Outcome, SplitOptions};
-use crate::conn::{Conn, DataFrames, Deadline, timespec};
+use crate::conn::{Conn, DataFrames, Deadline, Readable, timespec};
 use crate::env::Terms;
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
@@ -21,7 +22,7 @@ use crate::handover::Shapes;
 use crate::handover::{Encoder, Handover, StateSink};
 use crate::schema::{self, Schema, Shape};
 use crate::wire::handshake::{self, Secret};
-use crate::wire::{self, Ack, Commit, End, Message, Offer, Reason, Reject, Taken};
+use crate::wire::{self, Ack, Commit, End, Message, Offer, Ready, Reason, Reject, Taken};
 
 /// The old process's side of one handover.
 pub(super) struct Parent {
@@ -30,8 +31,10 @@ pub(super) struct Parent {
     child_exited: OwnedFd,
     listener: Option<TcpListener>,
     fd_listener: Option<FdListener>,
-    /// The secret, the timeout and the limits, for KEY.
+    /// The secret, the transfer timeout and the limits, for KEY.
     terms: Terms,
+    /// The start deadline until READY; then the transfer deadline, from the
+    /// hand-over.
     deadline: Deadline,
     hello_timeout: Duration,
     /// Kept open until the new process has been dealt with, because the new
@@ -39,7 +42,7 @@ pub(super) struct Parent {
     /// process is gone, take over".
     conn: Option<Conn>,
     fd_conn: Option<OwnedFd>,
-    /// The numbers of the state's fds that crossed in step 6.
+    /// The numbers of the state's fds that crossed in step 7.
     handed_over: Vec<RawFd>,
 }
 
@@ -49,7 +52,7 @@ impl Parent {
     pub(super) fn start(options: &SplitOptions) -> Result<Parent, (Error, Option<u32>)> {
         let not_started = |error| (error, None);
         const STEP: Step = Step::Spawn;
-        let deadline = Deadline::after(options.commit_timeout);
+        let deadline = Deadline::after(options.start_timeout);
         let listener = handover_port()
             .map_err(Error::io(STEP))
             .map_err(not_started)?;
@@ -75,7 +78,7 @@ impl Parent {
         };
         let terms = Terms {
             secret,
-            timeout: options.commit_timeout,
+            timeout: options.transfer_timeout,
             limits: options.limits,
         };
         let mut child = launch
@@ -123,40 +126,30 @@ impl Parent {
         self.child.id()
     }
 
-    /// Runs the handover. On success, the state comes back too: disarmed
-    /// (its fds point at `/dev/null`), for the caller to drop after it has
-    /// reported `Done`.
-    pub(super) fn run<S: Handover>(mut self, state: S, own: &Own) -> (Outcome<S>, Option<S>) {
-        let result = without_panics(|| self.hand_over(&state, own));
-        let pid = self.child.id();
-        match result {
-            Ok(()) => {
-                log::info!("mitosis: pid {pid} took over");
-                (Outcome::Done { pid }, Some(state))
-            }
-            Err(error) => {
-                let error = self.stop_child(error);
-                log::warn!("mitosis: handover to pid {pid} failed: {error}");
-                (Outcome::Failed { state, error }, None)
-            }
-        }
+    /// Steps 2 to 5, while the program goes on serving: the new process
+    /// connects, both prove the secret, the schema is agreed, and the new
+    /// process sets itself up and says READY. `dropped` becomes readable
+    /// when the program drops its [`Upgrade`](super::Upgrade), which ends
+    /// the wait at once.
+    pub(super) fn prepare(&mut self, own: &Own, dropped: BorrowedFd<'_>) -> Result<(), Error> {
+        without_panics(|| self.walk_to_ready(own, dropped))
     }
 
-    /// Every step of a handover, as PROTOCOL.md numbers them.
-    fn hand_over<S: Handover>(&mut self, state: &S, own: &Own) -> Result<(), Error> {
+    fn walk_to_ready(&mut self, own: &Own, dropped: BorrowedFd<'_>) -> Result<(), Error> {
         fault::at(Side::Old, Point::Spawned);
         // Step 2: the new process connects to the fd channel, where the
         // kernel says who it is (SO_PEERCRED), and only then learns the
         // secret and the terms, in KEY. Then it connects over TCP and
         // proves the secret. No byte goes to anyone else.
-        let listener = self.listener.take().expect("hand_over runs once");
-        let fd_listener = self.fd_listener.take().expect("hand_over runs once");
+        let listener = self.listener.take().expect("prepare runs once");
+        let fd_listener = self.fd_listener.take().expect("prepare runs once");
         let arrived = accept_child(
             &Doors {
                 listener: &listener,
                 fd_listener: &fd_listener,
                 child: Pid::from_child(&self.child),
                 child_exited: self.child_exited.as_fd(),
+                dropped,
                 terms: &self.terms,
                 hello_timeout: self.hello_timeout,
             },
@@ -164,14 +157,12 @@ impl Parent {
         )?;
         drop((listener, fd_listener));
         let versions = arrived.versions;
-        let fd_conn: &OwnedFd = self.fd_conn.insert(arrived.fd_channel);
-        let stream = arrived.stream;
+        self.fd_conn = Some(arrived.fd_channel);
         let conn = self
             .conn
-            .insert(Conn::new(stream, self.deadline, Side::Old));
+            .insert(Conn::new(arrived.stream, self.deadline, Side::Old));
         fault::at(Side::Old, Point::Hello);
-        // Steps 3 to 5 leave as one burst: for a small state, WELCOME,
-        // STATE, the data and END share a segment.
+        // Steps 3 and 4 leave as one burst.
         let burst = conn.cork();
 
         // Step 3: prove the secret back and choose the protocol version.
@@ -180,15 +171,15 @@ impl Parent {
             Step::Hello,
             &handshake::welcome(&self.terms.secret, chosen.unwrap_or(0)),
         )?;
-        if chosen.is_none() {
+        let Some(version) = chosen else {
             return Err(Error::ProtocolVersion {
                 ours: wire::VERSIONS,
                 theirs: versions,
             });
-        }
+        };
 
-        // Step 4: send the state only if the new process accepts its schema;
-        // otherwise say why, and what differs, in both processes.
+        // Step 4: agree on the schema; if the new process does not accept
+        // this one, say why, and what differs, in both processes.
         let Offer {
             accepted,
             description,
@@ -213,8 +204,53 @@ impl Parent {
                 schema: own.schema.clone(),
             },
         )?;
+        drop(burst);
 
-        // Step 5: stream the encoded state, then its lengths and fd count;
+        // Step 5: the new process sets itself up, as slowly as it must,
+        // while this process serves; then it says READY. A new process of
+        // protocol version 1 has no READY: it waits for the state already.
+        if version >= wire::READY_VERSION {
+            wait_for_ready(conn, self.child_exited.as_fd(), dropped, &self.deadline)?;
+        }
+        fault::at(Side::Old, Point::Ready);
+        log::debug!("mitosis: step 5: pid {} is ready", self.child.id());
+        Ok(())
+    }
+
+    /// Steps 6 to 9, the pause: the state, its fds, the commit and the
+    /// acknowledgement, under the transfer timeout. On success the state
+    /// comes back too: disarmed (its fds point at `/dev/null`), for the
+    /// caller to drop after it has reported `Done`.
+    pub(super) fn hand_over<S: Handover>(
+        mut self,
+        state: S,
+        own: &Own,
+        transfer_timeout: Duration,
+    ) -> (Outcome<S>, Option<S>) {
+        self.deadline = Deadline::after(transfer_timeout);
+        let result = without_panics(|| self.transfer(&state, own));
+        let pid = self.child.id();
+        match result {
+            Ok(()) => {
+                log::info!("mitosis: pid {pid} took over");
+                (Outcome::Done { pid }, Some(state))
+            }
+            Err(error) => {
+                let error = self.give_up(error);
+                log::warn!("mitosis: handover to pid {pid} failed: {error}");
+                (Outcome::Failed { state, error }, None)
+            }
+        }
+    }
+
+    fn transfer<S: Handover>(&mut self, state: &S, own: &Own) -> Result<(), Error> {
+        let conn = self.conn.as_mut().expect("prepared");
+        conn.set_deadline(self.deadline);
+        let fd_conn = self.fd_conn.as_ref().expect("prepared");
+        // For a small state, the data and END share a segment.
+        let burst = conn.cork();
+
+        // Step 6: stream the encoded state, then its lengths and fd count;
         // or, over a limit, a REJECT that tells the new process why.
         let mut frames = Limited {
             frames: DataFrames { conn },
@@ -247,19 +283,19 @@ impl Parent {
         conn.send(Step::State, &end)?;
         drop(burst);
         log::debug!(
-            "mitosis: step 5: sent {} bytes of state and {} out of line, {} fds to follow",
+            "mitosis: step 6: sent {} bytes of state and {} out of line, {} fds to follow",
             encoded.total_bytes,
             encoded.out_of_line_bytes,
             encoded.fds.len()
         );
 
-        // Step 6: the fds, over the channel only the new process can reach.
+        // Step 7: the fds, over the channel only the new process can reach.
         fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline)?;
         self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
         drop(encoded);
 
-        // Step 7: the new process decodes and commits, or says why not.
-        let conn = self.conn.as_mut().expect("connected in step 2");
+        // Step 8: the new process decodes, checks and commits, or says why
+        // not.
         let (kind, payload) = conn.read_frame(Step::Commit, &[Commit::KIND, wire::Abort::KIND])?;
         if kind == wire::Abort::KIND {
             let abort = wire::Abort::decode(Step::Commit, &payload)?;
@@ -271,7 +307,7 @@ impl Parent {
         Commit::decode(Step::Commit, &payload)?;
         fault::at(Side::Old, Point::Commit);
 
-        // Step 8: acknowledge, then wait for the new process to say it has
+        // Step 9: acknowledge, then wait for the new process to say it has
         // taken over. Until TAKEN arrives, the new process's death leaves
         // the connections with this process, which then rolls back. There
         // is no deadline here: after ACK, a live new process is never
@@ -299,7 +335,7 @@ impl Parent {
     /// When the new process knows the handover failed (it was told, it gave
     /// up, or it died), it gets until the deadline to exit by itself, so its
     /// own error report is not cut off; otherwise it is killed at once.
-    fn stop_child(&mut self, error: Error) -> Error {
+    pub(super) fn give_up(&mut self, error: Error) -> Error {
         let child_knows = matches!(
             error,
             Error::SchemaMismatch { .. }
@@ -329,7 +365,7 @@ impl Parent {
     /// Waits until the new process exits or the deadline passes.
     fn wait_for_exit(&self) -> bool {
         loop {
-            let Ok(left) = self.deadline.remaining(Step::Commit) else {
+            let Ok(left) = self.deadline.remaining(Step::Ready) else {
                 return false;
             };
             let mut fds = [PollFd::new(&self.child_exited, PollFlags::IN)];
@@ -339,6 +375,51 @@ impl Parent {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// Step 5 on this side: waits for READY, or ABORT (the new process's
+/// set-up failed, and it says why), while watching for the new process's
+/// exit and for the program dropping its `Upgrade`.
+fn wait_for_ready(
+    conn: &mut Conn,
+    child_exited: BorrowedFd<'_>,
+    dropped: BorrowedFd<'_>,
+    deadline: &Deadline,
+) -> Result<(), Error> {
+    const STEP: Step = Step::Ready;
+    loop {
+        let left = deadline.remaining(STEP)?;
+        match conn.wait_readable(STEP, &[child_exited, dropped], left)? {
+            Readable::Conn => break,
+            // Its connection may still hold READY, sent just before it
+            // exited: read that first.
+            Readable::Watched(0) => match conn.wait_readable(STEP, &[], Some(Duration::ZERO))? {
+                Readable::Conn => break,
+                _ => return Err(Error::PeerGone { step: STEP }),
+            },
+            Readable::Watched(_) => return Err(abandoned(STEP)),
+            Readable::Nothing => {}
+        }
+    }
+    let (kind, payload) = conn.read_frame(STEP, &[Ready::KIND, wire::Abort::KIND])?;
+    if kind == wire::Abort::KIND {
+        let abort = wire::Abort::decode(STEP, &payload)?;
+        return Err(Error::Aborted {
+            step: STEP,
+            reason: abort.message,
+        });
+    }
+    Ready::decode(STEP, &payload)?;
+    Ok(())
+}
+
+/// What ends a preparation whose `Upgrade` the program dropped; only
+/// logged, since nobody is left to receive it.
+pub(super) fn abandoned(step: Step) -> Error {
+    Error::Aborted {
+        step,
+        reason: "the program dropped its mitosis::Upgrade before handing over".into(),
     }
 }
 

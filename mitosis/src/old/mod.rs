@@ -1,9 +1,11 @@
-//! The old process's side: [`split`] starts the new binary and hands the
-//! state over in the background; [`Split`] delivers the one [`Outcome`].
+//! The old process's side: [`prepare`] starts the new binary while the
+//! program serves, [`Upgrade`] says when it is ready and hands the state
+//! over, and [`Split`] delivers the one [`Outcome`]; [`split`] does all of
+//! it in one call.
 //!
 //! Read it in order: `options` (what a split can be told), `spawn` (step 1),
-//! `hand_over` (steps 1 to 8, one function), and `accept` (step 2's wait for
-//! the new process among strangers).
+//! `hand_over` (steps 1 to 5, then 6 to 9, one function each), and
+//! `accept` (step 2's wait for the new process among strangers).
 
 mod accept;
 mod hand_over;
@@ -11,8 +13,10 @@ mod options;
 mod spawn;
 
 use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -57,69 +61,429 @@ pub fn split<S: Handover + Send + 'static>(state: S) -> Split<S> {
     SplitOptions::new().split(state)
 }
 
-/// Starts a split with `options`: the worker thread first, so that failing
-/// to start a thread can still give the state back, then the new process.
-fn start<S: Handover + Send + 'static>(options: &SplitOptions, state: S) -> Split<S> {
-    let Some(in_flight) = InFlight::claim() else {
-        return Split::failed(state, Error::SplitInFlight);
-    };
-    if let Err(error) = spawn::close_on_exec(&state) {
-        return Split::failed(state, error);
-    }
-    let own = match Own::of::<S>() {
-        Ok(own) => own,
-        Err(error) => return Split::failed(state, error),
-    };
-    let (job_sender, job) = mpsc::channel::<(Parent, S, InFlight)>();
-    let (outcome_sender, outcome) = mpsc::sync_channel(1);
-    let worker = thread::Builder::new()
-        .name("mitosis-split".into())
-        .spawn(move || {
-            if let Ok((parent, state, in_flight)) = job.recv() {
-                let (outcome, handed_over) = parent.run(state, &own);
-                drop(in_flight);
-                if outcome_sender.send(outcome).is_err() {
-                    log::warn!(
-                        "mitosis: the Split handle was dropped, so the outcome (and, after a \
-                         failure, the state) was dropped too"
-                    );
-                }
-                // After Done: this process's copy of the handed-over state,
-                // whose fds already point at /dev/null. Freeing a large
-                // state takes long (a million-entry map: a fifth of a
-                // second), and nobody needs to wait for it: the caller may
-                // exit at once, and the kernel frees it all.
-                drop(handed_over);
-            }
-        });
-    if let Err(source) = worker {
-        return Split::failed(
-            state,
-            Error::Io {
-                step: Step::Spawn,
-                source,
-            },
-        );
-    }
-    let parent = match Parent::start(options) {
-        Ok(parent) => parent,
-        Err((error, pid)) => {
-            let mut split = Split::failed(state, error);
-            split.pid = pid;
-            return split;
-        }
-    };
-    let pid = parent.pid();
-    job_sender
-        .send((parent, state, in_flight))
-        .unwrap_or_else(|_| unreachable!("the worker waits for its job"));
-    Split {
-        pid: Some(pid),
-        outcome: Delivery::Pending(outcome),
+/// `split`: prepare, and hand over as soon as the new process is ready.
+fn prepare_and_hand_over<S: Handover + Send + 'static>(
+    options: &SplitOptions,
+    state: S,
+) -> Split<S> {
+    match prepare_with(options, &state) {
+        Ok(upgrade) => upgrade.hand_over(state),
+        Err(error) => Split::failed(state, error),
     }
 }
 
-/// At most one split per process at a time: a second one while the first
+/// Prepares an upgrade while this process goes on serving, with the
+/// default [`SplitOptions`]: the two-phase form of [`split`].
+///
+/// It starts the new binary and returns at once. The new process starts,
+/// connects, proves the handover secret, agrees on the state's schema, and
+/// runs its own set-up (see [`Arrival`](crate::Arrival)), all while this
+/// process keeps its state and serves. The [`Upgrade`] handle says when the
+/// new process is ready, in whichever way the program waits for events: its
+/// fd becomes readable (for poll, epoll, mio or tokio's `AsyncFd`),
+/// [`Upgrade::is_ready`] checks without blocking, and
+/// [`Upgrade::wait_ready`] blocks for at most a given time. Then, between
+/// two passes of its loop, the program calls [`Upgrade::hand_over`], and the
+/// service pauses only for the transfer itself.
+///
+/// If the new process fails before it is ready (the binary is missing, it
+/// crashes, hangs past the start timeout, or refuses the schema), the
+/// readiness check returns the error, naming the step, after the new
+/// process has been killed and reaped; this process never stopped serving.
+/// Dropping the `Upgrade` before handing over stops the new process.
+///
+/// `state` is only looked at, to make its fds close-on-exec before the new
+/// binary starts, and to learn its type. `Err` means no upgrade could start
+/// at all: another one is in flight, the state's type cannot be traced, or
+/// the process is out of fds or threads.
+///
+/// ```no_run
+/// # use std::os::fd::AsFd;
+/// # fn serve_one_pass(_: &mut u64, _: Option<std::os::fd::BorrowedFd<'_>>) {}
+/// let mut state: u64 = 0;
+/// let mut upgrade = Some(mitosis::prepare(&state)?);
+/// loop {
+///     // The program's own poll loop, with the upgrade's fd among its fds.
+///     serve_one_pass(&mut state, upgrade.as_ref().map(|u| u.as_fd()));
+///     let Some(pending) = upgrade.as_mut() else { continue };
+///     match pending.is_ready() {
+///         Ok(false) => {} // still starting: keep serving
+///         Ok(true) => match upgrade.take().unwrap().hand_over(state).wait() {
+///             mitosis::Outcome::Done { .. } => return Ok(()),
+///             mitosis::Outcome::Failed { state: back, error } => {
+///                 log::error!("upgrade failed: {error}");
+///                 state = back;
+///             }
+///         },
+///         Err(error) => {
+///             log::error!("the new build did not start: {error}");
+///             upgrade = None;
+///         }
+///     }
+/// }
+/// # Ok::<(), mitosis::Error>(())
+/// ```
+pub fn prepare<S: Handover + Send + 'static>(state: &S) -> Result<Upgrade<S>, Error> {
+    SplitOptions::new().prepare(state)
+}
+
+/// Prepares an upgrade with `options`: the worker thread first, then the
+/// new process. What fails before the new process is started fails here;
+/// what fails after arrives through the readiness check.
+pub(super) fn prepare_with<S: Handover + Send + 'static>(
+    options: &SplitOptions,
+    state: &S,
+) -> Result<Upgrade<S>, Error> {
+    let in_flight = InFlight::claim().ok_or(Error::SplitInFlight)?;
+    spawn::close_on_exec(state)?;
+    let own = Own::of::<S>()?;
+    let (bell, worker_bell) = UnixStream::pair().map_err(Error::io(Step::Spawn))?;
+    let shared = Arc::new(Shared {
+        slot: Mutex::new(Slot {
+            readiness: Readiness::Preparing,
+            state: None,
+            dropped: false,
+            bell: None,
+        }),
+        changed: Condvar::new(),
+    });
+    let (job_sender, job) = mpsc::channel::<(Parent, InFlight)>();
+    let (outcome_sender, outcome) = mpsc::sync_channel(1);
+    let transfer_timeout = options.transfer_timeout;
+    let worker = {
+        let shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("mitosis-upgrade".into())
+            .spawn(move || {
+                if let Ok((parent, in_flight)) = job.recv() {
+                    let worker = Worker {
+                        shared,
+                        bell: worker_bell,
+                        own,
+                        transfer_timeout,
+                        outcome: outcome_sender,
+                    };
+                    worker.run(parent, in_flight);
+                }
+            })
+            .map_err(Error::io(Step::Spawn))?
+    };
+    drop(worker);
+    let pid = match Parent::start(options) {
+        Ok(parent) => {
+            let pid = parent.pid();
+            job_sender
+                .send((parent, in_flight))
+                .unwrap_or_else(|_| unreachable!("the worker waits for its job"));
+            Some(pid)
+        }
+        // The new build could not even start: that is the new build's
+        // failure, reported like any other, through the readiness check.
+        Err((error, pid)) => {
+            drop(in_flight);
+            log::warn!("mitosis: could not start the new process: {error}");
+            shared.lock().readiness = Readiness::Failed(error);
+            let _ = rustix::net::send(&bell, b"!", rustix::net::SendFlags::NOSIGNAL);
+            pid
+        }
+    };
+    Ok(Upgrade {
+        pid,
+        bell,
+        shared,
+        outcome: Some(outcome),
+    })
+}
+
+/// The handover thread's half of an upgrade.
+struct Worker<S> {
+    shared: Arc<Shared<S>>,
+    /// The other end of the program's `Upgrade` fd: written to when the
+    /// readiness is known; closed by the program when it drops the
+    /// `Upgrade`.
+    bell: UnixStream,
+    own: Own,
+    transfer_timeout: Duration,
+    outcome: mpsc::SyncSender<Outcome<S>>,
+}
+
+impl<S: Handover> Worker<S> {
+    fn run(self, mut parent: Parent, in_flight: InFlight) {
+        let pid = parent.pid();
+        if let Err(error) = parent.prepare(&self.own, self.bell.as_fd()) {
+            let error = parent.give_up(error);
+            drop(in_flight);
+            let mut slot = self.shared.lock();
+            match slot.state.take() {
+                // split(): the state is here already; give it back.
+                Some(state) => {
+                    drop(slot);
+                    log::warn!("mitosis: handover to pid {pid} failed: {error}");
+                    self.deliver(Outcome::Failed { state, error });
+                }
+                None if slot.dropped => {
+                    log::info!("mitosis: stopped pid {pid}: {error}");
+                }
+                None => {
+                    log::warn!(
+                        "mitosis: the new process, pid {pid}, did not become ready: {error}"
+                    );
+                    slot.readiness = Readiness::Failed(error);
+                    drop(slot);
+                    self.ring();
+                }
+            }
+            return;
+        }
+        self.shared.lock().readiness = Readiness::Ready;
+        self.shared.changed.notify_all();
+        self.ring();
+        // Wait, without a deadline, for the program to hand over (or to
+        // drop the Upgrade). The new process waits too, for as long as
+        // this process lives.
+        let state = {
+            let mut slot = self.shared.lock();
+            loop {
+                if let Some(state) = slot.state.take() {
+                    break Some(state);
+                }
+                if slot.dropped {
+                    break None;
+                }
+                slot = self
+                    .shared
+                    .changed
+                    .wait(slot)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        let Some(state) = state else {
+            let error = parent.give_up(hand_over::abandoned(Step::Ready));
+            log::info!("mitosis: stopped pid {pid}: {error}");
+            return;
+        };
+        let (outcome, handed_over) = parent.hand_over(state, &self.own, self.transfer_timeout);
+        drop(in_flight);
+        self.deliver(outcome);
+        // After Done: this process's copy of the handed-over state, whose
+        // fds already point at /dev/null. Freeing a large state takes long
+        // (a million-entry map: a fifth of a second), and nobody needs to
+        // wait for it: the caller may exit at once, and the kernel frees it
+        // all.
+        drop(handed_over);
+    }
+
+    /// Sends the outcome. The bell is not needed any more: both ends close
+    /// first, so that a program that lists its fds once it has the outcome
+    /// finds none of the handover's.
+    fn deliver(self, outcome: Outcome<S>) {
+        self.shared.lock().bell = None;
+        let Worker {
+            bell,
+            outcome: sender,
+            ..
+        } = self;
+        drop(bell);
+        if sender.send(outcome).is_err() {
+            log::warn!(
+                "mitosis: the Split handle was dropped, so the outcome (and, after a failure, \
+                 the state) was dropped too"
+            );
+        }
+    }
+
+    /// Makes the program's `Upgrade` fd readable. `MSG_NOSIGNAL`: the
+    /// program may have dropped it, and SIGPIPE must not kill it for that.
+    fn ring(&self) {
+        self.shared.changed.notify_all();
+        let _ = rustix::net::send(&self.bell, b"!", rustix::net::SendFlags::NOSIGNAL);
+    }
+}
+
+/// What the program's `Upgrade` (or `Split`) and the handover thread share.
+struct Shared<S> {
+    slot: Mutex<Slot<S>>,
+    changed: Condvar,
+}
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, Slot<S>> {
+        // Nothing panics while holding it; and if something did, the slot
+        // is still whole.
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct Slot<S> {
+    readiness: Readiness,
+    /// The state, once the program has handed it over.
+    state: Option<S>,
+    /// The program dropped its `Upgrade` without handing over.
+    dropped: bool,
+    /// The program's end of the bell, once it has handed over: kept open
+    /// here, so that dropping the `Split` does not call the handover off.
+    bell: Option<UnixStream>,
+}
+
+enum Readiness {
+    Preparing,
+    Ready,
+    Failed(Error),
+    /// The failure was returned to the program.
+    Reported,
+}
+
+/// An upgrade being prepared: the new process is starting while this one
+/// serves. See [`prepare`].
+///
+/// Its fd ([`AsFd`]) becomes readable, and stays readable, once the new
+/// process is ready or has failed; then [`is_ready`](Upgrade::is_ready)
+/// says which. Dropping it before [`hand_over`](Upgrade::hand_over) stops
+/// the new process.
+///
+/// ```no_run
+/// # let state = 0u64;
+/// let mut upgrade = mitosis::prepare(&state)?;
+/// // A program without an event loop can simply block:
+/// if upgrade.wait_ready(std::time::Duration::from_secs(60))? {
+///     let outcome = upgrade.hand_over(state).wait();
+/// }
+/// # Ok::<(), mitosis::Error>(())
+/// ```
+#[must_use = "dropping an Upgrade stops the new process"]
+pub struct Upgrade<S> {
+    pid: Option<u32>,
+    bell: UnixStream,
+    shared: Arc<Shared<S>>,
+    /// Taken by `hand_over`.
+    outcome: Option<mpsc::Receiver<Outcome<S>>>,
+}
+
+impl<S> Upgrade<S> {
+    /// The new process's pid; `None` when it could not be started.
+    ///
+    /// ```no_run
+    /// let upgrade = mitosis::prepare(&0u64)?;
+    /// println!("starting pid {:?}", upgrade.pid());
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Whether the new process is ready, without blocking: `Ok(true)` when
+    /// it is (hand over now), `Ok(false)` while it is still starting, and
+    /// the error, once, if it failed; it has then been killed and reaped.
+    /// Asked again after that, it says [`Error::AlreadyFailed`].
+    ///
+    /// ```no_run
+    /// let mut upgrade = mitosis::prepare(&0u64)?;
+    /// while !upgrade.is_ready()? { /* serve */ }
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn is_ready(&mut self) -> Result<bool, Error> {
+        self.wait_ready(Duration::ZERO)
+    }
+
+    /// Like [`is_ready`](Upgrade::is_ready), but waits up to `timeout` for
+    /// the new process to become ready or fail.
+    ///
+    /// ```no_run
+    /// let mut upgrade = mitosis::prepare(&0u64)?;
+    /// let ready = upgrade.wait_ready(std::time::Duration::from_millis(100))?;
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<bool, Error> {
+        let slot = self.shared.lock();
+        let (mut slot, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(slot, timeout, |slot| {
+                matches!(slot.readiness, Readiness::Preparing)
+            })
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match std::mem::replace(&mut slot.readiness, Readiness::Reported) {
+            Readiness::Preparing => {
+                slot.readiness = Readiness::Preparing;
+                Ok(false)
+            }
+            Readiness::Ready => {
+                slot.readiness = Readiness::Ready;
+                Ok(true)
+            }
+            Readiness::Failed(error) => Err(error),
+            Readiness::Reported => Err(Error::AlreadyFailed),
+        }
+    }
+
+    /// Hands `state` over: the pause. It does not block; the returned
+    /// [`Split`] delivers the [`Outcome`]. Called before the new process is
+    /// ready, the handover starts as soon as it is, as with [`split`].
+    /// After a failure the state comes back in [`Outcome::Failed`].
+    ///
+    /// ```no_run
+    /// # let state = 0u64;
+    /// let mut upgrade = mitosis::prepare(&state)?;
+    /// if upgrade.wait_ready(std::time::Duration::from_secs(60))? {
+    ///     match upgrade.hand_over(state).wait() {
+    ///         mitosis::Outcome::Done { .. } => std::process::exit(0),
+    ///         mitosis::Outcome::Failed { state, error } => { /* carry on */ }
+    ///     }
+    /// }
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn hand_over(mut self, state: S) -> Split<S> {
+        let outcome = self.outcome.take().expect("hand_over takes the Upgrade");
+        let mut slot = self.shared.lock();
+        match std::mem::replace(&mut slot.readiness, Readiness::Reported) {
+            Readiness::Failed(error) => return Split::failed(state, error),
+            Readiness::Reported => return Split::failed(state, Error::AlreadyFailed),
+            readiness => slot.readiness = readiness,
+        }
+        slot.state = Some(state);
+        slot.bell = self.bell.try_clone().ok();
+        drop(slot);
+        self.shared.changed.notify_all();
+        Split {
+            pid: self.pid,
+            outcome: Delivery::Pending(outcome),
+        }
+    }
+}
+
+impl<S> Drop for Upgrade<S> {
+    fn drop(&mut self) {
+        if self.outcome.is_some() {
+            self.shared.lock().dropped = true;
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+impl<S> AsFd for Upgrade<S> {
+    /// Readable once the new process is ready or has failed.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+}
+
+impl<S> AsRawFd for Upgrade<S> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.bell.as_raw_fd()
+    }
+}
+
+impl<S> fmt::Debug for Upgrade<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// At most one upgrade per process at a time: a second one while the first
 /// has not delivered its outcome fails at once.
 static SPLIT_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
 

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Split;
+use super::{Split, Upgrade};
 use crate::env::{self, Limits};
 use crate::handover::Handover;
 
@@ -15,7 +15,7 @@ use crate::handover::Handover;
 /// use std::time::Duration;
 /// # let state = 0u64;
 /// let handle = mitosis::SplitOptions::new()
-///     .commit_timeout(Duration::from_secs(30))
+///     .start_timeout(Duration::from_secs(120))
 ///     .binary("/usr/local/bin/bot")
 ///     .arg("--verbose")
 ///     .env("RUST_LOG", "debug")
@@ -23,7 +23,8 @@ use crate::handover::Handover;
 /// ```
 #[derive(Debug, Clone)]
 pub struct SplitOptions {
-    pub(super) commit_timeout: Duration,
+    pub(super) start_timeout: Duration,
+    pub(super) transfer_timeout: Duration,
     pub(super) hello_timeout: Duration,
     pub(super) limits: Limits,
     pub(super) binary: Option<PathBuf>,
@@ -39,8 +40,8 @@ impl Default for SplitOptions {
 }
 
 impl SplitOptions {
-    /// The defaults: a commit timeout of 10 seconds, a hello timeout of 1
-    /// second, at most 4 GiB of state and 1,048,576 fds, and the binary this
+    /// The defaults: a start timeout of 60 seconds, a transfer timeout of 5
+    /// seconds, a hello timeout of 1 second, at most 4 GiB of state and 1,048,576 fds, and the binary this
     /// process was started from, with its arguments and its environment.
     ///
     /// ```
@@ -48,7 +49,8 @@ impl SplitOptions {
     /// ```
     pub fn new() -> SplitOptions {
         SplitOptions {
-            commit_timeout: env::DEFAULT_COMMIT_TIMEOUT,
+            start_timeout: env::DEFAULT_START_TIMEOUT,
+            transfer_timeout: env::DEFAULT_TRANSFER_TIMEOUT,
             hello_timeout: env::DEFAULT_HELLO_TIMEOUT,
             limits: Limits::default(),
             binary: None,
@@ -58,20 +60,50 @@ impl SplitOptions {
         }
     }
 
-    /// How long the new process has from spawn to commit. After that it is
-    /// killed and the state comes back. `Duration::MAX` means no limit; the
-    /// new process obeys the same timeout.
+    /// How long the new process has to become ready: from spawn, through
+    /// its own start-up and the handshake, to READY (steps 1 to 5). With
+    /// [`prepare`](crate::prepare) this process keeps serving meanwhile, so
+    /// the default is generous: 60 seconds. After it the new process is
+    /// killed and reaped, and the upgrade fails with
+    /// [`Error::Timeout`](crate::Error::Timeout). `Duration::MAX` means no
+    /// limit.
     ///
     /// ```
-    /// mitosis::SplitOptions::new().commit_timeout(std::time::Duration::from_secs(3));
+    /// mitosis::SplitOptions::new().start_timeout(std::time::Duration::from_secs(300));
     /// ```
-    pub fn commit_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.commit_timeout = timeout;
+    pub fn start_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.start_timeout = timeout;
         self
     }
 
+    /// How long the transfer may take: from the hand-over to the new
+    /// process's COMMIT (steps 6 to 8), the time in which nobody serves.
+    /// The default is tight: 5 seconds. After it the new process is killed
+    /// and the state comes back. The new process obeys the same timeout
+    /// while it waits for this one. `Duration::MAX` means no limit.
+    ///
+    /// ```
+    /// mitosis::SplitOptions::new().transfer_timeout(std::time::Duration::from_secs(20));
+    /// ```
+    pub fn transfer_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.transfer_timeout = timeout;
+        self
+    }
+
+    /// Sets both the start and the transfer timeout, which together
+    /// replace the one commit timeout of earlier versions.
+    ///
+    /// ```
+    /// # #![allow(deprecated)]
+    /// mitosis::SplitOptions::new().commit_timeout(std::time::Duration::from_secs(3));
+    /// ```
+    #[deprecated(note = "use start_timeout and transfer_timeout")]
+    pub fn commit_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.start_timeout(timeout).transfer_timeout(timeout)
+    }
+
     /// How long any connection to the handover port has to prove the secret
-    /// before it is dropped. `Duration::MAX` means no limit (the commit
+    /// before it is dropped. `Duration::MAX` means no limit (the start
     /// timeout still bounds the wait for the new process).
     ///
     /// ```
@@ -171,6 +203,22 @@ impl SplitOptions {
     /// let outcome = mitosis::SplitOptions::new().split(state).wait();
     /// ```
     pub fn split<S: Handover + Send + 'static>(&self, state: S) -> Split<S> {
-        super::start(self, state)
+        super::prepare_and_hand_over(self, state)
+    }
+
+    /// Prepares an upgrade with these options; see [`prepare`](crate::prepare).
+    ///
+    /// ```no_run
+    /// # let state = 0u64;
+    /// let upgrade = mitosis::SplitOptions::new()
+    ///     .start_timeout(std::time::Duration::from_secs(300))
+    ///     .prepare(&state)?;
+    /// # Ok::<(), mitosis::Error>(())
+    /// ```
+    pub fn prepare<S: Handover + Send + 'static>(
+        &self,
+        state: &S,
+    ) -> Result<Upgrade<S>, crate::Error> {
+        super::prepare_with(self, state)
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Step};
 use crate::handover::{Encoder, Handover};
 
 /// Makes every fd in `state` close-on-exec before the new process is
-/// started. The new process receives them in step 6; one that it also
+/// started. The new process receives them in step 7; one that it also
 /// inherited at spawn (a socket systemd passed with `LISTEN_FDS`, an
 /// `OwnedFd` from a C library) would stay open in it, and in every later
 /// generation, after the state had let it go.

@@ -147,9 +147,12 @@ mod tests {
 
     #[test]
     fn versions_are_negotiated_to_the_highest_shared() {
+        // A build of an earlier mitosis speaks only version 1.
         assert_eq!(choose_version((1, 1)), Some(1));
-        assert_eq!(choose_version((1, 7)), Some(1));
-        assert_eq!(choose_version((2, 3)), None);
+        assert_eq!(choose_version((1, 2)), Some(2));
+        assert_eq!(choose_version((1, 7)), Some(2));
+        assert_eq!(choose_version((2, 3)), Some(2));
+        assert_eq!(choose_version((3, 4)), None);
         assert_eq!(choose_version((0, 0)), None);
     }
 
@@ -165,8 +168,8 @@ mod tests {
         assert!(matches!(
             check_welcome(&secret, &welcome(&secret, 0)),
             Err(Error::ProtocolVersion {
-                ours: (1, 1),
-                theirs: (1, 1)
+                ours: (1, 2),
+                theirs: (1, 2)
             })
         ));
     }

@@ -247,7 +247,7 @@ impl Message for State {
     }
 }
 
-/// REJECT (old → new, step 4 or 5): why the state will not come, the
+/// REJECT (old → new, step 4 or 6): why the state will not come, the
 /// schema the old process holds, the old process's error, and (for a
 /// schema mismatch) a description of its state's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +278,7 @@ impl Message for Reject {
     }
 }
 
-/// BYTES_START (old → new, step 5): the size of the out-of-line buffer whose
+/// BYTES_START (old → new, step 6): the size of the out-of-line buffer whose
 /// BYTES frames follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BytesStart {
@@ -299,8 +299,8 @@ impl Message for BytesStart {
     }
 }
 
-/// END (old → new, step 5): what the state's frames added up to, and how
-/// many fds follow in step 6.
+/// END (old → new, step 6): what the state's frames added up to, and how
+/// many fds follow in step 7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct End {
     pub(crate) stream_bytes: u64,
@@ -326,7 +326,7 @@ impl Message for End {
     }
 }
 
-/// ABORT (new → old, step 7): why the new process gave up.
+/// ABORT (new → old, step 8): why the new process gave up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Abort {
     pub(crate) reason: Reason,
@@ -367,13 +367,16 @@ macro_rules! empty_messages {
 }
 
 empty_messages! {
-    /// COMMIT (new → old, step 7): the state is decoded; the new process is
+    /// READY (new → old, step 5, protocol version 2): the new process has
+    /// set itself up and asks for the state.
+    Ready = Ready;
+    /// COMMIT (new → old, step 8): the state is decoded; the new process is
     /// ready to take over.
     Commit = Commit;
-    /// ACK (old → new, step 8): the commit is acknowledged; the new process
+    /// ACK (old → new, step 9): the commit is acknowledged; the new process
     /// may take over.
     Ack = Ack;
-    /// TAKEN (new → old, step 8): the new process owns the connections now.
+    /// TAKEN (new → old, step 9): the new process owns the connections now.
     Taken = Taken;
 }
 
@@ -424,6 +427,7 @@ mod tests {
             reason: Reason::Decode,
             message: "no".into(),
         });
+        round_trip(Ready);
         round_trip(Commit);
         round_trip(Ack);
         round_trip(Taken);

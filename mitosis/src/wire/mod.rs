@@ -10,8 +10,8 @@ mod messages;
 mod shape;
 
 pub(crate) use messages::{
-    Abort, Ack, Arrival, BytesStart, Commit, End, Hello, Key, Message, Offer, Reject, State, Taken,
-    Welcome,
+    Abort, Ack, Arrival, BytesStart, Commit, End, Hello, Key, Message, Offer, Ready, Reject, State,
+    Taken, Welcome,
 };
 
 use crate::error::{Error, Step};
@@ -20,8 +20,13 @@ use crate::schema::{Schema, Shape};
 /// The first eight bytes each side sends.
 pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
 
-/// The protocol versions this build speaks.
-pub(crate) const VERSIONS: (u16, u16) = (1, 1);
+/// The protocol versions this build speaks: 2 adds READY (step 5), so that
+/// the new process sets itself up while the old one still serves. With a
+/// peer that speaks only 1 there is no READY, and the state follows STATE.
+pub(crate) const VERSIONS: (u16, u16) = (1, 2);
+
+/// The first version with READY.
+pub(crate) const READY_VERSION: u16 = 2;
 
 /// Length of the token each side proves the secret with.
 pub(crate) const TOKEN_LEN: usize = 32;
@@ -35,7 +40,7 @@ pub(crate) const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
 /// Largest payload of one DATA or BYTES frame.
 pub(crate) const MAX_DATA_PAYLOAD: u32 = 1024 * 1024;
 
-/// The frame kinds of protocol version 1.
+/// The frame kinds of protocol versions 1 and 2 (READY is version 2's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -61,6 +66,8 @@ pub enum Kind {
     Bytes = 10,
     /// new → old: the new process has the connections now.
     Taken = 11,
+    /// new → old: the new process is set up and asks for the state.
+    Ready = 12,
 }
 
 impl Kind {
@@ -77,6 +84,7 @@ impl Kind {
             9 => Kind::BytesStart,
             10 => Kind::Bytes,
             11 => Kind::Taken,
+            12 => Kind::Ready,
             _ => return None,
         })
     }
@@ -94,6 +102,7 @@ impl Kind {
             Kind::BytesStart => "BYTES_START",
             Kind::Bytes => "BYTES",
             Kind::Taken => "TAKEN",
+            Kind::Ready => "READY",
         }
     }
 

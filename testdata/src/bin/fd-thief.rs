@@ -1,5 +1,5 @@
 //! A hostile local process that tries to steal fds from an old process's fd
-//! channel (PROTOCOL.md, step 6).
+//! channel (PROTOCOL.md, step 7).
 //!
 //! `fd-thief <socket path> <ms>` connects to the `SOCK_SEQPACKET` socket at
 //! the path, then receives messages (with their `SCM_RIGHTS` fds, close-on-

@@ -542,11 +542,14 @@ impl Harness {
         let seq = self.seq;
         let expected = state.check();
         let mut options = SplitOptions::new();
-        options.commit_timeout(COMMIT_TIMEOUT).args([
-            OsString::from("child"),
-            OsString::from(&self.report_name),
-            OsString::from(seq.to_string()),
-        ]);
+        options
+            .start_timeout(COMMIT_TIMEOUT)
+            .transfer_timeout(COMMIT_TIMEOUT)
+            .args([
+                OsString::from("child"),
+                OsString::from(&self.report_name),
+                OsString::from(seq.to_string()),
+            ]);
 
         settle()?;
         let start = monotonic_ns();
