@@ -252,8 +252,10 @@ fn check_hello(secret: &[u8; SECRET_LEN], received: &[u8]) {
     assert_eq!(got, hello_by_the_book(secret, received), "{received:02x?}");
     assert_eq!(stats.allocations, 0, "{stats:?}");
     if let Ok(Some(theirs)) = got {
-        let shared = theirs.0 <= 1 && 1 <= theirs.1;
-        assert_eq!(wire::choose_version(theirs), shared.then_some(1));
+        // This build speaks 1..=2: the highest version both speak, if any.
+        let low = theirs.0.max(1);
+        let high = theirs.1.min(2);
+        assert_eq!(wire::choose_version(theirs), (low <= high).then_some(high));
     }
 }
 
@@ -349,11 +351,15 @@ fn a_welcome_is_checked_field_by_field() {
     assert_eq!(wire::parse_welcome(&secret, &welcome).unwrap(), 1);
     let mut other_token = welcome;
     other_token[WELCOME_LEN - 1] ^= 0x40;
+    // Version 2 is this build's too; 3 it never offered.
     let mut chosen_two = welcome;
     chosen_two[8] = 2;
+    assert_eq!(wire::parse_welcome(&secret, &chosen_two).unwrap(), 2);
+    let mut chosen_three = welcome;
+    chosen_three[8] = 3;
     for bad in [
         other_token,
-        chosen_two,
+        chosen_three,
         wire::welcome(&secret, 0),
         [0; WELCOME_LEN],
     ] {
@@ -412,7 +418,7 @@ proptest! {
 // Frame headers.
 
 /// PROTOCOL.md's frame table: kind, name, largest payload.
-const KINDS: [(Kind, &str, u32); 11] = [
+const KINDS: [(Kind, &str, u32); 12] = [
     (Kind::Offer, "OFFER", 65_536),
     (Kind::State, "STATE", 65_536),
     (Kind::Data, "DATA", 1_048_576),

@@ -137,7 +137,8 @@ fn the_new_process_timeout_says_what_happened_there() {
         line.starts_with("init error: ")
     });
     assert!(
-        error.contains("did not complete within 1s") && error.contains("step 4"),
+        error.contains("did not answer within the transfer timeout of 1s")
+            && error.contains("step 4"),
         "{error:?}"
     );
     assert!(

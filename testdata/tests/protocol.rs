@@ -58,7 +58,7 @@ impl FakeParent {
         }
     }
 
-    /// Accepts the new process and checks its HELLO: magic, versions 1..=1,
+    /// Accepts the new process and checks its HELLO: magic, versions 1..=2,
     /// and the first half of the secret.
     fn accept_hello(&self) -> TcpStream {
         let mut conn = accept_timeout(&self.listener);
@@ -67,8 +67,8 @@ impl FakeParent {
         assert_eq!(&hello[..8], &wire::MAGIC, "HELLO magic");
         assert_eq!(
             (wire::u16_at(&hello, 8), wire::u16_at(&hello, 10)),
-            (1, 1),
-            "this build speaks protocol version 1 only"
+            (1, 2),
+            "this build speaks protocol versions 1 and 2"
         );
         assert_eq!(
             &hello[12..],
@@ -90,7 +90,7 @@ impl FakeParent {
 fn protocol_version_mismatch_child_side() {
     let mut parent = FakeParent::start("version-child");
     let mut conn = parent.accept_hello();
-    conn.write_all(&wire::welcome(0, 2, 2, &parent.secret))
+    conn.write_all(&wire::welcome(0, 3, 3, &parent.secret))
         .expect("send the WELCOME");
     let (code, stderr) = parent.exit();
     assert_eq!(
@@ -101,11 +101,11 @@ fn protocol_version_mismatch_child_side() {
     let init = stderr.iter().find(|line| line.starts_with("init error:"));
     let init = init.unwrap_or_else(|| panic!("no init error on stderr: {stderr:#?}"));
     assert!(
-        init.starts_with("init error: protocol version mismatch") && init.contains("2..=2"),
+        init.starts_with("init error: protocol version mismatch") && init.contains("3..=3"),
         "the new process names the mismatch and the old process's versions: {init:?}"
     );
     assert!(
-        init.contains("1..=1"),
+        init.contains("1..=2"),
         "the new process names its own versions: {init:?}"
     );
     let stdout = parent.run.stdout.wait_eof();

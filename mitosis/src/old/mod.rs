@@ -212,6 +212,9 @@ impl<S: Handover> Worker<S> {
         let pid = parent.pid();
         if let Err(error) = parent.prepare(&self.own, self.bell.as_fd()) {
             let error = parent.give_up(error);
+            // Its sockets and pidfd close before anyone hears of the
+            // failure: the program then holds exactly the fds it held.
+            drop(parent);
             drop(in_flight);
             let mut slot = self.shared.lock();
             match slot.state.take() {
@@ -437,18 +440,25 @@ impl<S> Upgrade<S> {
     pub fn hand_over(mut self, state: S) -> Split<S> {
         let outcome = self.outcome.take().expect("hand_over takes the Upgrade");
         let mut slot = self.shared.lock();
-        match std::mem::replace(&mut slot.readiness, Readiness::Reported) {
-            Readiness::Failed(error) => return Split::failed(state, error),
-            Readiness::Reported => return Split::failed(state, Error::AlreadyFailed),
-            readiness => slot.readiness = readiness,
-        }
-        slot.state = Some(state);
-        slot.bell = self.bell.try_clone().ok();
-        drop(slot);
-        self.shared.changed.notify_all();
+        let error = match std::mem::replace(&mut slot.readiness, Readiness::Reported) {
+            Readiness::Failed(error) => error,
+            Readiness::Reported => Error::AlreadyFailed,
+            readiness => {
+                slot.readiness = readiness;
+                slot.state = Some(state);
+                slot.bell = self.bell.try_clone().ok();
+                drop(slot);
+                self.shared.changed.notify_all();
+                return Split {
+                    pid: self.pid,
+                    outcome: Delivery::Pending(outcome),
+                };
+            }
+        };
+        // The new process is gone already (reaped); its pid stays known.
         Split {
             pid: self.pid,
-            outcome: Delivery::Pending(outcome),
+            outcome: Delivery::Ready(Some(Outcome::Failed { state, error })),
         }
     }
 }
