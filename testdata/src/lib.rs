@@ -28,10 +28,20 @@
 //!   process exits. A refused split answers `split refused: <error>`, a
 //!   failed one `split failed: <error> | step=<step> | children=<pids|none>`.
 //!   `<fault>` goes to the new process as `TESTDATA_FAULT`: `exit`, `panic`,
-//!   `abort`, `hang`, or `fifo=<path>` (block opening the fifo until a writer
-//!   opens it), all before `init`. `twice` tries a second split while the
+//!   `abort`, `hang`, `sleep=<ms>`, or `fifo=<path>` (block opening the fifo
+//!   until a writer opens it), all before `init`; or, after `arrive`,
+//!   `setup-sleep=<ms>` (then commit), `no-commit-exit`, `no-commit-hang`
+//!   or `refuse` (after receiving the state, which it reports on stdout as
+//!   `received pid=<pid> generation=<n>`). `twice` tries a second split while the
 //!   first is in flight and reports `second split refused: <error>
 //!   state=<returned state>` on stdout.
+//! - `prepare [hold] [binary=<path>] [<fault>]` → `preparing child=<pid|none>`
+//!   at once, and this process serves on while the new one starts; once it
+//!   is ready, the state is handed over as with `split` (or, with `hold`,
+//!   `held ready` goes to stdout and nothing is handed over). A failure
+//!   before it is ready answers `prepare failed: <error> | step=<step> |
+//!   children=<pids|none>`.
+//! - `cancel` → `cancelled`: drops a prepared upgrade.
 //! - `exit` → exits.
 //!
 //! Every binary of the package runs [`run`]; they differ only in the version
@@ -627,7 +637,7 @@ impl App {
     fn serve<S: AppState>(&self, mut state: S) -> io::Result<()> {
         let mut chunk = vec![0u8; 64 * 1024];
         // An upgrade being prepared (`prepare`), while this process serves.
-        let mut upgrade: Option<mitosis::Upgrade<S>> = None;
+        let mut upgrade: Option<Prepared<S>> = None;
         loop {
             // Whole lines first: some may have arrived with the state.
             while let Some(line) = take_line(state.peer_buffer()) {
@@ -638,7 +648,12 @@ impl App {
                     PollFd::new(state.listener(), PollFlags::IN),
                     PollFd::new(state.peer(), PollFlags::IN),
                 ];
-                if let Some(upgrade) = &upgrade {
+                if let Some(Prepared {
+                    upgrade,
+                    held: false,
+                    ..
+                }) = &upgrade
+                {
                     fds.push(PollFd::new(upgrade, PollFlags::IN));
                 }
                 match poll(&mut fds, None) {
@@ -653,8 +668,15 @@ impl App {
                 )
             };
             if upgrade_ready && let Some(mut pending) = upgrade.take() {
-                state = match pending.is_ready() {
-                    Ok(true) => self.finish(pending.hand_over(state))?,
+                state = match pending.upgrade.is_ready() {
+                    // `hold`: ready, but the program does not hand over.
+                    Ok(true) if pending.hold => {
+                        say("held ready");
+                        pending.held = true;
+                        upgrade = Some(pending);
+                        state
+                    }
+                    Ok(true) => self.finish(pending.upgrade.hand_over(state))?,
                     Ok(false) => {
                         upgrade = Some(pending);
                         state
@@ -696,7 +718,7 @@ impl App {
         &self,
         state: S,
         line: &str,
-        upgrade: &mut Option<mitosis::Upgrade<S>>,
+        upgrade: &mut Option<Prepared<S>>,
     ) -> io::Result<S> {
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("");
@@ -724,11 +746,19 @@ impl App {
             "prepare" => match self.options(&args).prepare(&state) {
                 Ok(pending) => {
                     let answer = format!("preparing child={}", pid_text(pending.pid()));
-                    *upgrade = Some(pending);
+                    *upgrade = Some(Prepared {
+                        upgrade: pending,
+                        hold: args.contains(&"hold"),
+                        held: false,
+                    });
                     answer
                 }
                 Err(error) => format!("prepare refused: {error}"),
             },
+            "cancel" => {
+                *upgrade = None;
+                "cancelled".to_owned()
+            }
             "exit" => std::process::exit(0),
             _ => format!("error: unknown command {line:?}"),
         };
@@ -768,7 +798,7 @@ impl App {
         for &arg in args {
             if let Some(binary) = arg.strip_prefix("binary=") {
                 options.binary(binary);
-            } else if arg != "twice" {
+            } else if arg != "twice" && arg != "hold" {
                 fault = Some(arg);
             }
         }
@@ -827,6 +857,14 @@ impl App {
             }
         }
     }
+}
+
+/// An upgrade being prepared while the program serves.
+struct Prepared<S> {
+    upgrade: mitosis::Upgrade<S>,
+    /// Once ready, keep it without handing over (`prepare hold`).
+    hold: bool,
+    held: bool,
 }
 
 fn step_of(error: &mitosis::Error) -> String {

@@ -126,6 +126,11 @@ impl Parent {
         self.child.id()
     }
 
+    /// The new process's pidfd.
+    pub(super) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.child_exited.as_fd()
+    }
+
     /// Steps 2 to 5, while the program goes on serving: the new process
     /// connects, both prove the secret, the schema is agreed, and the new
     /// process sets itself up and says READY. `dropped` becomes readable

@@ -13,7 +13,7 @@ mod options;
 mod spawn;
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
@@ -22,6 +22,8 @@ use std::time::Duration;
 
 pub use options::SplitOptions;
 pub(crate) use spawn::start_path;
+
+use rustix::process::{Signal, pidfd_send_signal};
 
 use crate::error::{Error, Step};
 use crate::handover::Handover;
@@ -143,6 +145,7 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
             readiness: Readiness::Preparing,
             state: None,
             dropped: false,
+            finished: false,
             bell: None,
         }),
         changed: Condvar::new(),
@@ -169,9 +172,11 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
             .map_err(Error::io(Step::Spawn))?
     };
     drop(worker);
+    let mut child = None;
     let pid = match Parent::start(options) {
         Ok(parent) => {
             let pid = parent.pid();
+            child = parent.pidfd().try_clone_to_owned().ok();
             job_sender
                 .send((parent, in_flight))
                 .unwrap_or_else(|_| unreachable!("the worker waits for its job"));
@@ -189,6 +194,7 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
     };
     Ok(Upgrade {
         pid,
+        child,
         bell,
         shared,
         outcome: Some(outcome),
@@ -210,12 +216,16 @@ struct Worker<S> {
 impl<S: Handover> Worker<S> {
     fn run(self, mut parent: Parent, in_flight: InFlight) {
         let pid = parent.pid();
+        let mut finished = Finished {
+            shared: Arc::clone(&self.shared),
+            in_flight: Some(in_flight),
+        };
         if let Err(error) = parent.prepare(&self.own, self.bell.as_fd()) {
             let error = parent.give_up(error);
             // Its sockets and pidfd close before anyone hears of the
             // failure: the program then holds exactly the fds it held.
             drop(parent);
-            drop(in_flight);
+            finished.in_flight = None;
             let mut slot = self.shared.lock();
             match slot.state.take() {
                 // split(): the state is here already; give it back.
@@ -266,7 +276,7 @@ impl<S: Handover> Worker<S> {
             return;
         };
         let (outcome, handed_over) = parent.hand_over(state, &self.own, self.transfer_timeout);
-        drop(in_flight);
+        drop(finished);
         self.deliver(outcome);
         // After Done: this process's copy of the handed-over state, whose
         // fds already point at /dev/null. Freeing a large state takes long
@@ -303,6 +313,22 @@ impl<S: Handover> Worker<S> {
     }
 }
 
+/// Marks the handover thread done with the new process, whichever way its
+/// run ends, after it has let go of the in-flight claim: a program that
+/// dropped its `Upgrade` may prepare again at once.
+struct Finished<S> {
+    shared: Arc<Shared<S>>,
+    in_flight: Option<InFlight>,
+}
+
+impl<S> Drop for Finished<S> {
+    fn drop(&mut self) {
+        self.in_flight = None;
+        self.shared.lock().finished = true;
+        self.shared.changed.notify_all();
+    }
+}
+
 /// What the program's `Upgrade` (or `Split`) and the handover thread share.
 struct Shared<S> {
     slot: Mutex<Slot<S>>,
@@ -325,6 +351,9 @@ struct Slot<S> {
     state: Option<S>,
     /// The program dropped its `Upgrade` without handing over.
     dropped: bool,
+    /// The handover thread is done with the new process: it has been
+    /// reaped, or has taken over.
+    finished: bool,
     /// The program's end of the bell, once it has handed over: kept open
     /// here, so that dropping the `Split` does not call the handover off.
     bell: Option<UnixStream>,
@@ -358,6 +387,9 @@ enum Readiness {
 #[must_use = "dropping an Upgrade stops the new process"]
 pub struct Upgrade<S> {
     pid: Option<u32>,
+    /// A pidfd of the new process, to stop it when the `Upgrade` is
+    /// dropped.
+    child: Option<OwnedFd>,
     bell: UnixStream,
     shared: Arc<Shared<S>>,
     /// Taken by `hand_over`.
@@ -464,13 +496,43 @@ impl<S> Upgrade<S> {
 }
 
 impl<S> Drop for Upgrade<S> {
+    /// Stops the new process, and returns once it has been reaped.
     fn drop(&mut self) {
-        if self.outcome.is_some() {
-            self.shared.lock().dropped = true;
-            self.shared.changed.notify_all();
+        if self.outcome.is_none() {
+            return; // handed over: the handover thread carries on
+        }
+        {
+            let mut slot = self.shared.lock();
+            if slot.finished {
+                return;
+            }
+            slot.dropped = true;
+        }
+        self.shared.changed.notify_all();
+        // Killed at once, wherever it is; the handover thread, wherever it
+        // waits, sees it die (or the bell close) and reaps it.
+        if let Some(child) = &self.child {
+            let _ = pidfd_send_signal(child, Signal::KILL);
+        }
+        let _ = self.bell.shutdown(std::net::Shutdown::Both);
+        let slot = self.shared.lock();
+        let (slot, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(slot, STOP_TIMEOUT, |slot| !slot.finished)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !slot.finished {
+            log::warn!(
+                "mitosis: the new process, pid {:?}, was killed but not reaped within {STOP_TIMEOUT:?}",
+                self.pid
+            );
         }
     }
 }
+
+/// How long dropping an `Upgrade` waits for the killed new process to be
+/// reaped; only a wedged kernel takes more than milliseconds.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<S> AsFd for Upgrade<S> {
     /// Readable once the new process is ready or has failed.
