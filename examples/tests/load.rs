@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
@@ -133,6 +134,120 @@ fn twenty_upgrades_under_64_clients_lose_nothing() {
     eprintln!("{}", summary.join("\n"));
 }
 
+/// The build on disk is broken in each of three ways (it crashes at start,
+/// hangs at start, or hangs after receiving the state without committing),
+/// and a deploy script puts it in place while the server runs: every
+/// upgrade is refused, the server keeps its pid and its state, and not one
+/// of 64 clients sees a failure, a lost reply or a reset.
+#[test]
+fn broken_builds_are_refused_while_64_clients_notice_nothing() {
+    const ATTEMPTS: u64 = 2;
+    let dir = scratch_dir("bad-builds");
+    for build in ["crash", "hang-at-start", "hang-after-receive"] {
+        let binary = dir.join(format!("echo-server-{build}"));
+        std::fs::copy(ECHO_SERVER, &binary).expect("copy echo-server");
+        let mut server = Server::start_from(&binary, &["--start-timeout-ms", "1000"]);
+        install_broken_build(&binary, build, &dir);
+        let output = Command::new(LOADGEN)
+            .args(["--server", &format!("127.0.0.1:{}", server.port)])
+            .args(["--clients", &CLIENTS.to_string()])
+            .args(["--reconnect-every", "10"])
+            .args(["--upgrades", &ATTEMPTS.to_string()])
+            .args(["--timeout", "20s", "--bad-build"])
+            .output()
+            .expect("run loadgen");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let context = format!(
+            "{build}: loadgen's output:\n{stdout}\nits stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result = parse_result(&stdout).unwrap_or_else(|| panic!("no result line; {context}"));
+        assert_eq!(result["failures"], 0, "{context}");
+        assert_eq!(result["upgrades_refused"], ATTEMPTS, "{context}");
+        assert_eq!(result["upgrades_done"], 0, "{context}");
+        assert_eq!(result["answered"], result["requests"], "{context}");
+        assert!(result["upgrade_requests"] > 0, "{context}");
+        assert!(output.status.success(), "{context}");
+        // The reasons blame the build, each in its own step.
+        let expected = match build {
+            "crash" => "the new process exited (exit status: 1)",
+            "hang-at-start" => "start timeout",
+            _ => "transfer timeout",
+        };
+        let refusals: Vec<&str> = stdout
+            .lines()
+            .filter(|line| line.starts_with("upgrade-refused "))
+            .collect();
+        assert!(
+            refusals.len() as u64 == ATTEMPTS
+                && refusals.iter().all(|line| line.contains(expected)),
+            "{expected}: {refusals:#?}"
+        );
+        // The first process still serves, and nothing it started is left.
+        assert_eq!(server.running.len(), 1, "{context}");
+        let mut client =
+            TcpStream::connect(("127.0.0.1", server.port)).expect("connect at the end");
+        client.set_read_timeout(Some(PATIENCE)).unwrap();
+        client.write_all(b"still 1\n").expect("send a request");
+        let mut reply = String::new();
+        BufReader::new(&client).read_line(&mut reply).unwrap();
+        assert_eq!(reply, "still 1\n", "{build}");
+        let pid = server.first_pid();
+        assert_eq!(
+            children_of(pid),
+            Vec::<u32>::new(),
+            "{build}: children left"
+        );
+        server.kill(pid);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Replaces `binary` with a broken build, as a deploy does: written
+/// beside it, then renamed over it.
+fn install_broken_build(binary: &Path, build: &str, dir: &Path) {
+    let real = dir.join("echo-server-real");
+    if !real.exists() {
+        std::fs::copy(ECHO_SERVER, &real).expect("copy echo-server");
+    }
+    let script = match build {
+        "crash" => "#!/bin/sh\nexit 1\n".to_owned(),
+        "hang-at-start" => "#!/bin/sh\nexec sleep 3600\n".to_owned(),
+        _ => format!(
+            "#!/bin/sh\nexec '{}' \"$@\" --hang-after-receive\n",
+            real.display()
+        ),
+    };
+    let staged = dir.join("staged");
+    std::fs::write(&staged, script).expect("write the broken build");
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make it executable");
+    std::fs::rename(&staged, binary).expect("install the broken build");
+}
+
+/// The pids whose parent is `pid`, whichever of its threads started them.
+fn children_of(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the tasks");
+    tasks
+        .filter_map(Result::ok)
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// A fresh directory of this test's own.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mitosis-load-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
 /// One `upgrade` line of loadgen.
 #[derive(Debug)]
 struct Upgrade {
@@ -180,8 +295,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let mut first = Command::new(ECHO_SERVER)
+        Server::start_from(Path::new(ECHO_SERVER), &[])
+    }
+
+    fn start_from(binary: &Path, args: &[&str]) -> Server {
+        let mut first = Command::new(binary)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -10,13 +10,17 @@
 //! connection that asked; if the upgrade fails, the old process answers
 //! `UPGRADE-FAILED <reason>` there and carries on.
 //!
-//! One thread, non-blocking sockets and `poll`. The server only splits
-//! between two passes of its loop, when every request it has read is either
+//! One thread, non-blocking sockets and `poll`. An upgrade is prepared while
+//! the server keeps serving every other connection (`mitosis::prepare`):
+//! the new process starts, connects and agrees on the state's schema, and
+//! the upgrade's fd, polled with the sockets, says when it is ready. Only
+//! then, between two passes of the loop, when every request read is either
 //! answered (its reply sits in `unwritten`) or not yet looked at (it sits in
-//! `unread`), so each request is answered exactly once, by whichever process
-//! owns the connection at that point. Bytes the clients send during the
-//! handover wait in the kernel's socket buffers, and connections that
-//! arrive wait in the listener's backlog, for the next generation.
+//! `unread`), does the server hand over, so each request is answered
+//! exactly once, by whichever process owns the connection at that point.
+//! Bytes the clients send during that pause wait in the kernel's socket
+//! buffers, and connections that arrive wait in the listener's backlog,
+//! for the next generation.
 //!
 //! `loadgen` drives it; `examples/tests/load.rs` runs both.
 
@@ -41,6 +45,14 @@ struct Options {
     /// started by an upgrade keeps the listener it is handed instead.
     #[arg(long, value_name = "HOST:PORT")]
     listen: SocketAddr,
+    /// How long a new build may take to start, in milliseconds, while this
+    /// one serves (mitosis's default when absent).
+    #[arg(long, value_name = "MS")]
+    start_timeout_ms: Option<u64>,
+    /// A broken build, for the benchmarks: when started by an upgrade, it
+    /// receives the state and then hangs without committing.
+    #[arg(long, hide = true)]
+    hang_after_receive: bool,
 }
 
 /// The whole server. It crosses to the next generation at each upgrade.
@@ -103,15 +115,16 @@ const BACKLOG: i32 = 4096;
 
 fn main() -> ExitCode {
     mitosis_examples::log_to_stderr("echo-server", log::LevelFilter::Warn);
-    // Before anything else: a process started by `split` takes over here.
-    let handed_over = mitosis::init::<State>();
+    // Before anything else: a process started by an upgrade connects to
+    // its predecessor here.
+    let arrival = mitosis::arrive::<State>();
     let options = Options::parse_from(mitosis::args());
-    let started = match handed_over {
-        Ok(Some(state)) => Ok(resume(state)),
+    let started = match arrival {
+        Ok(Some(arrival)) => take_over(arrival, &options),
         Ok(None) => start(&options),
         Err(error) => Err(format!("could not take over: {error}").into()),
     };
-    match started.and_then(serve) {
+    match started.and_then(|state| serve(state, &options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error}");
@@ -153,6 +166,21 @@ fn listen(address: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from(socket))
 }
 
+/// Takes the state over; the broken build of the benchmarks receives it
+/// and hangs instead of committing, which the old process survives.
+fn take_over(
+    mut arrival: mitosis::Arrival<State>,
+    options: &Options,
+) -> Result<State, Box<dyn Error>> {
+    if options.hang_after_receive {
+        arrival.receive()?;
+        loop {
+            std::thread::park();
+        }
+    }
+    Ok(resume(arrival.commit()?))
+}
+
 /// The new generation reports to the client that asked for the upgrade,
 /// after the replies its predecessor had not written yet.
 fn resume(mut state: State) -> State {
@@ -167,42 +195,63 @@ fn resume(mut state: State) -> State {
 }
 
 /// The loop. It returns `Ok` once a new process has taken over.
-fn serve(mut state: State) -> Result<(), Box<dyn Error>> {
+fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
+    let mut upgrades = mitosis::SplitOptions::new();
+    if let Some(ms) = options.start_timeout_ms {
+        upgrades.start_timeout(std::time::Duration::from_millis(ms));
+    }
+    // The upgrade being prepared, while this process serves.
+    let mut upgrade: Option<mitosis::Upgrade<State>> = None;
     loop {
         // A new generation may hold whole requests that its predecessor
         // read, so it answers what it holds before it waits for more.
         state.answer_requests();
         state.clients.retain_mut(Client::flush_and_keep);
-        if state.upgrade_asked_by.is_some() {
-            match upgrade(state) {
-                Some(kept) => state = kept,
-                None => return Ok(()),
+        if state.upgrade_asked_by.is_some() && upgrade.is_none() {
+            match upgrades.prepare(&state) {
+                Ok(prepared) => upgrade = Some(prepared),
+                Err(error) => state.upgrade_failed(&error),
             }
-            continue;
         }
-        state.wait_and_read()?;
+        if let Some(prepared) = upgrade.as_mut() {
+            match prepared.is_ready() {
+                Ok(false) => {}
+                // Between two passes: hand over. Only this is the pause.
+                Ok(true) => {
+                    let prepared = upgrade.take().expect("checked just above");
+                    match prepared.hand_over(state).wait() {
+                        Outcome::Done { .. } => return Ok(()),
+                        Outcome::Failed { state: kept, error } => {
+                            state = kept;
+                            state.upgrade_failed(&error);
+                        }
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    upgrade = None;
+                    state.upgrade_failed(&error);
+                    continue;
+                }
+            }
+        }
+        state.wait_and_read(upgrade.as_ref())?;
     }
-}
-
-/// Hands the state to a new process. `None` once that process has taken
-/// over: this one then exits without touching a socket. Otherwise the state
-/// comes back, with the reason on the connection that asked.
-fn upgrade(state: State) -> Option<State> {
-    let (mut state, error) = match mitosis::split(state).wait() {
-        Outcome::Done { .. } => return None,
-        Outcome::Failed { state, error } => (state, error),
-    };
-    log::warn!("upgrade failed, carrying on: {error}");
-    let reason = error.to_string().replace(['\r', '\n'], " ");
-    if let Some(client) = state.take_upgrade_asker() {
-        client
-            .unwritten
-            .extend_from_slice(format!("UPGRADE-FAILED {reason}\n").as_bytes());
-    }
-    Some(state)
 }
 
 impl State {
+    /// The upgrade failed: the reason goes to the connection that asked,
+    /// and the server carries on with its state.
+    fn upgrade_failed(&mut self, error: &mitosis::Error) {
+        log::warn!("upgrade failed, carrying on: {error}");
+        let reason = error.to_string().replace(['\r', '\n'], " ");
+        if let Some(client) = self.take_upgrade_asker() {
+            client
+                .unwritten
+                .extend_from_slice(format!("UPGRADE-FAILED {reason}\n").as_bytes());
+        }
+    }
+
     /// The client that asked for the upgrade, if it is still connected.
     fn take_upgrade_asker(&mut self) -> Option<&mut Client> {
         let id = self.upgrade_asked_by.take()?;
@@ -214,6 +263,10 @@ impl State {
     /// the upgrade, by whichever process then owns the connection.
     fn answer_requests(&mut self) {
         for client in &mut self.clients {
+            if self.upgrade_asked_by == Some(client.id) {
+                // It waits for its upgrade's outcome.
+                continue;
+            }
             let mut answered = 0;
             while let Some(end) = client.unread[answered..].iter().position(|&b| b == b'\n') {
                 let line = &client.unread[answered..answered + end + 1];
@@ -234,9 +287,13 @@ impl State {
         }
     }
 
-    /// Waits until a socket is ready, then accepts and reads what it can.
-    fn wait_and_read(&mut self) -> Result<(), Box<dyn Error>> {
-        let mut fds = Vec::with_capacity(1 + self.clients.len());
+    /// Waits until a socket (or the upgrade being prepared) is ready, then
+    /// accepts and reads what it can.
+    fn wait_and_read(
+        &mut self,
+        upgrade: Option<&mitosis::Upgrade<State>>,
+    ) -> Result<(), Box<dyn Error>> {
+        let mut fds = Vec::with_capacity(2 + self.clients.len());
         fds.push(PollFd::new(&self.listener, PollFlags::IN));
         for client in &self.clients {
             let mut interest = PollFlags::empty();
@@ -248,6 +305,10 @@ impl State {
             }
             fds.push(PollFd::new(&client.stream, interest));
         }
+        // Last, so that the clients' entries keep their places.
+        if let Some(upgrade) = upgrade {
+            fds.push(PollFd::new(upgrade, PollFlags::IN));
+        }
         loop {
             match poll(&mut fds, None) {
                 Ok(_) => break,
@@ -258,7 +319,7 @@ impl State {
         let ready: Vec<PollFlags> = fds.iter().map(PollFd::revents).collect();
         drop(fds);
 
-        let mut client_ready = ready[1..].iter();
+        let mut client_ready = ready[1..=self.clients.len()].iter();
         self.clients.retain_mut(|client| {
             let revents = *client_ready.next().expect("one poll entry per client");
             let readable = revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);

@@ -10,7 +10,9 @@
 //! failure. Every `--reconnect-every`th request of a client goes over a
 //! connection of its own (connect, one request, close). Meanwhile a control
 //! connection asks for upgrades back to back (`UPGRADE`, then waits for
-//! `UPGRADED`), printing one `upgrade` line for each. Around every upgrade
+//! `UPGRADED`), printing one `upgrade` line for each. With `--bad-build`
+//! the binary on disk is a broken build, and every upgrade must be refused
+//! (`UPGRADE-FAILED`) while the clients notice nothing. Around every upgrade
 //! it also holds requests of its own, so that every handover carries what
 //! the clients' traffic leaves in the server only now and then: half a
 //! request on one connection, its end sent after `UPGRADED`, and on another
@@ -73,6 +75,10 @@ struct Options {
     /// counts as failed (`500ms`, `10s`, `2m`).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     timeout: Duration,
+    /// The binary on disk is a broken build: every upgrade must fail
+    /// (`UPGRADE-FAILED`), and one that succeeds counts as a failure.
+    #[arg(long)]
+    bad_build: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -464,7 +470,10 @@ fn read_reply(conn: &mut BufReader<TcpStream>, reply: &mut Vec<u8>) -> io::Resul
 struct Upgrades {
     done: u64,
     failed: u64,
-    /// From `UPGRADE` sent to `UPGRADED` received, in nanoseconds.
+    /// With `--bad-build`: refused, as they must be.
+    refused: u64,
+    /// From `UPGRADE` sent to `UPGRADED` (or, with `--bad-build`,
+    /// `UPGRADE-FAILED`) received, in nanoseconds.
     windows: Vec<u64>,
     /// The control connection failed, so the rest of the upgrades did not
     /// happen, and the server may be gone.
@@ -516,6 +525,12 @@ fn run_control(shared: &Shared<'_>) -> Upgrades {
                 new,
                 generation,
             } => (old, new, generation),
+            Answer::Failed(reason) if options.bad_build => {
+                say(&format!("upgrade-refused {attempt} {reason}"));
+                upgrades.refused += 1;
+                upgrades.windows.push(took.as_nanos() as u64);
+                continue;
+            }
             Answer::Failed(reason) => {
                 say(&format!("upgrade-failed {attempt} {reason}"));
                 upgrades.failed += 1;
@@ -535,6 +550,14 @@ fn run_control(shared: &Shared<'_>) -> Upgrades {
             None => true,
         };
         previous = Some((new, generation));
+        if options.bad_build {
+            say(&format!(
+                "upgrade-failed {attempt} UPGRADED {old} {new} {generation}, but the build on \
+                 disk is a broken one"
+            ));
+            upgrades.failed += 1;
+            continue;
+        }
         if !follows || old == new {
             say(&format!(
                 "upgrade-failed {attempt} UPGRADED {old} {new} {generation} does not follow \
@@ -957,8 +980,9 @@ fn report(options: &Options, mut tally: Tally, upgrades: Upgrades, elapsed: Dura
         tally.lost, tally.duplicated, tally.mismatched
     ));
     say(&format!(
-        "upgrades: {} done, {} failed; UPGRADE to UPGRADED {}",
+        "upgrades: {} done, {} refused by a broken build, {} failed; UPGRADE to its answer {}",
         upgrades.done,
+        upgrades.refused,
         upgrades.failed,
         windows.human()
     ));
@@ -975,7 +999,7 @@ fn report(options: &Options, mut tally: Tally, upgrades: Upgrades, elapsed: Dura
     say(&format!(
         "result requests={} answered={} fresh_connections={} failures={failures} \
          failed_connects={} resets={} timeouts={} lost={} duplicated={} mismatched={} \
-         upgrades_done={} upgrades_failed={} held_partial={} held_backlog={} \
+         upgrades_done={} upgrades_refused={} upgrades_failed={} held_partial={} held_backlog={} \
          held_backlog_max_bytes={} {} {} {} elapsed_ms={}",
         tally.requests,
         tally.answered,
@@ -987,6 +1011,7 @@ fn report(options: &Options, mut tally: Tally, upgrades: Upgrades, elapsed: Dura
         tally.duplicated,
         tally.mismatched,
         upgrades.done,
+        upgrades.refused,
         upgrades.failed,
         held.partial_held,
         held.backlog_held,
