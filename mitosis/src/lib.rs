@@ -11,11 +11,20 @@
 //! state: plain data encoded with postcard, and every file descriptor inside
 //! it (sockets, listeners, files) over that Unix socket. Once it has decoded
 //! everything it commits; the old process acknowledges, the new one says it
-//! has taken over, and only then does [`Split`] report [`Outcome::Done`]. If anything fails before that (the
-//! binary is missing, the new process crashes, hangs or has an incompatible
-//! state type), the new process is stopped and the old one gets its state
-//! back in [`Outcome::Failed`]: nothing is lost either way. Every failure,
-//! including a split that cannot start at all, arrives as that one outcome.
+//! has taken over, and only then does [`Split`] report [`Outcome::Done`].
+//! If anything fails before that (the binary is missing, the new process
+//! crashes, hangs or has an incompatible state type), the new process is
+//! stopped and the old one gets its state back in [`Outcome::Failed`]:
+//! nothing is lost either way.
+//!
+//! A server that must keep serving while the new build starts uses the two
+//! phases that `split` joins: [`prepare`] starts the new process and returns
+//! an [`Upgrade`], a pollable handle that becomes ready once the new process
+//! has connected, agreed on the schema and set itself up; only then does
+//! [`Upgrade::hand_over`] pause the program, for the transfer alone. The new
+//! process's side is [`arrive`], which returns before the state is asked
+//! for, and [`Arrival`], which receives it, lets the program check it, and
+//! commits.
 //!
 //! # Example
 //!

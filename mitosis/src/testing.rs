@@ -183,7 +183,7 @@ pub mod wire {
     /// Length of KEY, the fd channel's first message.
     pub const KEY_LEN: usize = real::Key::LEN;
 
-    /// KEY as the old process sends it: the secret, the commit timeout in
+    /// KEY as the old process sends it: the secret, the transfer timeout in
     /// milliseconds, and the limits.
     pub fn key(
         secret: &[u8; SECRET_LEN],

@@ -174,7 +174,7 @@ pub struct Cli {
     /// Start and transfer timeouts of `Duration::MAX` (no limit), instead
     /// of `--timeout-ms`.
     #[arg(long)]
-    pub commit_timeout_max: bool,
+    pub timeouts_max: bool,
 
     /// A hello timeout of `Duration::MAX` (no limit), instead of
     /// `--hello-timeout-ms`.
@@ -786,7 +786,7 @@ impl App {
         if let Some(fds) = cli.max_fds {
             options.max_fds(fds);
         }
-        if cli.commit_timeout_max {
+        if cli.timeouts_max {
             options
                 .start_timeout(Duration::MAX)
                 .transfer_timeout(Duration::MAX);
@@ -946,7 +946,7 @@ pub mod wire {
     }
 
     /// KEY, the fd channel's first message: magic, the secret, the
-    /// commit timeout in milliseconds, the state byte limit, the fd limit.
+    /// transfer timeout in milliseconds, the state byte limit, the fd limit.
     pub fn key(
         secret: &[u8; SECRET_LEN],
         timeout_ms: u64,

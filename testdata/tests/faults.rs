@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use common::*;
 
-/// The commit timeout the old process gives the handover, and which the
-/// new process obeys too.
-const COMMIT_TIMEOUT_MS: u64 = 1500;
+/// The start and transfer timeouts the old process gives the handover; the
+/// new process obeys the transfer timeout too.
+const TIMEOUT_MS: u64 = 1500;
 /// A stall outlasts both processes' deadlines.
 const STALL_MS: u64 = 2500;
 const SPARE_FDS: usize = 300;
@@ -228,7 +228,7 @@ fn run_case(case: &Case) -> String {
     let mitosis_fault = format!("{}:{}:{action}", case.side, case.point);
     let name = format!("fault-{}", fault.replace([':', '@'], "-"));
     let spare = SPARE_FDS.to_string();
-    let timeout = COMMIT_TIMEOUT_MS.to_string();
+    let timeout = TIMEOUT_MS.to_string();
     let (mut run, mut peer) = Spawn::new(&name)
         .args(&["--timeout-ms", &timeout, "--spare-fds", &spare])
         .args(&["--blob-size", "200000"])

@@ -238,8 +238,8 @@ fn timeout_of_duration_max(name: &str, flag: &str) {
 }
 
 #[test]
-fn commit_timeout_of_duration_max() {
-    timeout_of_duration_max("commit-max", "--commit-timeout-max");
+fn start_and_transfer_timeouts_of_duration_max() {
+    timeout_of_duration_max("timeouts-max", "--timeouts-max");
 }
 
 #[test]

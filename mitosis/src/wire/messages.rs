@@ -108,7 +108,7 @@ impl Welcome {
 
 /// KEY, the first message on the fd channel (old → new, step 2), sent only
 /// once the kernel has shown (`SO_PEERCRED`) that the new process is the
-/// one connected: magic, the secret, the commit timeout in milliseconds
+/// one connected: magic, the secret, the transfer timeout in milliseconds
 /// (`u64::MAX`: none), and the handover's limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Key {
