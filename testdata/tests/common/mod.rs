@@ -882,3 +882,30 @@ pub fn split_to_ready(
 // testdata-buffered (tests/buffers.rs)
 
 pub const TESTDATA_BUFFERED: &str = env!("CARGO_BIN_EXE_testdata-buffered");
+
+/// `setpriv`'s path, if this process is root and has it. Otherwise the
+/// test is skipped, with the reason printed, except with `CI=true`, where
+/// it must run.
+pub fn setpriv_as_root() -> Option<PathBuf> {
+    let setpriv = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("setpriv"))
+            .find(|candidate| {
+                fs::metadata(candidate).is_ok_and(|meta| {
+                    meta.is_file() && std::os::unix::fs::MetadataExt::mode(&meta) & 0o111 != 0
+                })
+            })
+    });
+    let reason = if !rustix::process::geteuid().is_root() {
+        "this test process is not root, so it cannot run fd-thief as another user"
+    } else if setpriv.is_none() {
+        "setpriv (util-linux) is not on PATH"
+    } else {
+        return setpriv;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true, so this test must run, but {reason}");
+    }
+    eprintln!("skipped: {reason} (with CI=true this is a failure)");
+    None
+}
