@@ -119,6 +119,48 @@ fn upgrade_runs_the_binary_renamed_over_the_old_one() {
     report_latency("upgrade_runs_the_binary_renamed_over", &[elapsed]);
 }
 
+/// While the new build starts (held here until the test lets it go), the
+/// old process goes on answering in the channel; then it hands over.
+#[test]
+fn the_bot_answers_while_a_slow_build_starts() {
+    let Some(server) = Ngircd::start() else {
+        return;
+    };
+    let binaries = Binaries::new("slow");
+    let mut observer = Client::join(&server, ADMIN);
+    let mut bot = Bot::start(&server, &binaries.installed);
+    observer.expect_bot_join();
+    let first = observer.status();
+
+    let fifo = binaries.replace_with_held();
+    observer.say("!upgrade");
+    observer.expect_bot_says("upgrading…");
+    // The new build has not even started; the old one answers.
+    for lines in [3, 4] {
+        let during = observer.status();
+        assert_eq!(during.pid, first.pid, "{during:?}");
+        assert_eq!((during.generation, during.lines), (1, lines), "{during:?}");
+    }
+    observer.say("!upgrade");
+    observer.expect_bot_says("an upgrade is already under way");
+    // Let it start: the open for writing releases its open for reading.
+    let release = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let line = observer.wait_for("the upgrade's report", |line| line.source == BOT);
+    drop(release);
+    assert!(line.text.starts_with("upgraded "), "{line:?}");
+    let after = observer.status();
+    assert_ne!(after.pid, first.pid, "{after:?}");
+    assert_eq!(after.version, NEXT_VERSION, "{after:?}");
+    assert_eq!((after.generation, after.lines), (2, 6), "{after:?}");
+    bot.adopt(after.pid);
+    bot.expect_gone(first.pid);
+    observer.assert_bot_never_left_or_rejoined();
+}
+
 #[test]
 fn a_binary_that_fails_at_start_rolls_back_and_the_next_upgrade_succeeds() {
     let Some(server) = Ngircd::start() else {
@@ -383,6 +425,32 @@ impl Binaries {
         fs::remove_file(&staged).ok();
         fs::hard_link(binary, &staged).unwrap();
         fs::rename(&staged, &self.installed).unwrap();
+    }
+
+    /// Renames over the installed one a build that waits, before it
+    /// starts, until the returned fifo is opened for writing: a slow start
+    /// that the test ends when it chooses.
+    fn replace_with_held(&self) -> PathBuf {
+        let fifo = self.dir.join("hold.fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let staged = self.dir.join("ircbot.new");
+        fs::write(
+            &staged,
+            format!(
+                "#!/bin/sh\nexec 3<'{}'\nexec '{}' \"$@\"\n",
+                fifo.display(),
+                env!("CARGO_BIN_EXE_ircbot-next")
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::rename(&staged, &self.installed).unwrap();
+        fifo
     }
 
     /// Renames a build that fails at start over the installed one.

@@ -3,10 +3,13 @@
 //! Started by hand, the bot connects, registers and joins its channels. An
 //! admin's `!upgrade` in a channel makes it hand its whole `State` (the
 //! server connection with any lines it has not read yet, its nick, channels
-//! and counters) to a new process running the binary now on disk, with
-//! [`mitosis::split`]. The new process continues on the same connection:
-//! the server and everyone in the channels see no QUIT, PART or JOIN. If the
-//! new binary fails, the old process gets its state back and says so.
+//! and counters) to a new process running the binary now on disk. The new
+//! build starts while the bot goes on answering the server (its PINGs, and
+//! commands in the channels), with [`mitosis::prepare`]; only once it is
+//! ready does the bot hand over. The new process continues on the same
+//! connection: the server and everyone in the channels see no QUIT, PART or
+//! JOIN. If the new binary fails, the old process keeps (or gets back) its
+//! state and says so.
 //!
 //! Commands, in a channel (or in private):
 //! - `!status`: `status: pid=<pid> generation=<n> version=<v> lines=<N>`,
@@ -26,6 +29,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use mitosis::{Handover, Outcome};
+use rustix::event::{PollFd, PollFlags, poll};
 
 use message::{CaseMapping, Message, one_line};
 
@@ -171,10 +175,28 @@ fn resume(mut state: State, version: &str) -> Result<State, Box<dyn Error>> {
     Ok(state)
 }
 
-/// The bot's loop: one line from the server at a time.
+/// The bot's loop: one line from the server at a time, and, while an
+/// upgrade is being prepared, its readiness.
 fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> {
     let mut buffer = Vec::new();
+    let mut upgrade: Option<mitosis::Upgrade<State>> = None;
     loop {
+        if let Some(mut prepared) = upgrade.take() {
+            if !settled(&state, &prepared)? {
+                upgrade = Some(prepared);
+            } else {
+                match prepared.is_ready() {
+                    // Between two lines: hand over. Only this is the pause.
+                    Ok(true) => match hand_over(state, prepared)? {
+                        Some(kept) => state = kept,
+                        None => return Ok(()),
+                    },
+                    Ok(false) => upgrade = Some(prepared),
+                    Err(error) => state.upgrade_failed(&error)?,
+                }
+                continue;
+            }
+        }
         buffer.clear();
         let read = (&mut state.server)
             .take(MAX_LINE)
@@ -224,10 +246,12 @@ fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> 
                         );
                         state.say(&reply_to, &status)?;
                     }
-                    Some(Command::Upgrade(reply_to)) => match upgrade(state, reply_to)? {
-                        Some(kept) => state = kept,
-                        None => return Ok(()),
-                    },
+                    Some(Command::Upgrade(reply_to)) if upgrade.is_some() => {
+                        state.say(&reply_to, "an upgrade is already under way")?;
+                    }
+                    Some(Command::Upgrade(reply_to)) => {
+                        upgrade = prepare_upgrade(&mut state, reply_to)?;
+                    }
                     Some(Command::Refuse(reply_to, nick)) => {
                         let refusal = format!("sorry {nick}, only an admin may upgrade me");
                         state.say(&reply_to, &refusal)?;
@@ -265,28 +289,71 @@ fn command(state: &State, message: &Message<'_>) -> Option<Command> {
     }
 }
 
-/// Hands the state to a new process running the binary now on disk.
-/// `None` once the new process has taken over; the old one then exits
-/// without a word to the server. Otherwise the state comes back, the
-/// connection with it.
-fn upgrade(mut state: State, reply_to: String) -> Result<Option<State>, Box<dyn Error>> {
+/// Starts the binary now on disk, which sets itself up while this process
+/// goes on serving. `None` if no upgrade could start; the reason is said.
+fn prepare_upgrade(
+    state: &mut State,
+    reply_to: String,
+) -> Result<Option<mitosis::Upgrade<State>>, Box<dyn Error>> {
     state.say(&reply_to, "upgrading…")?;
     log::info!("upgrading, asked in {reply_to}");
     state.upgrade_asked_in = Some(reply_to);
-    let (mut state, error) = match mitosis::split(state).wait() {
+    match mitosis::prepare(&*state) {
+        Ok(prepared) => Ok(Some(prepared)),
+        Err(error) => {
+            state.upgrade_failed(&error)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the upgrade has settled (ready, or failed) before the next whole
+/// line is at hand; waits for one or the other.
+fn settled(state: &State, upgrade: &mitosis::Upgrade<State>) -> io::Result<bool> {
+    if state.server.buffer().contains(&b'\n') {
+        return Ok(false);
+    }
+    let mut fds = [
+        PollFd::new(state.server.get_ref(), PollFlags::IN),
+        PollFd::new(upgrade, PollFlags::IN),
+    ];
+    loop {
+        match poll(&mut fds, None) {
+            Ok(_) => return Ok(!fds[1].revents().is_empty()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Hands the state to the new process, which is ready. `None` once it has
+/// taken over; the old one then exits without a word to the server.
+/// Otherwise the state comes back, the connection with it.
+fn hand_over(
+    state: State,
+    upgrade: mitosis::Upgrade<State>,
+) -> Result<Option<State>, Box<dyn Error>> {
+    match upgrade.hand_over(state).wait() {
         Outcome::Done { pid } => {
             log::info!("pid {pid} took over; exiting");
-            return Ok(None);
+            Ok(None)
         }
-        Outcome::Failed { state, error } => (state, error),
-    };
-    log::warn!("upgrade failed, carrying on: {error}");
-    let reply_to = state.upgrade_asked_in.take().unwrap_or_default();
-    state.say(&reply_to, &format!("upgrade failed: {error}"))?;
-    Ok(Some(state))
+        Outcome::Failed { mut state, error } => {
+            state.upgrade_failed(&error)?;
+            Ok(Some(state))
+        }
+    }
 }
 
 impl State {
+    /// Says why the upgrade failed where it was asked for; the bot carries
+    /// on.
+    fn upgrade_failed(&mut self, error: &mitosis::Error) -> io::Result<()> {
+        log::warn!("upgrade failed, carrying on: {error}");
+        let reply_to = self.upgrade_asked_in.take().unwrap_or_default();
+        self.say(&reply_to, &format!("upgrade failed: {error}"))
+    }
+
     /// Sends one line, whole, in one write.
     fn send(&self, line: &str) -> io::Result<()> {
         let mut bytes = Vec::with_capacity(line.len() + 2);
