@@ -503,40 +503,56 @@ impl fmt::Display for Thp {
 /// previous word back, so the machine is left as it was whether the run
 /// ends, fails with an error or panics.
 struct ThpSwitch {
+    /// The `enabled` file: [`THP_ENABLED`], but for the tests.
+    path: PathBuf,
     previous: String,
 }
 
 impl ThpSwitch {
-    /// Switches to `mode`; `None` when it is in force already.
+    /// Switches the system to `mode`; `None` when it is in force already.
     fn to(mode: ThpMode) -> Result<Option<ThpSwitch>> {
-        let previous = Thp::read().enabled;
+        ThpSwitch::at(Path::new(THP_ENABLED), mode)
+    }
+
+    /// Switches the `enabled` file at `path` to `mode`.
+    fn at(path: &Path, mode: ThpMode) -> Result<Option<ThpSwitch>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        // Without a word to write back, the machine could not be restored:
+        // leave it alone.
+        let previous = thp_mode(&text)
+            .ok_or_else(|| format!("no setting in brackets in {}: {text:?}", path.display()))?
+            .to_string();
         if previous == mode.to_string() {
             return Ok(None);
         }
-        if ThpMode::from_str(&previous, false).is_err() {
-            // Without a word to write back, the machine could not be
-            // restored: do not touch it.
-            return Err(format!("cannot read the THP setting in {THP_ENABLED}: {previous}").into());
-        }
-        std::fs::write(THP_ENABLED, mode.to_string()).map_err(|error| {
-            format!("cannot set {THP_ENABLED} to {mode} ({error}); --thp needs root")
+        std::fs::write(path, mode.to_string()).map_err(|error| {
+            format!(
+                "cannot set {} to {mode} ({error}); --thp needs root",
+                path.display()
+            )
         })?;
         eprintln!(
             "bench: transparent huge pages: {previous} → {mode} for this run; if the run is \
-             killed, restore it with `echo {previous} > {THP_ENABLED}`"
+             killed, restore it with `echo {previous} > {}`",
+            path.display()
         );
-        Ok(Some(ThpSwitch { previous }))
+        Ok(Some(ThpSwitch {
+            path: path.to_path_buf(),
+            previous,
+        }))
     }
 }
 
 impl Drop for ThpSwitch {
     fn drop(&mut self) {
-        match std::fs::write(THP_ENABLED, &self.previous) {
+        match std::fs::write(&self.path, &self.previous) {
             Ok(()) => eprintln!("bench: transparent huge pages: {} again", self.previous),
             Err(error) => eprintln!(
                 "bench: COULD NOT restore transparent huge pages ({error}): run \
-                 `echo {} > {THP_ENABLED}` as root",
-                self.previous
+                 `echo {} > {}` as root",
+                self.previous,
+                self.path.display()
             ),
         }
     }
@@ -559,7 +575,9 @@ struct Run {
     /// are system-wide: anyone may change them meanwhile).
     thp_before: Thp,
     thp_after: Thp,
-    /// `--thp`: the `enabled` word the run switched from, if it did.
+    /// `--thp`, if given, and the `enabled` word the run switched from, if
+    /// it did.
+    thp_asked: Option<ThpMode>,
     thp_switched_from: Option<String>,
     /// What working out the state type's schema costs (once per handover,
     /// in each process).
@@ -775,6 +793,7 @@ fn harness(cli: &Cli) -> Result<()> {
         load_after: load_average(),
         thp_before,
         thp_after: Thp::read(),
+        thp_asked: cli.thp,
         thp_switched_from,
         schema: schema_cost()?,
     };
@@ -1349,6 +1368,32 @@ mod tests {
         assert_eq!(Via::both(2), Via::both(0));
     }
 
+    /// On a stand-in for the kernel's file: switching the real one would
+    /// change every process on the machine.
+    #[test]
+    fn thp_switches_and_switches_back() {
+        let path = std::env::temp_dir().join(format!("mitosis-bench-thp-{}", std::process::id()));
+        std::fs::write(&path, "always [madvise] never\n").unwrap();
+        assert!(
+            ThpSwitch::at(&path, ThpMode::Madvise).unwrap().is_none(),
+            "in force already: nothing to switch"
+        );
+        let switch = ThpSwitch::at(&path, ThpMode::Never)
+            .unwrap()
+            .expect("switched");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "never");
+        drop(switch);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "madvise");
+        // No word in brackets: nothing to restore later, so no switch.
+        std::fs::write(&path, "always madvise never\n").unwrap();
+        assert!(ThpSwitch::at(&path, ThpMode::Never).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "always madvise never\n"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn every_case_has_its_own_name() {
         let names: Vec<String> = Job::all().into_iter().map(Job::name).collect();
@@ -1435,6 +1480,7 @@ mod tests {
                 enabled: "never".into(),
                 ..thp
             },
+            thp_asked: Some(ThpMode::Madvise),
             thp_switched_from: Some("always".into()),
             schema: SchemaCost {
                 case: Samples {

@@ -335,15 +335,20 @@ fn n(stats: Option<Stats>) -> String {
 /// `--thp` switched them, and whether they changed during the run.
 fn thp_line(run: &Run) -> String {
     let mut line = format!("- Transparent huge pages: {}", run.thp_before);
-    match &run.thp_switched_from {
-        Some(previous) => {
+    match (&run.thp_switched_from, run.thp_asked) {
+        (Some(previous), Some(asked)) => {
             let _ = write!(
                 line,
-                " (switched from `{previous}` by `--thp {}` for this run, and back after it)",
-                run.thp_before.enabled
+                " (switched from `{previous}` by `--thp {asked}` for this run, and back after it)"
             );
         }
-        None => line.push_str(" (the system's setting)"),
+        (None, Some(asked)) => {
+            let _ = write!(
+                line,
+                " (the system's setting; `--thp {asked}` found it in force)"
+            );
+        }
+        _ => line.push_str(" (the system's setting; no `--thp`)"),
     }
     if run.thp_after != run.thp_before {
         let _ = write!(
