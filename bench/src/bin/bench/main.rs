@@ -766,7 +766,7 @@ fn harness(cli: &Cli) -> Result<()> {
         for job in jobs {
             let entry = samples.entry(job).or_default();
             harness
-                .run(job, i, entry, &mut map_master)
+                .run(job, entry, &mut map_master)
                 .map_err(|error| format!("{}: {error}", job.name()))?;
         }
         if (i + 1) % 10 == 0 || i + 1 == iterations {
@@ -814,14 +814,13 @@ fn harness(cli: &Cli) -> Result<()> {
 
 impl Harness {
     /// One round of `job`. A handover case runs twice, prepared and with
-    /// `split`, in the order [`Via::both`] gives for this round.
-    fn run(
-        &mut self,
-        job: Job,
-        round: usize,
-        samples: &mut Samples,
-        map: &mut Option<MapMaster>,
-    ) -> Result<()> {
+    /// `split`, in the order [`Via::both`] gives for the case's own round
+    /// number: the large cases run only in some of the iterations (every
+    /// twentieth, all odd, by default), so the iteration's number would
+    /// put them in the same order every time.
+    fn run(&mut self, job: Job, samples: &mut Samples, map: &mut Option<MapMaster>) -> Result<()> {
+        // One pause per round of a handover case.
+        let round = samples.pause.len();
         match job {
             Job::Floor => samples.done.push(spawn_until_connected(&self.exe)?),
             Job::FloorFds(n) => {
@@ -878,10 +877,9 @@ impl Harness {
                 for (i, via) in Via::both(round).into_iter().enumerate() {
                     // Cloned before the clock starts; the handover takes
                     // (and in the end frees) the clone. postcard runs on
-                    // the very value the first handover then takes: a
-                    // clone's strings lie in its iteration order, the
-                    // master's in insertion order, and that changes how
-                    // fast either is walked.
+                    // the very value the first handover then takes, a
+                    // fresh clone laid out in memory as the handed-over
+                    // values are, rather than on the long-lived master.
                     let map = master.map.clone();
                     if i == 0 {
                         samples.postcard.push(postcard_round_trip(&map)?);
