@@ -736,10 +736,11 @@ All times are `CLOCK_MONOTONIC` readings, which compare across processes.
   a fresh `mmap`, so every page is faulted in inside the clock: the page
   faults and the copy that any receiver of that state pays. Its target
   compares it with the large state's **pause**, as *floor p50 / pause p50*.
-  How fast fresh pages fault in depends on transparent huge pages: mitosis
-  asks for them (`MADV_HUGEPAGE`) on the new process's large receive
-  buffers, and the floor's plain `Vec` does not, so under `madvise` the two
-  fault in differently, and under `never` (or `always`) alike. So bench.md
+  How fast fresh pages fault in depends on transparent huge pages. When
+  this harness was written, mitosis asked for them (`MADV_HUGEPAGE`) on the
+  new process's large receive buffers, and the floor's plain `Vec` does
+  not, so under `madvise` the two may fault in differently, and under
+  `never` (or `always`) alike. So bench.md
   records `/sys/kernel/mm/transparent_hugepage/enabled` and
   `defrag` (the words in brackets) at the start of the rounds and at their
   end.
