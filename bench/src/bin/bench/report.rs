@@ -126,10 +126,10 @@ fn secs(stats: Stats) -> f64 {
 
 /// `+1.234 ms` or `-0.100 ms`: one p50 less another.
 fn delta(a: Stats, b: Stats) -> String {
-    format!(
-        "{:+.3} ms",
-        (a.p50.as_secs_f64() - b.p50.as_secs_f64()) * 1e3
-    )
+    let ms = (a.p50.as_secs_f64() - b.p50.as_secs_f64()) * 1e3;
+    // Below the last digit shown: `+0.000`, not `-0.000`.
+    let ms = if ms.abs() < 0.0005 { 0.0 } else { ms };
+    format!("{ms:+.3} ms")
 }
 
 fn targets(run: &Run) -> Vec<Target> {
