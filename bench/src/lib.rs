@@ -11,6 +11,9 @@
 //! Both take their timestamps from [`monotonic_ns`], `CLOCK_MONOTONIC`, which
 //! is system-wide on Linux: a reading in one process compares with a reading
 //! in another.
+//!
+//! The two parsers, [`thp_mode`] and [`vm_hwm_bytes`], live here rather than
+//! in `bench` so that their doctests run with `cargo test`.
 
 use std::time::Duration;
 
@@ -123,4 +126,44 @@ pub fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// The setting in force in one of the kernel's transparent huge page files
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` or `defrag`): the word in
+/// brackets.
+///
+/// ```
+/// assert_eq!(mitosis_bench::thp_mode("always [madvise] never\n"), Some("madvise"));
+/// assert_eq!(
+///     mitosis_bench::thp_mode("always defer defer+madvise [madvise] never"),
+///     Some("madvise")
+/// );
+/// assert_eq!(mitosis_bench::thp_mode("always madvise never"), None);
+/// ```
+pub fn thp_mode(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|word| word.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// A process's peak resident set size, `VmHWM`, from the text of its
+/// `/proc/<pid>/status`, in bytes (the kernel counts in KiB).
+///
+/// ```
+/// let status = "Name:\tbench\nVmPeak:\t  300000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n";
+/// assert_eq!(mitosis_bench::vm_hwm_bytes(status), Some(2048 * 1024));
+/// assert_eq!(mitosis_bench::vm_hwm_bytes("Name:\tbench\n"), None);
+/// ```
+pub fn vm_hwm_bytes(status: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?;
+    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kib * 1024)
+}
+
+/// This process's peak resident set size so far, in bytes: [`vm_hwm_bytes`]
+/// of `/proc/self/status`.
+pub fn own_vm_hwm() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    vm_hwm_bytes(&status).ok_or_else(|| std::io::Error::other("no VmHWM in /proc/self/status"))
 }

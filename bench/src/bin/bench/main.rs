@@ -1,22 +1,50 @@
 //! The mitosis benchmark harness.
 //!
-//! `cargo run --release -p mitosis-bench --bin bench -- [--rounds N] [--quick] [--out docs/]`
+//! `cargo run --release -p mitosis-bench --bin bench -- [--rounds N] [--quick] [--out docs/] [--thp never]`
 //!
 //! In one run, with the cases' rounds interleaved so that machine noise
 //! spreads evenly over them, it measures:
 //!
+//! - the **pause**, the headline figure: how long a program that prepared
+//!   its upgrade stops serving. The old side calls `mitosis::prepare`, waits
+//!   with `Upgrade::wait_ready` until the new process is ready (it serves
+//!   meanwhile in a real program), then reads `CLOCK_MONOTONIC` and calls
+//!   `Upgrade::hand_over`; the new process reads the clock as soon as
+//!   `mitosis::init` returns and reports its reading over a Unix stream
+//!   socket. The pause is the difference. `hand_over` → `Done` (the old
+//!   side's own view) and `prepare` → ready are kept too;
 //! - the **exec floor**: spawning this binary until it connects back over
 //!   loopback TCP, with no handover (and the same for `shellflip-bench`);
 //! - **mitosis handovers** of a small state (1 KiB + 3 fds), of `Vec<u8>`
 //!   states from 0 B to 256 MiB, of a 1,000,000-entry
 //!   `HashMap<String, Vec<String>>` (with postcard encode+decode of the same
-//!   value in memory, in the same round), and of 0 to 10,000 fds. Each is
-//!   timed from `split()` to `Outcome::Done` in this process, and from
-//!   `split()` to `init()` returning in the new process, which reports its
-//!   `CLOCK_MONOTONIC` reading over a Unix stream socket;
+//!   value in memory, in the same round), and of 0 to 10,000 fds. Every
+//!   round of each runs two handovers, in an order that alternates from
+//!   round to round: one prepared (the pause), and one with `split`, timed
+//!   from `split()` to `Outcome::Done` here and to `init()` returning in the
+//!   new process;
+//! - the **memory floor**: in this process, a fresh 256 MiB `Vec<u8>` and
+//!   a copy of the same bytes into it, which is what any receiver of
+//!   256 MiB pays at least (the page faults and the copy);
+//! - the **peak memory** of the 256 MiB handover: `VmHWM` from
+//!   `/proc/<pid>/status`, which the new process reads for itself after
+//!   `init`. The old side of that case runs in a process of its own (this
+//!   binary's hidden `old` command), which builds the state, hands it over
+//!   and reads its own `VmHWM`, so that nothing else the harness holds (the
+//!   map, the memory floor's buffers) counts;
 //! - **shellflip 2.1.3** restarting `shellflip-bench` with the small state,
 //!   from asking for the restart to the new process being ready, as the old
 //!   process sees it.
+//!
+//! The transparent huge page settings
+//! (`/sys/kernel/mm/transparent_hugepage/enabled` and `defrag`) change the
+//! cost of faulting 256 MiB in, so bench.md records them. For the THP-off
+//! variant, either switch THP off by hand as root
+//! (`echo never > /sys/kernel/mm/transparent_hugepage/enabled`, and put the
+//! previous word back afterwards), or pass `--thp never` to a run as root:
+//! the harness switches it, and puts the previous setting back when the run
+//! ends, fails or panics (not when it is killed by a signal; it prints the
+//! command that restores it).
 //!
 //! It prints a table and the targets' verdicts, and writes `bench.md`,
 //! `bench-state.svg` and `bench-fds.svg` into the output directory.
@@ -30,6 +58,7 @@ mod report;
 use std::collections::HashMap;
 use std::error::Error;
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -39,29 +68,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use mitosis::{Handover, Outcome, SplitOptions};
-use mitosis_bench::{SMALL_BLOB_BYTES, checksum, monotonic_ns, pattern};
+use mitosis_bench::{SMALL_BLOB_BYTES, checksum, monotonic_ns, own_vm_hwm, pattern, thp_mode};
 use rustix::net::sockopt;
 use rustix::process::{Pid, Resource, Rlimit, WaitOptions, getrlimit, setrlimit, waitpid};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
-/// `Vec<u8>` state sizes, smallest first.
-const BLOB_SIZES: [usize; 6] = [0, 1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20];
-/// Sizes from this one up run the large cases' number of rounds.
-const LARGE_BLOB: usize = 256 << 20;
+/// `Vec<u8>` state sizes the harness hands over itself, smallest first.
+/// The large one ([`Job::Large`]) is apart: its old side runs in a process
+/// of its own.
+const BLOB_SIZES: [usize; 5] = [0, 1 << 10, 64 << 10, 1 << 20, 16 << 20];
+/// The large `Vec<u8>` and the memory floor, unless `--large-bytes` says
+/// otherwise.
+const LARGE_BYTES: usize = 256 << 20;
 /// fd counts, smallest first.
 const FD_COUNTS: [usize; 6] = [0, 1, 16, 256, 1024, 10_000];
 /// Entries in the map case.
 const MAP_ENTRIES: usize = 1_000_000;
 /// fds this process and its new processes need besides the state's.
 const FD_MARGIN: u64 = 256;
-/// Generous: a 256 MiB or 1M-entry handover on a busy machine.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Generous, for both the start and the transfer: a 256 MiB or 1M-entry
+/// handover on a busy machine must not fail the run.
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the kernel keeps the transparent huge page settings.
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+const THP_DEFRAG: &str = "/sys/kernel/mm/transparent_hugepage/defrag";
 
-/// The mitosis benchmark harness: the exec floor, handover latency against
-/// state size and fd count, and shellflip, in one run.
+/// The mitosis benchmark harness: the pause, the exec floor, handover
+/// latency against state size and fd count, the memory floor, peak memory,
+/// and shellflip, in one run.
 #[derive(Parser, Debug)]
 #[command(name = "bench", version, about)]
 struct Cli {
@@ -69,7 +106,7 @@ struct Cli {
     /// floors and shellflip) [default: 200, or 15 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
-    /// Rounds of the 256 MiB and the 1M-entry map cases [default:
+    /// Rounds of the 256 MiB, memory floor and 1M-entry map cases [default:
     /// max(10, rounds / 20), or 3 with --quick].
     #[arg(long)]
     large_rounds: Option<usize>,
@@ -77,10 +114,20 @@ struct Cli {
     /// figures.
     #[arg(long)]
     quick: bool,
-    /// Run only these cases (for profiling): floor, shellflip-floor,
-    /// shellflip, small, blob-BYTES, map, fds-N. Repeatable.
+    /// Run only these cases (for profiling and smoke tests): floor,
+    /// floor-fds-10000, shellflip-floor, shellflip, small, blob-BYTES,
+    /// large, memory-floor, map, fds-N. Repeatable.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
+    /// The size of the large `Vec<u8>` case and of the memory floor. The
+    /// targets are about the default; smaller sizes are for smoke tests.
+    #[arg(long, value_name = "BYTES", default_value_t = LARGE_BYTES)]
+    large_bytes: usize,
+    /// Switch transparent huge pages (the kernel's `enabled` setting) to
+    /// this for the run, and back afterwards; needs root. Without it, the
+    /// run keeps the system's setting. Either way bench.md records it.
+    #[arg(long, value_name = "MODE")]
+    thp: Option<ThpMode>,
     /// Where bench.md, bench-state.svg and bench-fds.svg go.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
@@ -97,6 +144,67 @@ enum Internal {
     /// The new process of a handover: report to this abstract socket.
     #[command(hide = true)]
     Child { report: String, seq: u64 },
+    /// The old side of one large handover, in a process of its own so that
+    /// its peak memory is its own: build a `Vec<u8>` of BYTES, hand it over
+    /// to a `child <report> <seq>`, and print the clock readings, the
+    /// state's check and this process's VmHWM on stdout.
+    #[command(hide = true)]
+    Old {
+        bytes: usize,
+        via: Via,
+        report: String,
+        seq: u64,
+    },
+}
+
+/// How the old side hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// `split()`: start the new process and hand over as soon as it is
+    /// ready, in one call.
+    Split,
+    /// `prepare()`, `wait_ready()`, then `hand_over()`: the pause alone.
+    Prepared,
+}
+
+impl Via {
+    /// Both, in an order that alternates from round to round, so that
+    /// neither always runs in the other's wake (its freed memory, its
+    /// reaped process).
+    fn both(round: usize) -> [Via; 2] {
+        if round % 2 == 0 {
+            [Via::Split, Via::Prepared]
+        } else {
+            [Via::Prepared, Via::Split]
+        }
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Via::Split => "split",
+            Via::Prepared => "prepared",
+        })
+    }
+}
+
+/// The values of THP's `enabled` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ThpMode {
+    Always,
+    Madvise,
+    Never,
+}
+
+impl fmt::Display for ThpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ThpMode::Always => "always",
+            ThpMode::Madvise => "madvise",
+            ThpMode::Never => "never",
+        })
+    }
 }
 
 /// Everything a handover can carry: one variant per kind of case.
@@ -160,11 +268,17 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse_from(args);
-    let result = match cli.internal {
+    let result = match &cli.internal {
         Some(Internal::Floor { .. }) => Err("`floor` takes a port".into()),
         Some(Internal::Child { .. }) => {
             Err("`child` is for handed-over processes, which mitosis starts".into())
         }
+        Some(Internal::Old {
+            bytes,
+            via,
+            report,
+            seq,
+        }) => old_process(*bytes, *via, report, *seq),
         None => harness(&cli),
     };
     match result {
@@ -176,10 +290,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// A handover's new process: the clock first, then the check, then the
-/// report. Then it keeps the state, as a real new process would, until the
-/// harness has timed the old process's `Done` and hangs up; so the old
-/// process never closes the last copy of a handed-over fd within the clock.
+/// A handover's new process: the clock first, then the check and its own
+/// peak memory, then the report. Then it keeps the state, as a real new
+/// process would, until the harness has timed the old side's `Done` and
+/// hangs up; so the old side never closes the last copy of a handed-over
+/// fd within the clock.
 fn new_process(state: Case) -> ExitCode {
     let init_ns = monotonic_ns();
     let check = state.check();
@@ -191,9 +306,10 @@ fn new_process(state: Case) -> ExitCode {
         eprintln!("bench (new process): started without `child <report> <seq>`");
         return ExitCode::FAILURE;
     };
-    let reported = UnixAddr::from_abstract_name(report.as_bytes()).and_then(|addr| {
+    let reported = own_vm_hwm().and_then(|hwm| {
+        let addr = UnixAddr::from_abstract_name(report.as_bytes())?;
         let mut harness = UnixStream::connect_addr(&addr)?;
-        harness.write_all(format!("{seq} {init_ns} {check}\n").as_bytes())?;
+        harness.write_all(format!("{seq} {init_ns} {check} {hwm}\n").as_bytes())?;
         // Until the harness hangs up (or dies).
         std::io::copy(&mut harness, &mut std::io::sink())
     });
@@ -203,6 +319,38 @@ fn new_process(state: Case) -> ExitCode {
     }
     drop(state);
     std::process::exit(0);
+}
+
+/// `bench old`: the old side of one large handover, in a process that
+/// holds nothing else, so that its VmHWM is the state's and the
+/// handover's. It prints `pid start handing done check vmhwm` once the
+/// new process has taken over, and exits once it has reaped it (which
+/// happens when the harness has read the new process's report and hung
+/// up).
+fn old_process(bytes: usize, via: Via, report: &str, seq: u64) -> Result<()> {
+    let state = Case::Blob {
+        data: pattern(bytes),
+    };
+    let check = state.check();
+    let old = old_side(state, &child_options(report, seq), via)?;
+    // The handover thread frees the old copy of the state after Done: the
+    // peak is read once it has finished, so that it covers all of the
+    // handover's work in this process.
+    settle()?;
+    let hwm = own_vm_hwm()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} {} {} {} {check} {hwm}",
+        old.pid, old.start, old.handing, old.done
+    )?;
+    out.flush()?;
+    drop(out);
+    waitpid(
+        Some(Pid::from_raw(old.pid as i32).ok_or("bad pid")?),
+        WaitOptions::empty(),
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -222,8 +370,14 @@ enum Job {
     Shellflip,
     /// mitosis: 1 KiB + 3 fds.
     Small,
-    /// mitosis: a `Vec<u8>` of this many bytes.
+    /// mitosis: a `Vec<u8>` of this many bytes, handed over by the harness.
     Blob(usize),
+    /// mitosis: the large `Vec<u8>` (256 MiB), handed over by a process of
+    /// its own (`bench old`), whose peak memory is measured too.
+    Large,
+    /// A fresh `Vec<u8>` of the large size, and a copy into it, in this
+    /// process: the least any receiver of that state pays.
+    MemoryFloor,
     /// mitosis: the 1M-entry map, and postcard on the same value.
     Map,
     /// mitosis: this many fds.
@@ -240,27 +394,54 @@ impl Job {
             Job::Shellflip => "shellflip".into(),
             Job::Small => "small".into(),
             Job::Blob(size) => format!("blob-{size}"),
+            Job::Large => "large".into(),
+            Job::MemoryFloor => "memory-floor".into(),
             Job::Map => "map".into(),
             Job::Fds(n) => format!("fds-{n}"),
         }
     }
 
     fn is_large(self) -> bool {
-        matches!(self, Job::Map) || matches!(self, Job::Blob(size) if size >= LARGE_BLOB)
+        matches!(self, Job::Large | Job::MemoryFloor | Job::Map)
+    }
+
+    /// Every case, in the order the report lists them.
+    fn all() -> Vec<Job> {
+        let mut jobs = vec![
+            Job::Floor,
+            Job::FloorFds(FD_COUNTS[FD_COUNTS.len() - 1]),
+            Job::ShellflipFloor,
+            Job::Shellflip,
+            Job::Small,
+        ];
+        jobs.extend(BLOB_SIZES.map(Job::Blob));
+        jobs.extend(FD_COUNTS.map(Job::Fds));
+        jobs.extend([Job::Large, Job::MemoryFloor, Job::Map]);
+        jobs
     }
 }
 
-/// A job's samples, in nanoseconds.
+/// A job's samples: durations in nanoseconds, memory in bytes.
 #[derive(Debug, Default, Clone)]
 struct Samples {
     /// `split()` → `Done`; for the floors and shellflip, their one figure.
     done: Vec<u64>,
     /// `split()` → `init()` returns.
     init: Vec<u64>,
-    /// `split()` → the later of the two.
-    end_to_end: Vec<u64>,
+    /// Prepared: `hand_over()` → `init()` returns. The pause.
+    pause: Vec<u64>,
+    /// Prepared: `hand_over()` → `Done`.
+    pause_done: Vec<u64>,
+    /// Prepared: `prepare()` → `wait_ready()` returns, while a real
+    /// program would serve.
+    ready: Vec<u64>,
     /// postcard `to_stdvec` + `from_bytes` of the same value (map only).
     postcard: Vec<u64>,
+    /// VmHWM of the old side after each handover, when it ran in a process
+    /// of its own ([`Job::Large`]).
+    hwm_old: Vec<u64>,
+    /// VmHWM of each new process once `init` has returned.
+    hwm_new: Vec<u64>,
     /// The state's data bytes: the `Vec<u8>`'s length, or the map's
     /// postcard encoding, for the table and the plot.
     encoded_bytes: u64,
@@ -268,9 +449,112 @@ struct Samples {
 
 impl Samples {
     fn push(&mut self, handed: Handed) {
-        self.done.push(handed.done);
-        self.init.push(handed.init);
-        self.end_to_end.push(handed.done.max(handed.init));
+        let Handed {
+            via,
+            old,
+            init,
+            hwm_new,
+            hwm_old,
+        } = handed;
+        match via {
+            Via::Split => {
+                self.done.push(old.done - old.start);
+                self.init.push(init.saturating_sub(old.start));
+            }
+            Via::Prepared => {
+                self.ready.push(old.handing - old.start);
+                self.pause.push(init.saturating_sub(old.handing));
+                self.pause_done.push(old.done - old.handing);
+            }
+        }
+        self.hwm_new.push(hwm_new);
+        self.hwm_old.extend(hwm_old);
+    }
+}
+
+/// The transparent huge page settings in force: the bracketed words of
+/// `enabled` and `defrag`, or why they could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Thp {
+    enabled: String,
+    defrag: String,
+}
+
+impl Thp {
+    fn read() -> Thp {
+        let read = |path: &str| match std::fs::read_to_string(path) {
+            Ok(text) => thp_mode(&text).unwrap_or("unparsed").to_string(),
+            Err(_) => "unavailable".to_string(),
+        };
+        Thp {
+            enabled: read(THP_ENABLED),
+            defrag: read(THP_DEFRAG),
+        }
+    }
+}
+
+impl fmt::Display for Thp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "enabled `{}`, defrag `{}`", self.enabled, self.defrag)
+    }
+}
+
+/// THP's `enabled` switched for this run by `--thp`; dropping it puts the
+/// previous word back, so the machine is left as it was whether the run
+/// ends, fails with an error or panics.
+struct ThpSwitch {
+    /// The `enabled` file: [`THP_ENABLED`], but for the tests.
+    path: PathBuf,
+    previous: String,
+}
+
+impl ThpSwitch {
+    /// Switches the system to `mode`; `None` when it is in force already.
+    fn to(mode: ThpMode) -> Result<Option<ThpSwitch>> {
+        ThpSwitch::at(Path::new(THP_ENABLED), mode)
+    }
+
+    /// Switches the `enabled` file at `path` to `mode`.
+    fn at(path: &Path, mode: ThpMode) -> Result<Option<ThpSwitch>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        // Without a word to write back, the machine could not be restored:
+        // leave it alone.
+        let previous = thp_mode(&text)
+            .ok_or_else(|| format!("no setting in brackets in {}: {text:?}", path.display()))?
+            .to_string();
+        if previous == mode.to_string() {
+            return Ok(None);
+        }
+        std::fs::write(path, mode.to_string()).map_err(|error| {
+            format!(
+                "cannot set {} to {mode} ({error}); --thp needs root",
+                path.display()
+            )
+        })?;
+        eprintln!(
+            "bench: transparent huge pages: {previous} → {mode} for this run; if the run is \
+             killed, restore it with `echo {previous} > {}`",
+            path.display()
+        );
+        Ok(Some(ThpSwitch {
+            path: path.to_path_buf(),
+            previous,
+        }))
+    }
+}
+
+impl Drop for ThpSwitch {
+    fn drop(&mut self) {
+        match std::fs::write(&self.path, &self.previous) {
+            Ok(()) => eprintln!("bench: transparent huge pages: {} again", self.previous),
+            Err(error) => eprintln!(
+                "bench: COULD NOT restore transparent huge pages ({error}): run \
+                 `echo {} > {}` as root",
+                self.previous,
+                self.path.display()
+            ),
+        }
     }
 }
 
@@ -281,10 +565,20 @@ struct Run {
     skipped: Vec<(Job, String)>,
     rounds: usize,
     large_rounds: usize,
+    /// The size of the large `Vec<u8>` and of the memory floor.
+    large_bytes: usize,
     /// RLIMIT_NOFILE's soft limit during the run, and a sentence about it.
     fd_limit: (u64, String),
     load_before: String,
     load_after: String,
+    /// The THP settings at the start of the rounds and at their end (they
+    /// are system-wide: anyone may change them meanwhile).
+    thp_before: Thp,
+    thp_after: Thp,
+    /// `--thp`, if given, and the `enabled` word the run switched from, if
+    /// it did.
+    thp_asked: Option<ThpMode>,
+    thp_switched_from: Option<String>,
     /// What working out the state type's schema costs (once per handover,
     /// in each process).
     schema: SchemaCost,
@@ -323,10 +617,39 @@ fn schema_cost() -> Result<SchemaCost> {
     })
 }
 
-/// What a mitosis round measured.
-struct Handed {
+/// The old side's `CLOCK_MONOTONIC` readings for one handover, in
+/// nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct OldSide {
+    /// The new process.
+    pid: u32,
+    /// Before `split()`, or before `prepare()`.
+    start: u64,
+    /// Before `hand_over()`, once `wait_ready()` said ready; for a split,
+    /// the same as `start`.
+    handing: u64,
+    /// When `wait()` returned `Done`.
     done: u64,
+}
+
+/// What the new process reported: its clock reading as `init` returned,
+/// the check of its state, and its VmHWM.
+struct Report {
     init: u64,
+    check: u64,
+    hwm: u64,
+}
+
+/// What a mitosis handover measured.
+struct Handed {
+    via: Via,
+    old: OldSide,
+    /// The new process's clock reading as `init` returned.
+    init: u64,
+    /// The new process's VmHWM, and the old side's when it ran in a
+    /// process of its own.
+    hwm_new: u64,
+    hwm_old: Option<u64>,
 }
 
 struct Harness {
@@ -337,6 +660,7 @@ struct Harness {
     /// The other end of the small state's TCP stream.
     peer: TcpListener,
     exe: PathBuf,
+    large_bytes: usize,
     /// `shellflip-bench`'s path, and its `serve` process once started.
     shellflip_exe: PathBuf,
     shellflip: Option<Shellflip>,
@@ -350,24 +674,27 @@ fn harness(cli: &Cli) -> Result<()> {
     if rounds == 0 || large_rounds == 0 {
         return Err("at least one round of each".into());
     }
+    if cli.large_bytes == 0 {
+        return Err("--large-bytes must be above 0: the memory floor divides by it".into());
+    }
     if cfg!(debug_assertions) {
         eprintln!("bench: this is a debug build; its figures mean little (use --release)");
     }
+    // Switched first and restored last (when this guard drops, on every
+    // way out of this function), so that every round runs under it.
+    let thp_switch = match cli.thp {
+        Some(mode) => ThpSwitch::to(mode)?,
+        None => None,
+    };
+    let thp_switched_from = thp_switch.as_ref().map(|switch| switch.previous.clone());
+    let thp_before = Thp::read();
+    eprintln!("bench: transparent huge pages: {thp_before}");
     let load_before = load_average();
     let exe = std::env::current_exe()?;
     let fd_limit = raise_fd_limit(FD_COUNTS[FD_COUNTS.len() - 1] as u64 + FD_MARGIN);
     eprintln!("bench: {}", fd_limit.1);
 
-    let mut jobs = vec![
-        Job::Floor,
-        Job::FloorFds(FD_COUNTS[FD_COUNTS.len() - 1]),
-        Job::ShellflipFloor,
-        Job::Shellflip,
-        Job::Small,
-    ];
-    jobs.extend(BLOB_SIZES.map(Job::Blob));
-    jobs.extend(FD_COUNTS.map(Job::Fds));
-    jobs.push(Job::Map);
+    let mut jobs = Job::all();
     for name in &cli.only {
         if !jobs.iter().any(|job| job.name() == *name) {
             let names: Vec<String> = jobs.iter().map(|job| job.name()).collect();
@@ -406,13 +733,14 @@ fn harness(cli: &Cli) -> Result<()> {
     let report = UnixListener::bind_addr(&UnixAddr::from_abstract_name(report_name.as_bytes())?)?;
     // `accept` obeys the receive timeout: a new process that dies before
     // reporting fails the run instead of hanging it.
-    sockopt::set_socket_timeout(&report, sockopt::Timeout::Recv, Some(COMMIT_TIMEOUT))?;
+    sockopt::set_socket_timeout(&report, sockopt::Timeout::Recv, Some(TIMEOUT))?;
     let mut harness = Harness {
         report,
         report_name,
         seq: 0,
         peer: TcpListener::bind("127.0.0.1:0")?,
         exe,
+        large_bytes: cli.large_bytes,
         shellflip_exe,
         shellflip: None,
     };
@@ -459,9 +787,14 @@ fn harness(cli: &Cli) -> Result<()> {
         skipped,
         rounds,
         large_rounds,
+        large_bytes: cli.large_bytes,
         fd_limit,
         load_before,
         load_after: load_average(),
+        thp_before,
+        thp_after: Thp::read(),
+        thp_asked: cli.thp,
+        thp_switched_from,
         schema: schema_cost()?,
     };
     let text = report::markdown(&run, &command_line());
@@ -475,11 +808,19 @@ fn harness(cli: &Cli) -> Result<()> {
         "bench: wrote {}, bench-state.svg and bench-fds.svg",
         cli.out.join("bench.md").display()
     );
+    drop(thp_switch);
     Ok(())
 }
 
 impl Harness {
+    /// One round of `job`. A handover case runs twice, prepared and with
+    /// `split`, in the order [`Via::both`] gives for the case's own round
+    /// number: the large cases run only in some of the iterations (every
+    /// twentieth, all odd, by default), so the iteration's number would
+    /// put them in the same order every time.
     fn run(&mut self, job: Job, samples: &mut Samples, map: &mut Option<MapMaster>) -> Result<()> {
+        // One pause per round of a handover case.
+        let round = samples.pause.len();
         match job {
             Job::Floor => samples.done.push(spawn_until_connected(&self.exe)?),
             Job::FloorFds(n) => {
@@ -499,73 +840,152 @@ impl Harness {
                 };
                 samples.done.push(shellflip.restart()?);
             }
+            Job::MemoryFloor => {
+                samples.encoded_bytes = self.large_bytes as u64;
+                samples.done.push(memory_floor(self.large_bytes)?);
+            }
             Job::Small => {
-                let state = Case::Small {
-                    blob: pattern(SMALL_BLOB_BYTES),
-                    listener: TcpListener::bind("127.0.0.1:0")?,
-                    stream: TcpStream::connect(self.peer.local_addr()?)?,
-                    file: File::open(&self.exe)?,
-                };
-                // Keep the other end open until the handover is over.
-                let (_accepted, _) = self.peer.accept()?;
                 samples.encoded_bytes = SMALL_BLOB_BYTES as u64;
-                let handed = self.hand_over(state)?;
-                samples.push(handed);
+                for via in Via::both(round) {
+                    let state = Case::Small {
+                        blob: pattern(SMALL_BLOB_BYTES),
+                        listener: TcpListener::bind("127.0.0.1:0")?,
+                        stream: TcpStream::connect(self.peer.local_addr()?)?,
+                        file: File::open(&self.exe)?,
+                    };
+                    // Keep the other end open until the handover is over.
+                    let (_accepted, _) = self.peer.accept()?;
+                    samples.push(self.hand_over(state, via)?);
+                }
             }
             Job::Blob(size) => {
                 samples.encoded_bytes = size as u64;
-                let handed = self.hand_over(Case::Blob {
-                    data: pattern(size),
-                })?;
-                samples.push(handed);
+                for via in Via::both(round) {
+                    let data = pattern(size);
+                    samples.push(self.hand_over(Case::Blob { data }, via)?);
+                }
+            }
+            Job::Large => {
+                samples.encoded_bytes = self.large_bytes as u64;
+                for via in Via::both(round) {
+                    samples.push(self.hand_over_apart(self.large_bytes, via)?);
+                }
             }
             Job::Map => {
                 let master = map.get_or_insert_with(MapMaster::build);
                 samples.encoded_bytes = master.encoded_bytes;
-                let value = master.map.clone();
-                samples.postcard.push(postcard_round_trip(&value)?);
-                let handed = self.hand_over(Case::Map { map: value })?;
-                samples.push(handed);
+                for (i, via) in Via::both(round).into_iter().enumerate() {
+                    // Cloned before the clock starts; the handover takes
+                    // (and in the end frees) the clone. postcard runs on
+                    // the very value the first handover then takes, a
+                    // fresh clone laid out in memory as the handed-over
+                    // values are, rather than on the long-lived master.
+                    let map = master.map.clone();
+                    if i == 0 {
+                        samples.postcard.push(postcard_round_trip(&map)?);
+                    }
+                    samples.push(self.hand_over(Case::Map { map }, via)?);
+                }
             }
             Job::Fds(n) => {
-                let handed = self.hand_over(fds_state(n, &self.exe)?)?;
-                samples.push(handed);
+                for via in Via::both(round) {
+                    let state = fds_state(n, &self.exe)?;
+                    samples.push(self.hand_over(state, via)?);
+                }
             }
         }
         Ok(())
     }
 
-    /// One mitosis handover to a new copy of this binary: `split()` →
-    /// `Done` here, and `split()` → `init()` returning there.
-    fn hand_over(&mut self, state: Case) -> Result<Handed> {
+    fn next_seq(&mut self) -> u64 {
         self.seq += 1;
-        let seq = self.seq;
+        self.seq
+    }
+
+    /// One mitosis handover from this process to a new copy of this
+    /// binary.
+    fn hand_over(&mut self, state: Case, via: Via) -> Result<Handed> {
+        let seq = self.next_seq();
         let expected = state.check();
-        let mut options = SplitOptions::new();
-        options
-            .start_timeout(COMMIT_TIMEOUT)
-            .transfer_timeout(COMMIT_TIMEOUT)
-            .args([
-                OsString::from("child"),
-                OsString::from(&self.report_name),
-                OsString::from(seq.to_string()),
-            ]);
-
+        let old = old_side(state, &child_options(&self.report_name, seq), via)?;
+        let report = self.report_of(seq, old.pid)?;
+        // The new process is our child: reap it.
+        waitpid(
+            Some(Pid::from_raw(old.pid as i32).ok_or("bad pid")?),
+            WaitOptions::empty(),
+        )?;
+        // This process's copy of the state is freed on mitosis's handover
+        // thread after Done; let it finish before the next round starts.
         settle()?;
-        let start = monotonic_ns();
-        let split = options.split(state);
-        let pid = split.pid().unwrap_or(0);
-        let outcome = split.wait();
-        let done = monotonic_ns();
-
-        if let Outcome::Failed { error, .. } = outcome {
-            return Err(format!("the handover failed: {error}").into());
+        if report.check != expected {
+            return Err("the new process's state differs from the old one's".into());
         }
-        // The new process reports once init has returned, and exits when
-        // this end hangs up.
+        Ok(Handed {
+            via,
+            old,
+            init: report.init,
+            hwm_new: report.hwm,
+            hwm_old: None,
+        })
+    }
+
+    /// One handover of a `Vec<u8>` of `bytes` whose old side is `bench
+    /// old`, a process of its own, so that its peak memory is the
+    /// handover's alone. The new process is that process's child, and
+    /// reports here as any other.
+    fn hand_over_apart(&mut self, bytes: usize, via: Via) -> Result<Handed> {
+        let seq = self.next_seq();
+        let mut old_process = Command::new(&self.exe)
+            .args(["old", &bytes.to_string(), &via.to_string()])
+            .arg(&self.report_name)
+            .arg(seq.to_string())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = old_process.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let [pid, start, handing, done, expected, hwm_old] = fields[..] else {
+            let status = old_process.wait()?;
+            return Err(format!(
+                "`bench old` printed {line:?} and exited with {status} (see its stderr)"
+            )
+            .into());
+        };
+        let old = OldSide {
+            pid: u32::try_from(pid)?,
+            start,
+            handing,
+            done,
+        };
+        let report = self.report_of(seq, old.pid)?;
+        // `bench old` reaps the new process, which exits now that the
+        // report's connection is closed, and then exits itself.
+        let status = old_process.wait()?;
+        if !status.success() {
+            return Err(format!("`bench old` exited with {status}").into());
+        }
+        if report.check != expected {
+            return Err("the new process's state differs from the old one's".into());
+        }
+        Ok(Handed {
+            via,
+            old,
+            init: report.init,
+            hwm_new: report.hwm,
+            hwm_old: Some(hwm_old),
+        })
+    }
+
+    /// The report of handover `seq`'s new process (`pid`), which it sends
+    /// once `init` has returned. Closing the connection lets it exit.
+    fn report_of(&mut self, seq: u64, pid: u32) -> Result<Report> {
         let no_report = |error| format!("no report from the new process (pid {pid}): {error}");
         let (conn, _) = self.report.accept().map_err(no_report)?;
-        conn.set_read_timeout(Some(COMMIT_TIMEOUT))?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
         let mut line = String::new();
         BufReader::new(&conn)
             .read_line(&mut line)
@@ -574,29 +994,80 @@ impl Harness {
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        let [got_seq, init, check] = fields[..] else {
+        let [got_seq, init, check, hwm] = fields[..] else {
             return Err(format!("the new process reported {line:?}").into());
         };
-        drop(conn);
-        // The new process is our child: reap it.
-        waitpid(
-            Some(Pid::from_raw(pid as i32).ok_or("bad pid")?),
-            WaitOptions::empty(),
-        )?;
-        // This process's copy of the state is freed on mitosis's handover
-        // thread after Done; let it finish before the next round starts.
-        settle()?;
         if got_seq != seq {
             return Err(format!("report {got_seq} came for handover {seq}").into());
         }
-        if check != expected {
-            return Err("the new process's state differs from the old one's".into());
-        }
-        Ok(Handed {
-            done: done - start,
-            init: init.saturating_sub(start),
-        })
+        Ok(Report { init, check, hwm })
     }
+}
+
+/// The options of every handover: the new process is `bench child`, and
+/// the timeouts are generous.
+fn child_options(report_name: &str, seq: u64) -> SplitOptions {
+    let mut options = SplitOptions::new();
+    options
+        .start_timeout(TIMEOUT)
+        .transfer_timeout(TIMEOUT)
+        .args([
+            OsString::from("child"),
+            OsString::from(report_name),
+            OsString::from(seq.to_string()),
+        ]);
+    options
+}
+
+/// The old side of one handover, timed: `split()` → `Done`, or
+/// `prepare()` → ready, then `hand_over()` → `Done`.
+fn old_side(state: Case, options: &SplitOptions, via: Via) -> Result<OldSide> {
+    settle()?;
+    let start = monotonic_ns();
+    let (split, handing) = match via {
+        Via::Split => (options.split(state), start),
+        Via::Prepared => {
+            let mut upgrade = options.prepare(&state)?;
+            if !upgrade.wait_ready(TIMEOUT)? {
+                return Err(format!("the new process was not ready within {TIMEOUT:?}").into());
+            }
+            let handing = monotonic_ns();
+            (upgrade.hand_over(state), handing)
+        }
+    };
+    let pid = split.pid();
+    let outcome = split.wait();
+    let done = monotonic_ns();
+    match (outcome, pid) {
+        (Outcome::Done { .. }, Some(pid)) => Ok(OldSide {
+            pid,
+            start,
+            handing,
+            done,
+        }),
+        (Outcome::Done { pid }, None) => {
+            Err(format!("Done from pid {pid}, which the handle did not know").into())
+        }
+        (Outcome::Failed { error, .. }, _) => {
+            Err(format!("the handover ({via}) failed: {error}").into())
+        }
+    }
+}
+
+/// The memory floor: a fresh `Vec<u8>` of `bytes` and a copy of the same
+/// bytes into it, timed together. Fresh: glibc serves an allocation this
+/// large with its own `mmap`, so every page faults in inside the clock, as
+/// a receiver's buffer does.
+fn memory_floor(bytes: usize) -> Result<u64> {
+    let source = pattern(bytes);
+    settle()?;
+    let start = monotonic_ns();
+    let copy = std::hint::black_box(source.as_slice()).to_vec();
+    let took = monotonic_ns() - start;
+    if std::hint::black_box(&copy) != &source {
+        return Err("the copy differs".into());
+    }
+    Ok(took)
 }
 
 /// Waits until this process is down to its main thread (mitosis's handover
@@ -607,7 +1078,7 @@ impl Harness {
 fn settle() -> Result<()> {
     let started = monotonic_ns();
     while std::fs::read_dir("/proc/self/task")?.count() > 1 {
-        if monotonic_ns() - started > COMMIT_TIMEOUT.as_nanos() as u64 {
+        if monotonic_ns() - started > TIMEOUT.as_nanos() as u64 {
             return Err("mitosis's handover thread did not finish".into());
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -877,5 +1348,209 @@ fn command_line() -> String {
         format!("cargo run{profile} -p mitosis-bench --bin bench{rest}")
     } else {
         format!("{}{}", exe.display(), rest.replacen(" --", "", 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The harness's logic without its processes: the order of the
+    //! handovers, the case names, and the report and plots of a made-up
+    //! run. No assertion here depends on how fast anything ran.
+
+    use super::*;
+
+    #[test]
+    fn rounds_alternate_the_two_handovers() {
+        assert_eq!(Via::both(0), [Via::Split, Via::Prepared]);
+        assert_eq!(Via::both(1), [Via::Prepared, Via::Split]);
+        assert_eq!(Via::both(2), Via::both(0));
+    }
+
+    /// On a stand-in for the kernel's file: switching the real one would
+    /// change every process on the machine.
+    #[test]
+    fn thp_switches_and_switches_back() {
+        let path = std::env::temp_dir().join(format!("mitosis-bench-thp-{}", std::process::id()));
+        std::fs::write(&path, "always [madvise] never\n").unwrap();
+        assert!(
+            ThpSwitch::at(&path, ThpMode::Madvise).unwrap().is_none(),
+            "in force already: nothing to switch"
+        );
+        let switch = ThpSwitch::at(&path, ThpMode::Never)
+            .unwrap()
+            .expect("switched");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "never");
+        drop(switch);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "madvise");
+        // No word in brackets: nothing to restore later, so no switch.
+        std::fs::write(&path, "always madvise never\n").unwrap();
+        assert!(ThpSwitch::at(&path, ThpMode::Never).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "always madvise never\n"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn every_case_has_its_own_name() {
+        let names: Vec<String> = Job::all().into_iter().map(Job::name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for name in ["large", "memory-floor", "map", "small", "fds-10000"] {
+            assert!(names.iter().any(|n| n == name), "{name} missing");
+        }
+        let large: Vec<Job> = Job::all().into_iter().filter(|j| j.is_large()).collect();
+        assert_eq!(large, [Job::Large, Job::MemoryFloor, Job::Map]);
+    }
+
+    const MS: u64 = 1_000_000;
+    const MIB: u64 = 1 << 20;
+
+    /// A run with one figure per case, chosen so that some targets are met
+    /// and some are not.
+    fn made_up_run() -> Run {
+        let mut samples = HashMap::new();
+        let mut put = |job: Job, fill: &dyn Fn(&mut Samples)| {
+            let mut s = Samples::default();
+            fill(&mut s);
+            samples.insert(job, s);
+        };
+        put(Job::Floor, &|s| s.done = vec![2 * MS; 3]);
+        put(Job::ShellflipFloor, &|s| s.done = vec![2 * MS; 3]);
+        put(Job::FloorFds(10_000), &|s| s.done = vec![4 * MS; 3]);
+        // shellflip 2.6 ms against a 0.4 ms pause: 6.5×, met.
+        put(Job::Shellflip, &|s| s.done = vec![26 * MS / 10; 3]);
+        let handovers = |pause: u64| {
+            move |s: &mut Samples| {
+                s.pause = vec![pause; 3];
+                s.pause_done = vec![pause + MS / 10; 3];
+                s.ready = vec![2 * MS; 3];
+                s.done = vec![pause + 2 * MS; 3];
+                s.init = vec![pause + 2 * MS - MS / 10; 3];
+                s.hwm_new = vec![3 * MIB; 3];
+            }
+        };
+        // 0.4 ms against a 2 ms floor: 0.2×, met.
+        put(Job::Small, &handovers(4 * MS / 10));
+        for size in BLOB_SIZES {
+            put(Job::Blob(size), &|s| {
+                handovers(MS + size as u64 / MIB)(s);
+                s.encoded_bytes = size as u64;
+            });
+        }
+        for n in FD_COUNTS {
+            // 10,000 fds: 6 ms more than 0 fds, not met.
+            put(Job::Fds(n), &handovers(MS / 10 + n as u64 * 600));
+        }
+        // Floor 90 ms / pause 100 ms = 0.9, met.
+        put(Job::MemoryFloor, &|s| s.done = vec![90 * MS; 3]);
+        put(Job::Large, &|s| {
+            handovers(100 * MS)(s);
+            s.encoded_bytes = 256 * MIB;
+            // Old: 270 MiB (met); new: 300 MiB (not met).
+            s.hwm_old = vec![260 * MIB, 270 * MIB];
+            s.hwm_new = vec![300 * MIB, 290 * MIB];
+        });
+        // 1,200 ms against 1,000 ms: 1.2×, not met.
+        put(Job::Map, &|s| {
+            handovers(1_200 * MS)(s);
+            s.postcard = vec![1_000 * MS; 3];
+            s.encoded_bytes = 36 * MIB;
+        });
+        let thp = Thp {
+            enabled: "madvise".into(),
+            defrag: "madvise".into(),
+        };
+        Run {
+            samples,
+            skipped: Vec::new(),
+            rounds: 3,
+            large_rounds: 3,
+            large_bytes: LARGE_BYTES,
+            fd_limit: (20_000, "RLIMIT_NOFILE is 20000 already".into()),
+            load_before: "0.1 0.1 0.1".into(),
+            load_after: "0.1 0.1 0.1".into(),
+            thp_before: thp.clone(),
+            thp_after: Thp {
+                enabled: "never".into(),
+                ..thp
+            },
+            thp_asked: Some(ThpMode::Madvise),
+            thp_switched_from: Some("always".into()),
+            schema: SchemaCost {
+                case: Samples {
+                    done: vec![1_000; 3],
+                    ..Samples::default()
+                },
+                map: Samples::default(),
+                description_bytes: Some(186),
+            },
+        }
+    }
+
+    #[test]
+    fn the_report_judges_each_target() {
+        let run = made_up_run();
+        let verdicts = report::verdicts(&run);
+        let verdict = |name: &str| {
+            let line = verdicts
+                .lines()
+                .find(|line| line.contains(name))
+                .unwrap_or_else(|| panic!("no target {name:?} in\n{verdicts}"));
+            // `  name: verdict (figure; goal: ...)`, and names may hold
+            // colons and brackets of their own.
+            ["not measured", "not met", "met"]
+                .into_iter()
+                .find(|verdict| line.contains(&format!(": {verdict} (")))
+                .unwrap_or_else(|| panic!("no verdict in {line:?}"))
+        };
+        assert_eq!(verdict("pause, 1 KiB + 3 fds"), "met");
+        assert_eq!(verdict("shellflip"), "met");
+        assert_eq!(verdict("10,000 fds"), "not met");
+        assert_eq!(verdict("against the memory floor"), "met");
+        assert_eq!(verdict("of the old process"), "met");
+        assert_eq!(verdict("of the new process"), "not met");
+        assert_eq!(verdict("1M-entry map"), "not met");
+        assert_eq!(verdicts.lines().count(), 8, "{verdicts}");
+    }
+
+    #[test]
+    fn the_report_has_every_section_and_the_thp_setting() {
+        let text = report::markdown(&made_up_run(), "bench --test");
+        for heading in [
+            "## Targets",
+            "## The pause, the exec floor and shellflip",
+            "## 256 MiB: the memory floor and peak memory",
+            "## Latency against state size",
+            "## Latency against fd count",
+            "## How each figure is measured",
+            "## The THP-off variant",
+            "## Schema fingerprint",
+        ] {
+            assert!(text.contains(heading), "{heading} missing");
+        }
+        assert!(text.contains("enabled `madvise`, defrag `madvise`"));
+        assert!(text.contains("switched from `always` by `--thp madvise`"));
+        assert!(text.contains("**changed during the run**"));
+        // The 10,000-fd row: the pause 6 ms above the 0-fd one.
+        assert!(text.contains("| 10000 | 3 | 6.100 ms |"), "{text}");
+        assert!(text.contains("+6.000 ms"));
+    }
+
+    #[test]
+    fn the_plots_draw_from_a_run() {
+        let dir = std::env::temp_dir().join(format!("mitosis-bench-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = made_up_run();
+        plot::state(&run, &dir.join("state.svg")).unwrap();
+        plot::fds(&run, &dir.join("fds.svg")).unwrap();
+        for file in ["state.svg", "fds.svg"] {
+            let svg = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(svg.contains("pause, p50"), "{file} has no pause series");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

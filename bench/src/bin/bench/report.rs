@@ -5,50 +5,99 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mitosis_bench::{Stats, bytes, ms};
 
-use crate::{BLOB_SIZES, FD_COUNTS, Job, LARGE_BLOB, Run, Samples};
+use crate::{BLOB_SIZES, FD_COUNTS, Job, Run, Samples};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// The pause's share of the exec floor it must stay within.
+const PAUSE_OF_FLOOR: f64 = 0.25;
+/// How many times shorter than shellflip's restart the pause must be.
+const SHELLFLIP_FACTOR: f64 = 5.0;
+/// What 10,000 fds may add to the pause.
+const FDS_EXTRA: Duration = Duration::from_millis(5);
+/// The memory floor over the large state's pause, at least.
+const MEMORY_FLOOR_RATIO: f64 = 0.8;
+/// Peak resident memory of either process, over the state's size.
+const PEAK_OVER_STATE: f64 = 1.1;
+/// The map's pause over postcard in memory, at most.
+const MAP_OVER_POSTCARD: f64 = 1.1;
+
 impl Run {
+    /// A job's samples, if it ran.
     pub(crate) fn get(&self, job: Job) -> Option<&Samples> {
         self.samples
             .get(&job)
-            .filter(|samples| !samples.done.is_empty())
+            .filter(|samples| !samples.done.is_empty() || !samples.pause.is_empty())
     }
 
+    fn stats(&self, job: Job, which: fn(&Samples) -> &Vec<u64>) -> Option<Stats> {
+        self.get(job).and_then(|samples| Stats::of(which(samples)))
+    }
+
+    /// `split()` → `Done`; for the floors and shellflip, their one figure.
     pub(crate) fn done(&self, job: Job) -> Option<Stats> {
-        self.get(job).and_then(|samples| Stats::of(&samples.done))
+        self.stats(job, |s| &s.done)
     }
 
+    /// `split()` → `init()` returns.
     pub(crate) fn init(&self, job: Job) -> Option<Stats> {
-        self.get(job).and_then(|samples| Stats::of(&samples.init))
+        self.stats(job, |s| &s.init)
     }
 
-    fn end_to_end(&self, job: Job) -> Option<Stats> {
-        self.get(job)
-            .and_then(|samples| Stats::of(&samples.end_to_end))
+    /// The pause: `hand_over()` → `init()` returns.
+    pub(crate) fn pause(&self, job: Job) -> Option<Stats> {
+        self.stats(job, |s| &s.pause)
+    }
+
+    /// `hand_over()` → `Done`.
+    fn pause_done(&self, job: Job) -> Option<Stats> {
+        self.stats(job, |s| &s.pause_done)
+    }
+
+    /// `prepare()` → ready.
+    fn ready(&self, job: Job) -> Option<Stats> {
+        self.stats(job, |s| &s.ready)
     }
 
     pub(crate) fn postcard(&self) -> Option<Stats> {
-        self.get(Job::Map)
-            .and_then(|samples| Stats::of(&samples.postcard))
+        self.stats(Job::Map, |s| &s.postcard)
+    }
+}
+
+/// Peak memory over a set of handovers, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Peak {
+    n: usize,
+    median: u64,
+    max: u64,
+}
+
+impl Peak {
+    fn of(samples: &[u64]) -> Option<Peak> {
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        Some(Peak {
+            n: sorted.len(),
+            median: *sorted.get((sorted.len().max(1) - 1) / 2)?,
+            max: *sorted.last()?,
+        })
     }
 }
 
 /// One target: what it asks, what was measured, and whether that meets it.
 struct Target {
-    name: &'static str,
-    goal: &'static str,
+    name: String,
+    goal: String,
     figure: String,
     /// `None`: not measured in this run.
     met: Option<bool>,
 }
 
 impl Target {
-    fn new(name: &'static str, goal: &'static str) -> Target {
+    fn new(name: impl Into<String>, goal: impl Into<String>) -> Target {
         Target {
-            name,
-            goal,
+            name: name.into(),
+            goal: goal.into(),
             figure: "—".into(),
             met: None,
         }
@@ -75,121 +124,173 @@ fn secs(stats: Stats) -> f64 {
     stats.p50.as_secs_f64()
 }
 
+/// `+1.234 ms` or `-0.100 ms`: one p50 less another.
+fn delta(a: Stats, b: Stats) -> String {
+    let ms = (a.p50.as_secs_f64() - b.p50.as_secs_f64()) * 1e3;
+    // Below the last digit shown: `+0.000`, not `-0.000`.
+    let ms = if ms.abs() < 0.0005 { 0.0 } else { ms };
+    format!("{ms:+.3} ms")
+}
+
 fn targets(run: &Run) -> Vec<Target> {
-    let small = run.done(Job::Small);
+    let small = run.pause(Job::Small);
+    let large = bytes(run.large_bytes as u64);
     let mut targets = Vec::new();
 
     let target = Target::new(
-        "p50 split → Done for 1 KiB + 3 fds",
-        "at most 1.5× the exec floor measured in the same run",
+        "pause, 1 KiB + 3 fds (prepared: `hand_over` → `init` returns)",
+        format!("p50 ≤ {PAUSE_OF_FLOOR}× the exec floor measured in the same run"),
     );
     targets.push(match (run.done(Job::Floor), small) {
         (Some(floor), Some(small)) => {
             let ratio = secs(small) / secs(floor);
             target.measured(
                 format!(
-                    "{ratio:.2}× ({} against the floor's {})",
+                    "{ratio:.2}× ({} against the floor's {}; pause p99 {})",
                     ms(small.p50),
-                    ms(floor.p50)
+                    ms(floor.p50),
+                    ms(small.p99)
                 ),
-                ratio <= 1.5,
+                ratio <= PAUSE_OF_FLOOR,
             )
         }
         _ => target,
     });
 
     let target = Target::new(
-        "compared with shellflip in the same run",
-        "at least 2× faster at p50",
+        "the pause against shellflip 2.1.3's restart → ready, same job",
+        format!("≥ {SHELLFLIP_FACTOR}× shorter at p50"),
     );
     targets.push(match (run.done(Job::Shellflip), small) {
         (Some(shellflip), Some(small)) => {
             let ratio = secs(shellflip) / secs(small);
-            // Both stand on an exec floor of their own binary; what each
-            // adds to it is the part a library can change.
-            let above = match (run.done(Job::Floor), run.done(Job::ShellflipFloor)) {
-                (Some(floor), Some(theirs)) => format!(
-                    "; above each binary's own exec floor: mitosis {}, shellflip {}",
-                    ms(small.p50.saturating_sub(floor.p50)),
-                    ms(shellflip.p50.saturating_sub(theirs.p50))
-                ),
-                _ => String::new(),
-            };
+            let split = run.done(Job::Small).map_or(String::new(), |split| {
+                format!("; mitosis `split` → `Done`: {}", ms(split.p50))
+            });
             target.measured(
                 format!(
-                    "{ratio:.2}× faster ({} against shellflip's {}{above})",
+                    "{ratio:.1}× shorter ({} against shellflip's {}{split})",
                     ms(small.p50),
                     ms(shellflip.p50)
                 ),
-                ratio >= 2.0,
+                ratio >= SHELLFLIP_FACTOR,
             )
         }
         _ => target,
     });
 
     let most = FD_COUNTS[FD_COUNTS.len() - 1];
-    let target = Target::new("10,000 fds", "under 5 ms more than the 0-fd case");
-    targets.push(match (run.done(Job::Fds(most)), run.done(Job::Fds(0))) {
+    let target = Target::new(
+        "10,000 fds: the pause",
+        format!("< {} ms more than with 0 fds (p50)", FDS_EXTRA.as_millis()),
+    );
+    targets.push(match (run.pause(Job::Fds(most)), run.pause(Job::Fds(0))) {
         (Some(many), Some(none)) => {
             let extra = many.p50.saturating_sub(none.p50);
-            let init = match (run.init(Job::Fds(most)), run.init(Job::Fds(0))) {
-                (Some(many), Some(none)) => {
-                    format!(
-                        "; split → init: {} more",
-                        ms(many.p50.saturating_sub(none.p50))
-                    )
-                }
-                _ => String::new(),
-            };
-            let exec = match (run.done(Job::FloorFds(most)), run.done(Job::Floor)) {
-                (Some(held), Some(floor)) => format!(
-                    "; the exec floor alone grows by {} with them open",
-                    ms(held.p50.saturating_sub(floor.p50))
+            let mut also = String::new();
+            for (what, many, none) in [
+                (
+                    "split → Done",
+                    run.done(Job::Fds(most)),
+                    run.done(Job::Fds(0)),
                 ),
-                _ => String::new(),
-            };
+                (
+                    "split → init",
+                    run.init(Job::Fds(most)),
+                    run.init(Job::Fds(0)),
+                ),
+            ] {
+                if let (Some(many), Some(none)) = (many, none) {
+                    let _ = write!(also, "; {what}: {}", delta(many, none));
+                }
+            }
             target.measured(
                 format!(
-                    "{} more ({} against {}, p50 split → Done{init}{exec})",
+                    "{} more ({} against {}{also})",
                     ms(extra),
                     ms(many.p50),
                     ms(none.p50)
                 ),
-                extra < Duration::from_millis(5),
+                extra < FDS_EXTRA,
             )
         }
         _ => target,
     });
 
-    let target = Target::new("256 MiB Vec<u8>", "at least 1 GiB/s end to end");
-    targets.push(match run.end_to_end(Job::Blob(LARGE_BLOB)) {
-        Some(e2e) => {
-            let rate = LARGE_BLOB as f64 / GIB / secs(e2e);
-            target.measured(
-                format!("{rate:.2} GiB/s ({} end to end, p50)", ms(e2e.p50)),
-                rate >= 1.0,
-            )
-        }
-        None => target,
-    });
-
     let target = Target::new(
-        "1M-entry map",
-        "within 1.25× of in-memory postcard encode+decode of the same value",
+        format!("{large} `Vec<u8>`: the pause against the memory floor"),
+        format!(
+            "memory floor p50 / pause p50 ≥ {MEMORY_FLOOR_RATIO} (the floor: a fresh {large} \
+             `Vec<u8>` and a copy into it, in one process)"
+        ),
     );
-    targets.push(match (run.done(Job::Map), run.postcard()) {
-        (Some(map), Some(postcard)) => {
-            let ratio = secs(map) / secs(postcard);
-            let init = run
-                .init(Job::Map)
-                .map_or(f64::NAN, |init| secs(init) / secs(postcard));
+    targets.push(match (run.pause(Job::Large), run.done(Job::MemoryFloor)) {
+        (Some(pause), Some(floor)) => {
+            let ratio = secs(floor) / secs(pause);
+            let split = run.init(Job::Large).map_or(String::new(), |init| {
+                format!("; `split` → `init`: {}", ms(init.p50))
+            });
             target.measured(
                 format!(
-                    "{ratio:.2}× ({} split → Done against {}; split → init returns: {init:.2}×)",
+                    "{ratio:.2} (floor {} / pause {}{split}; THP {})",
+                    ms(floor.p50),
+                    ms(pause.p50),
+                    run.thp_before
+                ),
+                ratio >= MEMORY_FLOOR_RATIO,
+            )
+        }
+        _ => target,
+    });
+
+    let limit = (run.large_bytes as f64 * PEAK_OVER_STATE) as u64;
+    for (side, samples) in [
+        ("old", run.get(Job::Large).map(|s| &s.hwm_old)),
+        ("new", run.get(Job::Large).map(|s| &s.hwm_new)),
+    ] {
+        let target = Target::new(
+            format!("peak resident memory of the {side} process, {large} handover"),
+            format!(
+                "≤ state + {:.0} % ({})",
+                (PEAK_OVER_STATE - 1.0) * 100.0,
+                bytes(limit)
+            ),
+        );
+        targets.push(match samples.and_then(|samples| Peak::of(samples)) {
+            Some(peak) => target.measured(
+                format!(
+                    "{} at most ({:.3}× the state; VmHWM over {} handovers, median {})",
+                    bytes(peak.max),
+                    peak.max as f64 / run.large_bytes as f64,
+                    peak.n,
+                    bytes(peak.median)
+                ),
+                peak.max <= limit,
+            ),
+            None => target,
+        });
+    }
+
+    let target = Target::new(
+        "1M-entry map: the pause against postcard",
+        format!(
+            "≤ {MAP_OVER_POSTCARD}× in-memory postcard `to_stdvec` + `from_bytes` of the \
+             same value (p50)"
+        ),
+    );
+    targets.push(match (run.pause(Job::Map), run.postcard()) {
+        (Some(map), Some(postcard)) => {
+            let ratio = secs(map) / secs(postcard);
+            let done = run.done(Job::Map).map_or(String::new(), |done| {
+                format!("; `split` → `Done`: {:.2}×", secs(done) / secs(postcard))
+            });
+            target.measured(
+                format!(
+                    "{ratio:.2}× (pause {} against {}{done})",
                     ms(map.p50),
                     ms(postcard.p50)
                 ),
-                ratio <= 1.25,
+                ratio <= MAP_OVER_POSTCARD,
             )
         }
         _ => target,
@@ -230,9 +331,39 @@ fn n(stats: Option<Stats>) -> String {
     stats.map_or("—".into(), |s| s.n.to_string())
 }
 
-/// bench.md: the run's circumstances, the targets, the three tables, and
-/// how each figure is measured.
+/// The header bullet about transparent huge pages: the settings, whether
+/// `--thp` switched them, and whether they changed during the run.
+fn thp_line(run: &Run) -> String {
+    let mut line = format!("- Transparent huge pages: {}", run.thp_before);
+    match (&run.thp_switched_from, run.thp_asked) {
+        (Some(previous), Some(asked)) => {
+            let _ = write!(
+                line,
+                " (switched from `{previous}` by `--thp {asked}` for this run, and back after it)"
+            );
+        }
+        (None, Some(asked)) => {
+            let _ = write!(
+                line,
+                " (the system's setting; `--thp {asked}` found it in force)"
+            );
+        }
+        _ => line.push_str(" (the system's setting; no `--thp`)"),
+    }
+    if run.thp_after != run.thp_before {
+        let _ = write!(
+            line,
+            "; **changed during the run**, to {} at its end",
+            run.thp_after
+        );
+    }
+    line
+}
+
+/// bench.md: the run's circumstances, the targets, the tables, and how
+/// each figure is measured.
 pub(crate) fn markdown(run: &Run, command: &str) -> String {
+    let large = bytes(run.large_bytes as u64);
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "# mitosis benchmark\n");
@@ -241,9 +372,10 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     let _ = writeln!(w, "- Command: `{command}`");
     let _ = writeln!(
         w,
-        "- Rounds: {} of each small case, {} of the 256 MiB and the map cases, interleaved \
-         in one run. p50 and p99 are nearest-rank: p99 is the slowest sample when there are \
-         fewer than 100.",
+        "- Rounds: {} of each small case, {} of the {large}, memory floor and map cases, \
+         interleaved in one run. Each round of a mitosis case is two handovers, one prepared \
+         and one with `split`, in alternating order. p50 and p99 are nearest-rank: p99 is the \
+         slowest sample when there are fewer than 100.",
         run.rounds, run.large_rounds
     );
     let _ = writeln!(
@@ -251,6 +383,7 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         "- Load average (1, 5, 15 min): {} before, {} after",
         run.load_before, run.load_after
     );
+    let _ = writeln!(w, "{}", thp_line(run));
     let _ = writeln!(w, "- File descriptors: {}", run.fd_limit.1);
     for (job, why) in &run.skipped {
         let _ = writeln!(w, "- **Skipped** `{}`: {why}", job.name());
@@ -260,15 +393,15 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     let mut table = Table::new(&["target", "goal", "figure", "verdict"]);
     for target in targets(run) {
         table.row([
-            target.name.to_string(),
-            target.goal.to_string(),
+            target.name.clone(),
+            target.goal.clone(),
             target.figure.clone(),
             format!("**{}**", target.verdict()),
         ]);
     }
     out.push_str(&table.text);
 
-    let _ = writeln!(out, "\n## The exec floor, mitosis and shellflip\n");
+    let _ = writeln!(out, "\n## The pause, the exec floor and shellflip\n");
     let mut table = Table::new(&["", "rounds", "p50", "p99"]);
     let rows = [
         (
@@ -282,6 +415,18 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         (
             "exec floor: spawn `shellflip-bench` until it connects back",
             run.done(Job::ShellflipFloor),
+        ),
+        (
+            "**mitosis: the pause, `hand_over` → `init` returns, 1 KiB + 3 fds**",
+            run.pause(Job::Small),
+        ),
+        (
+            "mitosis: `hand_over` → `Done`, 1 KiB + 3 fds",
+            run.pause_done(Job::Small),
+        ),
+        (
+            "mitosis: `prepare` → ready (the program serves meanwhile), 1 KiB + 3 fds",
+            run.ready(Job::Small),
         ),
         (
             "mitosis: `split` → `Done`, 1 KiB + 3 fds",
@@ -301,17 +446,102 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     }
     out.push_str(&table.text);
 
+    if run.get(Job::Large).is_some() || run.get(Job::MemoryFloor).is_some() {
+        let _ = writeln!(out, "\n## {large}: the memory floor and peak memory\n");
+        let _ = writeln!(
+            out,
+            "Transparent huge pages: {}. The old side of these handovers is a process of its \
+             own (`bench old`), holding nothing but the state.\n",
+            run.thp_before
+        );
+        let mut table = Table::new(&["", "rounds", "p50", "p99"]);
+        let floor_label = format!(
+            "memory floor: a fresh {large} `Vec<u8>` and a copy of the same bytes into it, \
+             in one process"
+        );
+        let rows = [
+            (floor_label, run.done(Job::MemoryFloor)),
+            (
+                "**mitosis: the pause, `hand_over` → `init` returns**".to_string(),
+                run.pause(Job::Large),
+            ),
+            (
+                "mitosis: `hand_over` → `Done`".to_string(),
+                run.pause_done(Job::Large),
+            ),
+            (
+                "mitosis: `split` → `init` returns".to_string(),
+                run.init(Job::Large),
+            ),
+            (
+                "mitosis: `split` → `Done`".to_string(),
+                run.done(Job::Large),
+            ),
+        ];
+        for (label, stats) in rows {
+            table.row([label, n(stats), p50(stats), p99(stats)]);
+        }
+        out.push_str(&table.text);
+        out.push('\n');
+        let mut table = Table::new(&[
+            "peak resident memory (VmHWM)",
+            "handovers",
+            "median",
+            "max",
+            "max / state",
+        ]);
+        let sides = [
+            (
+                "old side: builds the state, hands it over, reads its VmHWM once the handover \
+                 thread is done",
+                run.get(Job::Large).map(|s| &s.hwm_old),
+                true,
+            ),
+            (
+                "new process: reads its VmHWM right after `init` returns",
+                run.get(Job::Large).map(|s| &s.hwm_new),
+                true,
+            ),
+            (
+                "for scale: the new process of a 1 KiB + 3 fds handover (the binary and \
+                 its libraries, nearly all)",
+                run.get(Job::Small).map(|s| &s.hwm_new),
+                false,
+            ),
+        ];
+        for (label, samples, of_state) in sides {
+            let Some(peak) = samples.and_then(|samples| Peak::of(samples)) else {
+                continue;
+            };
+            let ratio = if of_state {
+                format!("{:.3}×", peak.max as f64 / run.large_bytes as f64)
+            } else {
+                "—".into()
+            };
+            table.row([
+                label.to_string(),
+                peak.n.to_string(),
+                bytes(peak.median),
+                bytes(peak.max),
+                ratio,
+            ]);
+        }
+        out.push_str(&table.text);
+    }
+
     let _ = writeln!(out, "\n## Latency against state size\n");
     let mut table = Table::new(&[
         "state",
         "data",
         "rounds",
-        "split → Done p50",
+        "pause p50",
         "p99",
-        "split → init p50",
+        "`hand_over` → `Done` p50",
+        "`split` → `Done` p50",
         "p99",
-        "end to end p50",
-        "throughput",
+        "`split` → `init` p50",
+        "p99",
+        "data / pause p50",
     ]);
     let mut jobs: Vec<(String, Job)> = BLOB_SIZES
         .iter()
@@ -322,6 +552,7 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
             )
         })
         .collect();
+    jobs.push((format!("`Vec<u8>`, {large} (old side apart)"), Job::Large));
     jobs.push((
         "1,000,000-entry `HashMap<String, Vec<String>>`".to_string(),
         Job::Map,
@@ -330,10 +561,13 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         let Some(samples) = run.get(job) else {
             continue;
         };
-        let (done, init, e2e) = (run.done(job), run.init(job), run.end_to_end(job));
-        let throughput = match (job, e2e) {
-            (Job::Blob(size), Some(e2e)) if size >= 1 << 20 => {
-                format!("{:.2} GiB/s", size as f64 / GIB / secs(e2e))
+        let (pause, done, init) = (run.pause(job), run.done(job), run.init(job));
+        let throughput = match (job, pause) {
+            (Job::Blob(_) | Job::Large, Some(pause)) if samples.encoded_bytes >= 1 << 20 => {
+                format!(
+                    "{:.2} GiB/s",
+                    samples.encoded_bytes as f64 / GIB / secs(pause)
+                )
             }
             _ => "—".into(),
         };
@@ -344,28 +578,33 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         table.row([
             label,
             data,
-            n(done),
+            n(pause),
+            p50(pause),
+            p99(pause),
+            p50(run.pause_done(job)),
             p50(done),
             p99(done),
             p50(init),
             p99(init),
-            p50(e2e),
             throughput,
         ]);
     }
-    let postcard = run.postcard();
-    if postcard.is_some() {
-        table.row([
-            "the same map: postcard `to_stdvec` + `from_bytes`, in memory".into(),
-            "—".into(),
-            n(postcard),
-            p50(postcard),
-            p99(postcard),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-            "—".into(),
-        ]);
+    let dashes = |n| std::iter::repeat_n("—".to_string(), n);
+    for (label, stats) in [
+        (
+            "the same map: postcard `to_stdvec` + `from_bytes`, in memory".to_string(),
+            run.postcard(),
+        ),
+        (
+            format!("memory floor: a fresh {large} `Vec<u8>` and a copy into it"),
+            run.done(Job::MemoryFloor),
+        ),
+    ] {
+        if stats.is_some() {
+            let mut row = vec![label, "—".into(), n(stats), p50(stats), p99(stats)];
+            row.extend(dashes(6));
+            table.row(row);
+        }
     }
     out.push_str(&table.text);
 
@@ -373,40 +612,43 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     let mut table = Table::new(&[
         "fds",
         "rounds",
-        "split → Done p50",
+        "pause p50",
         "p99",
-        "split → init p50",
+        "pause p50 − 0-fd pause p50",
+        "`split` → `Done` p50",
         "p99",
-        "Done p50 − 0-fd Done p50",
+        "`split` → `init` p50",
+        "p99",
+        "`Done` p50 − 0-fd `Done` p50",
     ]);
-    let none = run.done(Job::Fds(0));
+    let (none_pause, none_done) = (run.pause(Job::Fds(0)), run.done(Job::Fds(0)));
     for count in FD_COUNTS {
         let job = Job::Fds(count);
         if run.skipped.iter().any(|(skipped, _)| *skipped == job) {
             let mut row = vec![count.to_string(), "skipped: RLIMIT_NOFILE".into()];
-            row.extend(std::iter::repeat_n("—".to_string(), 5));
+            row.extend(dashes(8));
             table.row(row);
             continue;
         }
-        let (done, init) = (run.done(job), run.init(job));
-        if done.is_none() {
+        if run.get(job).is_none() {
             continue;
         }
-        let extra = match (done, none) {
-            (Some(done), Some(none)) => {
-                let delta = done.p50.as_secs_f64() - none.p50.as_secs_f64();
-                format!("{:+.3} ms", delta * 1e3)
-            }
+        let (pause, done, init) = (run.pause(job), run.done(job), run.init(job));
+        let extra = |a: Option<Stats>, b: Option<Stats>| match (a, b) {
+            (Some(a), Some(b)) => delta(a, b),
             _ => "—".into(),
         };
         table.row([
             count.to_string(),
-            n(done),
+            n(pause),
+            p50(pause),
+            p99(pause),
+            extra(pause, none_pause),
             p50(done),
             p99(done),
             p50(init),
             p99(init),
-            extra,
+            extra(done, none_done),
         ]);
     }
     out.push_str(&table.text);
@@ -456,6 +698,17 @@ const METHOD: &str = "
 
 All times are `CLOCK_MONOTONIC` readings, which compare across processes.
 
+- **The pause** (the headline): what a program that prepares its upgrade
+  stops serving for. The old side reads the clock, calls
+  `SplitOptions::prepare` and blocks in `Upgrade::wait_ready` until the new
+  process is ready (in a real program it would serve meanwhile; that time
+  is *`prepare` → ready*). Then it reads the clock again and calls
+  `Upgrade::hand_over`. The new process is a copy of `bench`, whose `main`
+  calls `mitosis::init` first (`arrive`, then `commit`); it reads the clock
+  as soon as `init` returns and sends the reading to the harness over a
+  Unix stream socket. The pause is that reading less the one before
+  `hand_over`. *`hand_over` → `Done`* is the same start to
+  `Split::wait` returning `Outcome::Done` in the old side.
 - **Exec floor**: the harness binds a loopback TCP listener, reads the clock,
   spawns the binary (`bench floor <port>`, or `shellflip-bench floor <port>`)
   and stops the clock when `accept` returns. No handover: the least any
@@ -463,23 +716,53 @@ All times are `CLOCK_MONOTONIC` readings, which compare across processes.
   line, as a handover's new process does, and exits at once. The floor
   *holding 10,000 fds* is the same while the harness holds the 10,000-fd
   case's files and sockets (close-on-exec): exec then copies and closes them
-  all, which no re-exec upgrade can avoid.
+  all, which no re-exec upgrade can avoid. The pause excludes exec: the new
+  process has started before it.
 - **mitosis `split` → `Done`**: the harness builds the state (not timed),
   reads the clock, calls `SplitOptions::split` and stops the clock when
-  `Split::wait` returns `Outcome::Done`. That includes pointing the old
-  process's copies of the fds at `/dev/null`; mitosis frees the old copy of
-  the state after `Done`, on its handover thread. The new process is a copy
-  of `bench`, whose `main` calls `mitosis::init` first.
-- **mitosis `split` → `init` returns**: the new process reads the clock as
-  soon as `init` returns, then checks the state and sends its reading to the
-  harness over a Unix stream socket; the harness subtracts its own start
-  reading. The new process then keeps its state, as a real one would, until
-  the harness has timed `Done` and hangs up.
-- **End to end**: per round, from `split` to the later of the two.
-  Throughput is the `Vec<u8>`'s size over its end-to-end p50.
+  `Split::wait` returns `Outcome::Done`. That includes spawning the new
+  process, and pointing the old process's copies of the fds at `/dev/null`;
+  mitosis frees the old copy of the state after `Done`, on its handover
+  thread.
+- **mitosis `split` → `init` returns**: the same start, to the new process's
+  reading as `init` returns. The new process then keeps its state, as a real
+  one would, until the harness has timed `Done` and hangs up.
+- Each round of a mitosis case runs both handovers, the prepared one and the
+  `split` one, each with a fresh state, in an order that alternates from
+  round to round.
+- **Memory floor**: in the harness, a `Vec<u8>` of the large size is filled
+  (not timed); then the clock runs while `to_vec` allocates a fresh one and
+  copies the same bytes into it. glibc serves an allocation that large with
+  a fresh `mmap`, so every page is faulted in inside the clock: the page
+  faults and the copy that any receiver of that state pays. Its target
+  compares it with the large state's **pause**, as *floor p50 / pause p50*.
+  How fast fresh pages fault in depends on transparent huge pages. When
+  this harness was written, mitosis asked for them (`MADV_HUGEPAGE`) on the
+  new process's large receive buffers, and the floor's plain `Vec` does
+  not, so under `madvise` the two may fault in differently, and under
+  `never` (or `always`) alike. So bench.md
+  records `/sys/kernel/mm/transparent_hugepage/enabled` and
+  `defrag` (the words in brackets) at the start of the rounds and at their
+  end.
+- **Peak memory**: `VmHWM` from `/proc/<pid>/status`, the most resident
+  memory a process has had. The large case's old side runs in a process of
+  its own, `bench old <bytes> <split|prepared> ...`, started by the harness
+  for each handover: it builds the state, hands it over (the same code as the
+  harness's other handovers), waits until mitosis's handover thread has
+  finished (it frees the old copy after `Done`), and reads its own `VmHWM`;
+  so nothing the harness holds (the map, the memory floor's buffers) counts.
+  The new process reads its `VmHWM` right after `init` returns and its clock
+  reading. Both include the process's own code and libraries: the table's
+  last row, the new process of the 1 KiB handover, shows how much. The
+  target compares the largest over all of the case's handovers, prepared
+  and `split`, with the state's size.
+- **End to end**, for the large state's target, is **the pause**: that is
+  what a prepared program's users wait through. `split` → `init` is shown
+  next to it.
 - **postcard encode+decode**: `postcard::to_stdvec` then `postcard::from_bytes`
-  of the very map value that is then handed over, in the same round. The map
-  is built once and cloned for each round before the clock starts.
+  of the very map value that the round's first handover then takes. The
+  map is built once and cloned for each handover before the clock starts.
+  Its target compares it with the map's pause.
 - **fd cases**: half regular files, half Unix stream sockets (both ends of
   socket pairs), and no other data. RLIMIT_NOFILE is raised as needed.
 - **shellflip 2.1.3**: `shellflip-bench serve`, driven by the harness, builds
@@ -491,12 +774,34 @@ All times are `CLOCK_MONOTONIC` readings, which compare across processes.
   resolves, which it does once the new process, having read the state and
   rebuilt its fds, calls `shellflip::startup_complete`. The restart
   coordination socket is off, so shellflip spawns without a `pre_exec` hook
-  (its fastest path).
+  (its fastest path). shellflip has no prepared mode: its restart → ready
+  includes the spawn, and is what its users wait through; the pause target
+  compares that with mitosis's pause.
 - Every round starts after the previous round's new process has been
   reaped and mitosis's handover thread has finished, and after glibc has
   consolidated the chunks freed so far (a 64 KiB allocation): otherwise
   freeing a million-entry map charged ~600 ms of `malloc_consolidate` to
   the next round's spawn.
+
+## The THP-off variant
+
+Transparent huge pages change what faulting in the large state costs, in
+the memory floor and in the new process alike. To run the bench with them
+off, as root, either switch them by hand and put the previous word (in
+brackets in the file) back afterwards:
+
+```sh
+cat /sys/kernel/mm/transparent_hugepage/enabled   # e.g. always [madvise] never
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
+cargo run --release -p mitosis-bench --bin bench -- --out /tmp/bench-thp-never
+echo madvise > /sys/kernel/mm/transparent_hugepage/enabled
+```
+
+or let the harness do it: `-- --thp never` switches `enabled` before the
+rounds and puts the previous setting back when the run ends, fails or
+panics (not if it is killed; it prints the command that restores it). The
+bench.md of each run says which setting it had, and whether `--thp`
+switched it.
 ";
 
 /// Today's date in UTC, as YYYY-MM-DD.
