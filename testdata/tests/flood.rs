@@ -40,16 +40,7 @@ fn upgrades_under_a_flood(
     let before = status(&mut peer);
     let mut flooded = 0;
     for upgrade in 1..=FLOODED_UPGRADES {
-        let fifo = run.dir.join(&format!("release-{upgrade}.fifo"));
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .expect("mkfifo");
-        peer.send(&format!("split fifo={}\n", fifo.display()));
-        let splitting = run.stdout.expect("splitting child=");
-        let child: u32 = field(&splitting, "child").parse().unwrap();
+        let (child, fifo) = split_held_at(&mut run, &mut peer, &format!("release-{upgrade}.fifo"));
         // What any local user can do: read the port from the command line.
         let finish = flood(mitosis_port_of(child));
         let started = Instant::now();

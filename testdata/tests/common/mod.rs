@@ -726,7 +726,12 @@ pub fn mitosis_port_of(pid: u32) -> u16 {
 /// Starts a split whose child blocks before init on a fifo, and returns
 /// the child's pid and the fifo's path.
 pub fn split_held_at_fifo(run: &mut Run, peer: &mut Peer) -> (u32, PathBuf) {
-    let fifo = run.dir.join("release.fifo");
+    split_held_at(run, peer, "release.fifo")
+}
+
+/// The same, with a fifo of that name: one for each of several splits.
+pub fn split_held_at(run: &mut Run, peer: &mut Peer, name: &str) -> (u32, PathBuf) {
+    let fifo = run.dir.join(name);
     rustix::fs::mkfifoat(
         rustix::fs::CWD,
         &fifo,
