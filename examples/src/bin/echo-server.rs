@@ -49,6 +49,11 @@ struct Options {
     /// one serves (mitosis's default when absent).
     #[arg(long, value_name = "MS")]
     start_timeout_ms: Option<u64>,
+    /// How long the transfer may take, in milliseconds: the longest the
+    /// server pauses, even for a new build that hangs after receiving its
+    /// state (mitosis's default when absent).
+    #[arg(long, value_name = "MS")]
+    transfer_timeout_ms: Option<u64>,
     /// A broken build, for the benchmarks: when started by an upgrade, it
     /// receives the state and then hangs without committing.
     #[arg(long, hide = true)]
@@ -199,6 +204,9 @@ fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
     let mut upgrades = mitosis::SplitOptions::new();
     if let Some(ms) = options.start_timeout_ms {
         upgrades.start_timeout(std::time::Duration::from_millis(ms));
+    }
+    if let Some(ms) = options.transfer_timeout_ms {
+        upgrades.transfer_timeout(std::time::Duration::from_millis(ms));
     }
     // The upgrade being prepared, while this process serves.
     let mut upgrade: Option<mitosis::Upgrade<State>> = None;
