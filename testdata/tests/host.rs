@@ -203,14 +203,17 @@ fn running_out_of_fds_in_step_1_leaves_no_directory() {
 /// A new process whose open-file limit is too low for the state's fds
 /// says so before it receives any of them, naming the limit and the
 /// numbers the fds would need; the old process gets the state back, with
-/// the same fds open, and keeps serving.
-#[test]
-fn a_new_process_with_too_low_an_open_file_limit_refuses_the_fds() {
+/// the same fds open, and keeps serving. `fault` is the old process's
+/// `MITOSIS_FAULT`.
+fn open_file_limit_too_low_in_the_new_process(name: &str, fault: Option<&str>) {
     const SPARE: u32 = 300;
     const LIMIT: u32 = 64;
-    let (mut run, mut peer) = Spawn::new("nofile-new")
-        .args(&["--spare-fds", &SPARE.to_string()])
-        .start();
+    let spawn = Spawn::new(name).args(&["--spare-fds", &SPARE.to_string()]);
+    let (mut run, mut peer) = match fault {
+        Some(fault) => spawn.env("MITOSIS_FAULT", fault),
+        None => spawn,
+    }
+    .start();
     let blob = field(&status(&mut peer), "blob").to_owned();
     let before = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap());
 
@@ -236,6 +239,19 @@ fn a_new_process_with_too_low_an_open_file_limit_refuses_the_fds() {
     still_serving(&run, &mut peer, &blob);
     let after = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap());
     assert_eq!(after, before, "the old process holds the same fds again");
+}
+
+#[test]
+fn a_new_process_with_too_low_an_open_file_limit_refuses_the_fds() {
+    open_file_limit_too_low_in_the_new_process("nofile-new", None);
+}
+
+/// The same, when the new process has given up and exited before the old
+/// one sends its second fd batch: the old process finds the fd channel
+/// closed, and still reports the new process's reason.
+#[test]
+fn a_new_process_that_refuses_the_fds_and_exits_mid_transfer() {
+    open_file_limit_too_low_in_the_new_process("nofile-new-gone", Some("old:fds@1:stall=500"));
 }
 
 /// With a timeout of `Duration::MAX` (no limit), a split whose new binary
