@@ -167,7 +167,8 @@ pub struct Cli {
     pub sigpipe_default: bool,
 
     /// Lowers this process's open-file limit (the soft RLIMIT_NOFILE) to
-    /// this at start; with `--spare-fds`, it can be nearly used up.
+    /// this at start, before `init`; with `--spare-fds`, it can be nearly
+    /// used up.
     #[arg(long)]
     pub nofile_limit: Option<u64>,
 
@@ -393,6 +394,32 @@ fn host_before_init() {
         // handler; it is done before any other thread exists.
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     }
+    // Before init, so that a new process receives the state's fds under
+    // it.
+    let limit = args.iter().enumerate().find_map(|(i, arg)| {
+        let arg = arg.to_str()?;
+        match arg.strip_prefix("--nofile-limit") {
+            Some("") => args.get(i + 1)?.to_str(),
+            Some(value) => value.strip_prefix('='),
+            None => None,
+        }
+    });
+    if let Some(limit) = limit {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let Ok(limit) = limit.parse::<u64>() else {
+            eprintln!("testdata: --nofile-limit takes a number, not {limit:?}");
+            std::process::exit(4);
+        };
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let limit = Rlimit {
+            current: Some(limit),
+            maximum: hard,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            eprintln!("testdata: could not lower RLIMIT_NOFILE: {e}");
+            std::process::exit(4);
+        }
+    }
     if args.iter().any(|arg| arg == "--thread-before-init") {
         std::thread::spawn(|| {
             loop {
@@ -545,19 +572,6 @@ pub fn run<S: AppState>(version: &str) -> ExitCode {
                 "testdata: could not reset SIGPIPE: {}",
                 io::Error::last_os_error()
             );
-            return ExitCode::from(4);
-        }
-    }
-
-    if let Some(limit) = cli.nofile_limit {
-        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-        let hard = getrlimit(Resource::Nofile).maximum;
-        let limit = Rlimit {
-            current: Some(limit),
-            maximum: hard,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            eprintln!("testdata: could not lower RLIMIT_NOFILE: {e}");
             return ExitCode::from(4);
         }
     }
@@ -766,7 +780,8 @@ impl App {
         Ok(state)
     }
 
-    /// The options of `split` and `prepare`: `[binary=<path>] [<fault>]`.
+    /// The options of `split` and `prepare`: `[binary=<path>] [nofile=<limit>]
+    /// [<fault>]`.
     fn options(&self, args: &[&str]) -> SplitOptions {
         let mut options = SplitOptions::new();
         let cli = &self.cli;
@@ -798,6 +813,9 @@ impl App {
         for &arg in args {
             if let Some(binary) = arg.strip_prefix("binary=") {
                 options.binary(binary);
+            } else if let Some(limit) = arg.strip_prefix("nofile=") {
+                // The new process's open-file limit, not this one's.
+                options.arg("--nofile-limit").arg(limit);
             } else if arg != "twice" && arg != "hold" {
                 fault = Some(arg);
             }
@@ -811,7 +829,7 @@ impl App {
         options
     }
 
-    /// `split [twice] [binary=<path>] [<fault>]`
+    /// `split [twice] [binary=<path>] [nofile=<limit>] [<fault>]`
     fn split<S: AppState>(&self, state: S, args: &[&str]) -> io::Result<S> {
         let split = self.options(args).split(state);
         let Some(child) = split.pid() else {

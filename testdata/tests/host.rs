@@ -1,6 +1,6 @@
 //! What the host process's signals, limits and environment can do to a
 //! handover: SIGPIPE at its default action, an open-file limit that is
-//! nearly used up, timeouts of `Duration::MAX`, and a runtime directory
+//! nearly used up (or, in the new process, too low for the state's fds), timeouts of `Duration::MAX`, and a runtime directory
 //! that cannot hold the fd channel. Whatever the host is like, a failed
 //! split gives the state back, leaves no fd channel directory behind, and
 //! the old process keeps serving.
@@ -198,6 +198,60 @@ fn running_out_of_fds_in_step_1_leaves_no_directory() {
         .map(|(fd, _)| fd)
         .collect();
     assert_eq!(after, open, "the refused split closed every fd it opened");
+}
+
+/// A new process whose open-file limit is too low for the state's fds
+/// says so before it receives any of them, naming the limit and the
+/// numbers the fds would need; the old process gets the state back, with
+/// the same fds open, and keeps serving. `fault` is the old process's
+/// `MITOSIS_FAULT`.
+fn open_file_limit_too_low_in_the_new_process(name: &str, fault: Option<&str>) {
+    const SPARE: u32 = 300;
+    const LIMIT: u32 = 64;
+    let spawn = Spawn::new(name).args(&["--spare-fds", &SPARE.to_string()]);
+    let (mut run, mut peer) = match fault {
+        Some(fault) => spawn.env("MITOSIS_FAULT", fault),
+        None => spawn,
+    }
+    .start();
+    let blob = field(&status(&mut peer), "blob").to_owned();
+    let before = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap());
+
+    let line = answer_or_death(&mut run, &mut peer, &format!("split nofile={LIMIT}"));
+    assert!(
+        line.starts_with("split failed: "),
+        "expected a failed split: {line:?}"
+    );
+    // The state's fds: the spare ones, the listener, the peer and the log.
+    let count = SPARE + 3;
+    assert!(
+        line.contains(&format!(
+            "this process may open {LIMIT} files (RLIMIT_NOFILE), too few for the state's \
+             {count} fds"
+        )) && line.contains("raise RLIMIT_NOFILE"),
+        "the error names the limit and what it is too low for: {line:?}"
+    );
+    assert!(
+        line.contains("step 7 (fd transfer)"),
+        "the new process gave up in step 7: {line:?}"
+    );
+    assert_eq!(field(&line, "children"), "none", "{line:?}");
+    still_serving(&run, &mut peer, &blob);
+    let after = parse_fds(peer.command("fds").strip_prefix("fds ").unwrap());
+    assert_eq!(after, before, "the old process holds the same fds again");
+}
+
+#[test]
+fn a_new_process_with_too_low_an_open_file_limit_refuses_the_fds() {
+    open_file_limit_too_low_in_the_new_process("nofile-new", None);
+}
+
+/// The same, when the new process has given up and exited before the old
+/// one sends its second fd batch: the old process finds the fd channel
+/// closed, and still reports the new process's reason.
+#[test]
+fn a_new_process_that_refuses_the_fds_and_exits_mid_transfer() {
+    open_file_limit_too_low_in_the_new_process("nofile-new-gone", Some("old:fds@1:stall=500"));
 }
 
 /// With a timeout of `Duration::MAX` (no limit), a split whose new binary

@@ -295,9 +295,12 @@ impl Parent {
         );
 
         // Step 7: the fds, over the channel only the new process can reach.
-        fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline)?;
-        self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let sent = fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline);
+        if sent.is_ok() {
+            self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        }
         drop(encoded);
+        sent.map_err(|error| said_why(conn, error))?;
 
         // Step 8: the new process decodes, checks and commits, or says why
         // not.
@@ -417,6 +420,31 @@ fn wait_for_ready(
     }
     Ready::decode(STEP, &payload)?;
     Ok(())
+}
+
+/// A new process that gives up in step 7 (its open-file limit is too low
+/// for the fds, say) sends ABORT and exits, and this process may find the
+/// fd channel closed before it has sent the last batch. The reason is on
+/// the connection then: report it rather than only the closed channel.
+fn said_why(conn: &mut Conn, error: Error) -> Error {
+    if !matches!(error, Error::PeerGone { .. })
+        || !matches!(
+            conn.wait_readable(Step::Fds, &[], Some(Duration::ZERO)),
+            Ok(Readable::Conn)
+        )
+    {
+        return error;
+    }
+    match conn.read_frame(Step::Fds, &[wire::Abort::KIND]) {
+        Ok((_, payload)) => match wire::Abort::decode(Step::Fds, &payload) {
+            Ok(abort) => Error::Aborted {
+                step: Step::Fds,
+                reason: abort.message,
+            },
+            Err(_) => error,
+        },
+        Err(_) => error,
+    }
 }
 
 /// What ends a preparation whose `Upgrade` the program dropped; only
