@@ -18,11 +18,12 @@ use crate::fault::{self, Point, Side};
 use crate::fd_channel;
 use crate::handover::Shapes;
 use crate::handover::{Decoder, Handover};
+use crate::pipe::PipeReceiver;
 use crate::schema::{self, Schema};
 use crate::wire::handshake;
 use crate::wire::{
-    self, Abort, Ack, Arrival, BytesStart, Commit, End, Kind, Message, Offer, Ready, Reason,
-    Reject, Taken, Welcome,
+    self, Abort, Ack, Arrival, BytesPiped, BytesStart, Commit, End, Kind, Message, Offer, Ready,
+    Reason, Reject, Taken, Welcome,
 };
 
 /// The new process's side of one handover, from the agreed schema on.
@@ -145,8 +146,12 @@ impl Session {
         conn.wait_readable(Step::State, &[], None)?;
         conn.set_deadline(Deadline::after(self.terms.timeout));
 
-        // Step 6: the state's bytes, up to the END frame.
-        let state = receive_state(conn, self.terms.limits)?;
+        // Step 6: the state's bytes, up to the END frame; large byte buffers
+        // through the pipe, where the version has it.
+        let mut pipe = (self.version >= wire::PIPE_VERSION)
+            .then(|| PipeReceiver::new(self.fd_channel.as_fd()));
+        let state = receive_state(conn, self.terms.limits, pipe.as_mut())?;
+        drop(pipe);
 
         // Step 7: the fds.
         let fds = fd_channel::recv_fds(self.fd_channel.as_fd(), state.fd_count, &conn.deadline())?;
@@ -261,11 +266,16 @@ struct ReceivedState {
 }
 
 /// Step 6: DATA frames for the stream, BYTES_START and BYTES frames for each
-/// out-of-line buffer (read straight into its own `Vec`), then END, which
+/// out-of-line buffer (read straight into its own `Vec`), or BYTES_PIPED and
+/// the buffer's bytes through the pipe when there is one, then END, which
 /// must agree with what arrived. The whole state is bounded by the
 /// handover's limits, checked before anything is read or allocated. A
 /// REJECT instead means the old process found its state over a limit.
-fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error> {
+fn receive_state(
+    conn: &mut Conn,
+    limits: Limits,
+    mut pipe: Option<&mut PipeReceiver<'_>>,
+) -> Result<ReceivedState, Error> {
     const STEP: Step = Step::State;
     let mut received = ReceivedState {
         stream: Vec::new(),
@@ -285,11 +295,19 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
         }
         Ok(())
     };
+    let expected: &[Kind] = if pipe.is_some() {
+        &[
+            Kind::Data,
+            BytesStart::KIND,
+            BytesPiped::KIND,
+            End::KIND,
+            Reject::KIND,
+        ]
+    } else {
+        &[Kind::Data, BytesStart::KIND, End::KIND, Reject::KIND]
+    };
     loop {
-        let (kind, len) = conn.read_header(
-            STEP,
-            &[Kind::Data, BytesStart::KIND, End::KIND, Reject::KIND],
-        )?;
+        let (kind, len) = conn.read_header(STEP, expected)?;
         match kind {
             Kind::Reject => {
                 let reject = Reject::decode(STEP, &conn.read_payload(STEP, len)?)?;
@@ -318,6 +336,14 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
                 }
                 received.out_of_line.push(buffer);
             }
+            Kind::BytesPiped => {
+                let BytesPiped { size } = BytesPiped::decode(STEP, &conn.read_payload(STEP, len)?)?;
+                admit(size)?;
+                let pipe = pipe.as_deref_mut().expect("expected only with a pipe");
+                let mut buffer = receive_buffer(size as usize);
+                pipe.receive(conn, &mut buffer, size as usize)?;
+                received.out_of_line.push(buffer);
+            }
             _ => {
                 let End {
                     stream_bytes,
@@ -325,6 +351,9 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
                     fds,
                 } = End::decode(STEP, &conn.read_payload(STEP, len)?)?;
                 received.fd_count = fds;
+                if let Some(pipe) = &pipe {
+                    pipe.finish()?;
+                }
                 if u64::from(received.fd_count) > limits.fds {
                     return Err(Error::LimitExceeded {
                         step: STEP,
@@ -344,6 +373,11 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
                         ),
                     ));
                 }
+                log::debug!(
+                    "mitosis: step 6: received {stream_bytes} bytes of state and \
+                     {out_of_line_bytes} out of line ({} through the pipe), {fds} fds to follow",
+                    pipe.as_ref().map_or(0, |pipe| pipe.received)
+                );
                 return Ok(received);
             }
         }
@@ -354,9 +388,9 @@ fn receive_state(conn: &mut Conn, limits: Limits) -> Result<ReceivedState, Error
 const HUGE_BUFFER: usize = 4 << 20;
 
 /// An empty `Vec` with room for `size` bytes, about to be filled from the
-/// socket. A fresh process has none of that memory yet, and faulting it in
-/// 4 KiB at a time, inside the socket reads, cost as much as the copy
-/// itself. For a big buffer, ask for transparent huge pages: 512 times
+/// socket or the pipe. A fresh process has none of that memory yet, and
+/// faulting it in 4 KiB at a time, inside the reads, cost as much as the
+/// copy itself. For a big buffer, ask for transparent huge pages: 512 times
 /// fewer faults.
 fn receive_buffer(size: usize) -> Vec<u8> {
     let mut buffer = Vec::with_capacity(size);
