@@ -182,7 +182,7 @@ impl Parent {
         )?;
         let Some(version) = chosen else {
             return Err(Error::ProtocolVersion {
-                ours: wire::VERSIONS,
+                ours: fault::versions(Side::Old),
                 theirs: versions,
             });
         };
