@@ -106,7 +106,7 @@ fn xor_onto(valid: &[u8], input: &[u8]) -> Vec<u8> {
     bytes
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::Offer,
     Kind::State,
     Kind::Data,
@@ -119,6 +119,7 @@ const KINDS: [Kind; 12] = [
     Kind::Bytes,
     Kind::Taken,
     Kind::Ready,
+    Kind::BytesPiped,
 ];
 
 fn header(input: &[u8]) {

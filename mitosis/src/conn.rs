@@ -16,6 +16,7 @@ use rustix::net::SendFlags;
 use crate::error::{Error, Step};
 use crate::fault::{Side, Tripwire};
 use crate::handover::StateSink;
+use crate::pipe::{PIPE_BYTES, PipeSender};
 use crate::wire::{self, BytesStart, HEADER_LEN, Kind, MAX_DATA_PAYLOAD, Message};
 
 /// A point in time after which the handover has failed.
@@ -86,6 +87,11 @@ impl Conn {
         self.reader.get_ref()
     }
 
+    /// The socket, for a `poll` that watches it along with other fds.
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.stream().as_fd()
+    }
+
     /// Holds back partly filled segments (`TCP_CORK`) until the returned
     /// guard is dropped. With `TCP_NODELAY` every frame is a segment of its
     /// own, and the other process may wake for each; a burst written
@@ -96,6 +102,15 @@ impl Conn {
         let fd = self.stream().as_fd().try_clone_to_owned().ok();
         let fd = fd.filter(|fd| set_cork(fd, true));
         Corked { fd }
+    }
+
+    /// Sends what a cork holds back now, and corks again: for a frame the
+    /// other process must act on before more frames follow.
+    pub(crate) fn push(&self) {
+        let corked = rustix::net::sockopt::tcp_cork(self.stream()).unwrap_or(false);
+        if corked && set_cork(self.stream(), false) {
+            set_cork(self.stream(), true);
+        }
     }
 
     fn arm_read(&self, step: Step) -> Result<(), Error> {
@@ -192,8 +207,9 @@ impl Conn {
     }
 
     /// How many of the next `len` bytes may move before a test fault
-    /// strikes: all of them but in step 6 under `test-hooks`.
-    fn allow(&self, step: Step, len: usize) -> usize {
+    /// strikes: all of them but in step 6 under `test-hooks`. Bytes that
+    /// cross outside the connection (through the pipe) count too.
+    pub(crate) fn allow(&self, step: Step, len: usize) -> usize {
         if step == Step::State {
             self.tripwire.allow(len)
         } else {
@@ -201,7 +217,7 @@ impl Conn {
         }
     }
 
-    fn passed(&self, step: Step, len: usize) {
+    pub(crate) fn passed(&self, step: Step, len: usize) {
         if step == Step::State {
             self.tripwire.passed(len);
         }
@@ -355,7 +371,7 @@ impl Drop for Corked {
     }
 }
 
-fn set_cork(fd: &OwnedFd, on: bool) -> bool {
+fn set_cork(fd: impl AsFd, on: bool) -> bool {
     rustix::net::sockopt::set_tcp_cork(fd, on)
         .inspect_err(|error| log::debug!("mitosis: TCP_CORK {on}: {error}"))
         .is_ok()
@@ -374,12 +390,14 @@ pub(crate) enum Readable {
 
 /// Where the encoder streams the state (step 6): plain bytes as DATA
 /// frames, and each out-of-line byte buffer as BYTES_START and BYTES frames,
-/// written straight from the state's memory.
-pub(crate) struct DataFrames<'c> {
+/// written straight from the state's memory; or, from [`PIPE_BYTES`] on and
+/// when the protocol version has it, through the pipe.
+pub(crate) struct DataFrames<'c, 'p> {
     pub(crate) conn: &'c Conn,
+    pub(crate) pipe: Option<&'c mut PipeSender<'p>>,
 }
 
-impl DataFrames<'_> {
+impl DataFrames<'_, '_> {
     fn chunks(&self, kind: Kind, bytes: &[u8]) -> Result<(), Error> {
         bytes
             .chunks(MAX_DATA_PAYLOAD as usize)
@@ -387,12 +405,18 @@ impl DataFrames<'_> {
     }
 }
 
-impl StateSink for DataFrames<'_> {
+impl StateSink for DataFrames<'_, '_> {
     fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.chunks(Kind::Data, bytes)
     }
 
     fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.len() >= PIPE_BYTES
+            && let Some(pipe) = self.pipe.as_deref_mut()
+            && pipe.send(self.conn, bytes)?
+        {
+            return Ok(());
+        }
         let start = BytesStart {
             size: bytes.len() as u64,
         };
@@ -505,7 +529,12 @@ mod tests {
         let sender = Conn::new(raw, Deadline::after(Duration::from_secs(5)), Side::Old);
         let big = vec![9u8; MAX_DATA_PAYLOAD as usize + 10];
         let writer = std::thread::spawn(move || {
-            DataFrames { conn: &sender }.data(&big).unwrap();
+            DataFrames {
+                conn: &sender,
+                pipe: None,
+            }
+            .data(&big)
+            .unwrap();
             sender
                 .write_frame(Step::State, Kind::End, &[1, 2, 3])
                 .unwrap();

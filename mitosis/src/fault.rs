@@ -12,6 +12,10 @@
 //!   `commit`, `ack`, `taken` or `done` (see [`Point`]);
 //! - action: `kill`, or `stall=<milliseconds>`.
 //!
+//! A second variable, `MITOSIS_MAX_VERSION=<side>:<n>`, makes one side speak
+//! protocol versions up to `n` only, as a build of an earlier mitosis does
+//! (see [`versions`]).
+//!
 //! Without the feature, every hook is an empty inline function and
 //! [`Tripwire`] has no fields: nothing is read, counted or checked.
 
@@ -54,10 +58,10 @@ pub(crate) enum Point {
 }
 
 #[cfg(feature = "test-hooks")]
-pub(crate) use active::{Tripwire, at};
+pub(crate) use active::{Tripwire, at, versions};
 
 #[cfg(not(feature = "test-hooks"))]
-pub(crate) use inert::{Tripwire, at};
+pub(crate) use inert::{Tripwire, at, versions};
 
 #[cfg(not(feature = "test-hooks"))]
 mod inert {
@@ -65,6 +69,12 @@ mod inert {
 
     #[inline(always)]
     pub(crate) fn at(_side: Side, _point: Point) {}
+
+    /// The protocol versions `side` speaks: this build's.
+    #[inline(always)]
+    pub(crate) fn versions(_side: Side) -> (u16, u16) {
+        crate::wire::VERSIONS
+    }
 
     /// Counts nothing without the feature.
     #[derive(Debug, Default)]
@@ -159,6 +169,30 @@ mod active {
             point,
             action,
         })
+    }
+
+    /// The protocol versions `side` speaks: this build's, or up to `n`
+    /// only with `MITOSIS_MAX_VERSION=<side>:<n>`.
+    pub(crate) fn versions(side: Side) -> (u16, u16) {
+        const VAR: &str = "MITOSIS_MAX_VERSION";
+        static CAP: OnceLock<Option<(Side, u16)>> = OnceLock::new();
+        let cap = *CAP.get_or_init(|| {
+            let text = std::env::var(VAR).ok()?;
+            let cap = match text.split_once(':') {
+                Some(("old", max)) => max.parse().ok().map(|max| (Side::Old, max)),
+                Some(("new", max)) => max.parse().ok().map(|max| (Side::New, max)),
+                _ => None,
+            };
+            if cap.is_none() {
+                log::error!("mitosis: ignoring malformed {VAR}={text:?}");
+            }
+            cap
+        });
+        let (low, high) = crate::wire::VERSIONS;
+        match cap {
+            Some((capped, max)) if capped == side => (low, high.min(max)),
+            _ => (low, high),
+        }
     }
 
     /// Strikes if the fault is `side` at `point`.

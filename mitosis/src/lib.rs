@@ -106,11 +106,12 @@ mod schema;
 mod handover;
 
 // The bytes on the wire, the connection that carries them, the fd channel,
-// and the contract in the environment.
+// the pipe for large byte buffers, and the contract in the environment.
 mod conn;
 mod env;
 mod fault;
 mod fd_channel;
+mod pipe;
 mod wire;
 
 // The two sides, each a walk through PROTOCOL.md's steps.

@@ -138,6 +138,9 @@ pub mod wire {
     pub const MAX_STATE_BYTES: u64 = crate::env::MAX_STATE_BYTES;
     /// Byte buffers of this size or more travel out of line.
     pub const OUT_OF_LINE_BYTES: usize = crate::handover::OUT_OF_LINE_BYTES;
+    /// Byte buffers of this size or more come through the pipe, in
+    /// protocol version 2.
+    pub const PIPE_BYTES: usize = crate::pipe::PIPE_BYTES;
     /// Length of the secret: the new process's token, then the old one's.
     pub const SECRET_LEN: usize = 2 * real::TOKEN_LEN;
 
@@ -208,6 +211,19 @@ pub mod wire {
         Ok((key.secret, key.timeout_ms, key.max_state_bytes, key.max_fds))
     }
 
+    /// Length of PIPE, the fd channel's message that carries the pipe.
+    pub const PIPE_LEN: usize = real::Pipe::LEN;
+
+    /// PIPE as the old process sends it (its fd travels beside it).
+    pub fn pipe() -> Vec<u8> {
+        real::Pipe.encode().to_vec()
+    }
+
+    /// What the new process makes of a PIPE message's bytes.
+    pub fn parse_pipe(bytes: &[u8]) -> Result<(), Error> {
+        real::Pipe::decode(bytes).map(|_| ())
+    }
+
     /// What a receiver makes of a frame header when it expects one of
     /// `expected`: the kind and the payload length it then allocates.
     pub fn decode_header(
@@ -244,6 +260,9 @@ pub mod wire {
         },
         /// BYTES_START: the buffer's size.
         BytesStart(u64),
+        /// BYTES_PIPED: the size of the buffer that follows through the
+        /// pipe.
+        BytesPiped(u64),
         /// END.
         End {
             /// Stream bytes.
@@ -271,11 +290,12 @@ pub mod wire {
     }
 
     /// The frame kinds whose payloads [`decode`] reads.
-    pub const KINDS: [Kind; 10] = [
+    pub const KINDS: [Kind; 11] = [
         Kind::Offer,
         Kind::State,
         Kind::Reject,
         Kind::BytesStart,
+        Kind::BytesPiped,
         Kind::End,
         Kind::Abort,
         Kind::Ready,
@@ -324,6 +344,7 @@ pub mod wire {
                 description,
             }),
             Frame::BytesStart(size) => pair(real::BytesStart { size }),
+            Frame::BytesPiped(size) => pair(real::BytesPiped { size }),
             Frame::End {
                 stream_bytes,
                 out_of_line_bytes,
@@ -352,7 +373,12 @@ pub mod wire {
         match kind {
             Kind::Offer | Kind::State => Step::Offer,
             Kind::Ready => Step::Ready,
-            Kind::Reject | Kind::Data | Kind::BytesStart | Kind::Bytes | Kind::End => Step::State,
+            Kind::Reject
+            | Kind::Data
+            | Kind::BytesStart
+            | Kind::Bytes
+            | Kind::BytesPiped
+            | Kind::End => Step::State,
             Kind::Abort | Kind::Commit => Step::Commit,
             Kind::Ack | Kind::Taken => Step::Ack,
         }
@@ -380,6 +406,7 @@ pub mod wire {
                 }
             }
             Kind::BytesStart => Frame::BytesStart(real::BytesStart::decode(step, payload)?.size),
+            Kind::BytesPiped => Frame::BytesPiped(real::BytesPiped::decode(step, payload)?.size),
             Kind::End => {
                 let end = real::End::decode(step, payload)?;
                 Frame::End {

@@ -19,6 +19,9 @@
 //! - `status` → `status pid=.. generation=.. version=.. label=.. blob=<len>:<fnv1a64> spare=<n>`,
 //!   `<n>` being the number of spare fds in the state
 //! - `fds` → `fds <fd>:<target> ...` from /proc/self/fd
+//! - `memory` → `memory hwm=<kB> rss=<kB> huge=<kB>`: this process's peak
+//!   and current resident memory (`VmHWM`, `VmRSS`) and how much of it is
+//!   in transparent huge pages (`AnonHugePages`)
 //! - `env` → `env <names of the MITOSIS_* variables>`
 //! - `child-env` → `child-env <names of the MITOSIS_* variables>` that a
 //!   subprocess (`env`) started now sees
@@ -165,6 +168,18 @@ pub struct Cli {
     /// host or `-Zon-broken-pipe=kill` leaves it; std ignores it otherwise.
     #[arg(long)]
     pub sigpipe_default: bool,
+
+    /// Writes mitosis's log records, debug level and up, to stderr as
+    /// `mitosis-log pid=<pid> <level> <message>`, from before `init`.
+    #[arg(long)]
+    pub mitosis_log: bool,
+
+    /// Turns transparent huge pages off for this process and the processes
+    /// it starts (`PR_SET_THP_DISABLE`, which a new process inherits across
+    /// `execve`), from before `init`: a kernel without them, as far as
+    /// mitosis can tell.
+    #[arg(long)]
+    pub no_thp: bool,
 
     /// Lowers this process's open-file limit (the soft RLIMIT_NOFILE) to
     /// this at start, before `init`; with `--spare-fds`, it can be nearly
@@ -344,6 +359,27 @@ pub fn fd_list() -> String {
     listed.join(" ")
 }
 
+/// `memory hwm=<kB> rss=<kB> huge=<kB>`, from `/proc/self/status` and
+/// `/proc/self/smaps_rollup`; a figure that cannot be read is `?`.
+pub fn memory() -> String {
+    let kib = |file: &str, key: &str| -> String {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "memory hwm={} rss={} huge={}",
+        kib("/proc/self/status", "VmHWM:"),
+        kib("/proc/self/status", "VmRSS:"),
+        kib("/proc/self/smaps_rollup", "AnonHugePages:")
+    )
+}
+
 /// This process's child pids, from `/proc/self/task/*/children`, or `none`.
 pub fn children() -> String {
     let mut pids = Vec::new();
@@ -384,11 +420,49 @@ pub fn say(line: impl AsRef<str>) {
     let _ = out.flush();
 }
 
-/// What the host does before `init`, as `--ignore-sigchld` and
-/// `--thread-before-init` ask (read from the raw arguments: the parser runs
-/// after `init`).
+/// `--mitosis-log`: mitosis's records on stderr, each line in one write so
+/// that the generations' lines, which share the pipe, do not interleave.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.target().starts_with("mitosis")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!(
+                "mitosis-log pid={} {} {}\n",
+                std::process::id(),
+                record.level(),
+                record.args()
+            );
+            let _ = io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// What the host does before `init`, as `--ignore-sigchld`,
+/// `--thread-before-init`, `--mitosis-log` and `--no-thp` ask (read from the
+/// raw arguments: the parser runs after `init`).
 fn host_before_init() {
     let args: Vec<_> = std::env::args_os().collect();
+    if args.iter().any(|arg| arg == "--mitosis-log") && log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    if args.iter().any(|arg| arg == "--no-thp") {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and only changes
+        // how the kernel backs this process's memory.
+        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+            eprintln!(
+                "testdata: PR_SET_THP_DISABLE: {}",
+                io::Error::last_os_error()
+            );
+            std::process::exit(4);
+        }
+    }
     if args.iter().any(|arg| arg == "--ignore-sigchld") {
         // SAFETY: setting a signal's disposition to SIG_IGN installs no
         // handler; it is done before any other thread exists.
@@ -750,6 +824,7 @@ impl App {
                 state.status_extra()
             ),
             "fds" => format!("fds {}", fd_list()),
+            "memory" => memory(),
             "env" => ["env".to_owned()]
                 .into_iter()
                 .chain(mitosis_env())

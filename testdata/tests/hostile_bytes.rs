@@ -418,7 +418,7 @@ proptest! {
 // Frame headers.
 
 /// PROTOCOL.md's frame table: kind, name, largest payload.
-const KINDS: [(Kind, &str, u32); 12] = [
+const KINDS: [(Kind, &str, u32); 13] = [
     (Kind::Offer, "OFFER", 65_536),
     (Kind::State, "STATE", 65_536),
     (Kind::Data, "DATA", 1_048_576),
@@ -431,6 +431,7 @@ const KINDS: [(Kind, &str, u32); 12] = [
     (Kind::Bytes, "BYTES", 1_048_576),
     (Kind::Taken, "TAKEN", 65_536),
     (Kind::Ready, "READY", 65_536),
+    (Kind::BytesPiped, "BYTES_PIPED", 65_536),
 ];
 
 fn header(kind: u8, len: u32) -> [u8; HEADER_LEN] {
@@ -494,7 +495,7 @@ fn the_kinds_and_limits_are_the_protocols() {
             (kind, 0)
         );
     }
-    for unknown in [0, 13, 0x42, 0xff] {
+    for unknown in [0, 14, 0x42, 0xff] {
         assert!(check_header(header(unknown, 0), &[Kind::Offer]).is_err());
     }
 }
@@ -723,8 +724,9 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Every other frame's payload: STATE, REJECT, BYTES_START, END, ABORT,
-// COMMIT, ACK and TAKEN, through the same typed messages the handover uses.
+// Every other frame's payload: STATE, REJECT, BYTES_START, BYTES_PIPED, END,
+// ABORT, READY, COMMIT, ACK and TAKEN, through the same typed messages the
+// handover uses.
 
 /// Decodes a `kind` payload and checks the verdict: either the frame the
 /// bytes hold, which encodes back to exactly those bytes, or a protocol
@@ -743,7 +745,8 @@ fn check_frame(kind: Kind, payload: &[u8]) -> Result<Frame, Error> {
             assert_eq!(*step, wire::step_of(kind));
             assert!(
                 detail.starts_with(&format!("{kind:?}").to_uppercase())
-                    || detail.starts_with("BYTES_START"),
+                    || detail.starts_with("BYTES_START")
+                    || detail.starts_with("BYTES_PIPED"),
                 "{kind:?}: {detail}"
             );
             assert!(REFUSALS.iter().any(|why| detail.contains(why)), "{detail}");
@@ -806,6 +809,7 @@ fn frames() -> impl Strategy<Value = Frame> {
             }
         ),
         any::<u64>().prop_map(Frame::BytesStart),
+        any::<u64>().prop_map(Frame::BytesPiped),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(a, b, c)| Frame::End {
             stream_bytes: a,
             out_of_line_bytes: b,
@@ -839,6 +843,7 @@ fn every_frame_round_trips_and_every_prefix_is_refused() {
             }),
         },
         Frame::BytesStart(1 << 40),
+        Frame::BytesPiped(256 << 20),
         Frame::End {
             stream_bytes: 1,
             out_of_line_bytes: 2,
@@ -891,8 +896,33 @@ fn check_key(bytes: &[u8]) {
     assert!(stats.largest <= 256, "{stats:?}");
 }
 
+/// PIPE, the fd channel's message beside the pipe: the magic alone, read
+/// only exactly.
+fn check_pipe(bytes: &[u8]) {
+    let (got, stats) = measure(|| wire::parse_pipe(bytes));
+    match got {
+        Ok(()) => assert_eq!(bytes, wire::pipe()),
+        Err(Error::Protocol { step, detail }) => {
+            assert_eq!(step, Step::State);
+            assert!(detail.contains("PIPE"), "{detail}");
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+    assert!(stats.largest <= 256, "{stats:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn arbitrary_and_mutated_pipe_messages_are_refused_or_read_exactly(
+        noise in vec(any::<u8>(), 0..16),
+        edits in edits(),
+    ) {
+        prop_assert_eq!(wire::pipe().len(), wire::PIPE_LEN);
+        check_pipe(&noise);
+        check_pipe(&mutate(wire::pipe(), &edits));
+    }
 
     #[test]
     fn arbitrary_and_mutated_keys_are_refused_or_read_exactly(

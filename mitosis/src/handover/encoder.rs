@@ -37,8 +37,8 @@ pub struct Encoder<'a> {
 pub(crate) const ENCODE_BUFFER: usize = 64 * 1024;
 
 /// Byte buffers of this size or more travel out of line: in frames of their
-/// own, read by the new process straight into their final `Vec`, so they
-/// are copied once (PROTOCOL.md, step 6).
+/// own, or from 1 MiB on through a pipe, read by the new process straight
+/// into their final `Vec` (PROTOCOL.md, step 6).
 pub(crate) const OUT_OF_LINE_BYTES: usize = 64 * 1024;
 
 /// Where an encoded state goes: the stream of plain bytes, and the byte
@@ -244,7 +244,9 @@ impl<'a> Encoder<'a> {
     /// Writes a byte buffer at copy speed. A short one goes into the stream
     /// as `serde_bytes` writes it (a length, then the bytes); one of 64 KiB
     /// or more leaves its length in the stream and travels out of line,
-    /// straight from this memory into the new process's final `Vec`.
+    /// straight from this memory into the new process's final `Vec`. From
+    /// 1 MiB on it goes through a pipe that refers to this memory, so that
+    /// it is copied only once, by the new process.
     ///
     /// ```
     /// # use mitosis::{Encoder, Error};

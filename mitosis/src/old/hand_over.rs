@@ -20,6 +20,7 @@ use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener};
 use crate::handover::Shapes;
 use crate::handover::{Encoder, Handover, StateSink};
+use crate::pipe::PipeSender;
 use crate::schema::{self, Schema, Shape};
 use crate::wire::handshake::{self, Secret};
 use crate::wire::{self, Ack, Commit, End, Message, Offer, Ready, Reason, Reject, Taken};
@@ -42,6 +43,8 @@ pub(super) struct Parent {
     /// process is gone, take over".
     conn: Option<Conn>,
     fd_conn: Option<OwnedFd>,
+    /// The protocol version chosen in step 3.
+    version: u16,
     /// The numbers of the state's fds that crossed in step 7.
     handed_over: Vec<RawFd>,
 }
@@ -118,6 +121,7 @@ impl Parent {
             hello_timeout: options.hello_timeout,
             conn: None,
             fd_conn: None,
+            version: 0,
             handed_over: Vec::new(),
         })
     }
@@ -178,10 +182,11 @@ impl Parent {
         )?;
         let Some(version) = chosen else {
             return Err(Error::ProtocolVersion {
-                ours: wire::VERSIONS,
+                ours: fault::versions(Side::Old),
                 theirs: versions,
             });
         };
+        self.version = version;
 
         // Step 4: agree on the schema; if the new process does not accept
         // this one, say why, and what differs, in both processes.
@@ -256,9 +261,17 @@ impl Parent {
         let burst = conn.cork();
 
         // Step 6: stream the encoded state, then its lengths and fd count;
-        // or, over a limit, a REJECT that tells the new process why.
+        // or, over a limit, a REJECT that tells the new process why. Large
+        // byte buffers take the pipe, where the version has it. The pipe
+        // lives to the end of this function, which empties it on every way
+        // out: until then the new process may still be reading it.
+        let mut pipe = (self.version >= wire::PIPE_VERSION)
+            .then(|| PipeSender::new(fd_conn.as_fd(), self.child_exited.as_fd()));
         let mut frames = Limited {
-            frames: DataFrames { conn },
+            frames: DataFrames {
+                conn,
+                pipe: pipe.as_mut(),
+            },
             max: self.terms.limits.state_bytes,
             sent: 0,
         };
@@ -278,6 +291,7 @@ impl Parent {
             Err(error @ (Error::LimitExceeded { .. } | Error::UnreadBytes { .. })) => {
                 return Err(reject(conn, own, Step::State, Reason::Limit, error));
             }
+            Err(gone @ Error::PeerGone { .. }) => return Err(said_why(conn, Step::State, gone)),
             Err(error) => return Err(error),
         };
         let end = End {
@@ -300,7 +314,13 @@ impl Parent {
             self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
         }
         drop(encoded);
-        sent.map_err(|error| said_why(conn, error))?;
+        sent.map_err(|error| said_why(conn, Step::Fds, error))?;
+        if let Some(pipe) = &pipe {
+            log::debug!(
+                "mitosis: step 6: {} of the out-of-line bytes went through the pipe",
+                pipe.sent
+            );
+        }
 
         // Step 8: the new process decodes, checks and commits, or says why
         // not.
@@ -422,28 +442,29 @@ fn wait_for_ready(
     Ok(())
 }
 
-/// A new process that gives up in step 7 (its open-file limit is too low
-/// for the fds, say) sends ABORT and exits, and this process may find the
-/// fd channel closed before it has sent the last batch. The reason is on
-/// the connection then: report it rather than only the closed channel.
-fn said_why(conn: &mut Conn, error: Error) -> Error {
-    if !matches!(error, Error::PeerGone { .. })
+/// The new process stopped taking the state (the fd channel closed before
+/// the last batch, or the pipe's wait saw its connection or its pidfd turn
+/// readable): if it said why with ABORT, already waiting on the
+/// connection, that is the error, rather than only "it went away". It
+/// gives up that way when its open-file limit is too low for the fds, say.
+fn said_why(conn: &mut Conn, step: Step, gone: Error) -> Error {
+    if !matches!(gone, Error::PeerGone { .. })
         || !matches!(
-            conn.wait_readable(Step::Fds, &[], Some(Duration::ZERO)),
+            conn.wait_readable(step, &[], Some(Duration::ZERO)),
             Ok(Readable::Conn)
         )
     {
-        return error;
+        return gone;
     }
-    match conn.read_frame(Step::Fds, &[wire::Abort::KIND]) {
-        Ok((_, payload)) => match wire::Abort::decode(Step::Fds, &payload) {
+    match conn.read_frame(step, &[wire::Abort::KIND]) {
+        Ok((_, payload)) => match wire::Abort::decode(step, &payload) {
             Ok(abort) => Error::Aborted {
-                step: Step::Fds,
+                step,
                 reason: abort.message,
             },
-            Err(_) => error,
+            Err(_) => gone,
         },
-        Err(_) => error,
+        Err(_) => gone,
     }
 }
 
@@ -517,13 +538,13 @@ fn reject(conn: &Conn, own: &Own, step: Step, reason: Reason, error: Error) -> E
 
 /// The state's frames, stopped at the handover's byte limit: a state over
 /// it fails before the excess is sent.
-struct Limited<'c> {
-    frames: DataFrames<'c>,
+struct Limited<'c, 'p> {
+    frames: DataFrames<'c, 'p>,
     max: u64,
     sent: u64,
 }
 
-impl Limited<'_> {
+impl Limited<'_, '_> {
     fn admit(&mut self, len: usize) -> Result<(), Error> {
         self.sent += len as u64;
         if self.sent > self.max {
@@ -538,7 +559,7 @@ impl Limited<'_> {
     }
 }
 
-impl StateSink for Limited<'_> {
+impl StateSink for Limited<'_, '_> {
     fn data(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.admit(bytes.len())?;
         self.frames.data(bytes)
@@ -547,5 +568,53 @@ impl StateSink for Limited<'_> {
     fn out_of_line(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.admit(bytes.len())?;
         self.frames.out_of_line(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    fn pair() -> (Conn, Conn) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let new = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (old, _) = listener.accept().unwrap();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        (
+            Conn::new(old, deadline, Side::Old),
+            Conn::new(new, deadline, Side::New),
+        )
+    }
+
+    #[test]
+    fn a_new_process_that_stops_taking_the_state_is_heard_out() {
+        let gone = || Error::PeerGone { step: Step::State };
+        // It said why.
+        let (mut old, new) = pair();
+        let abort = wire::Abort {
+            reason: Reason::Io,
+            message: "out of fds".into(),
+        };
+        new.send(Step::State, &abort).unwrap();
+        drop(new);
+        let error = said_why(&mut old, Step::State, gone());
+        assert!(
+            matches!(&error, Error::Aborted { step: Step::State, reason } if reason == "out of fds"),
+            "{error:?}"
+        );
+        // It only went away; or it has not closed its connection yet (its
+        // pidfd said it exited): no wait either way.
+        let (mut old, new) = pair();
+        drop(new);
+        assert!(matches!(
+            said_why(&mut old, Step::State, gone()),
+            Error::PeerGone { .. }
+        ));
+        let (mut old, _new) = pair();
+        assert!(matches!(
+            said_why(&mut old, Step::State, gone()),
+            Error::PeerGone { .. }
+        ));
     }
 }

@@ -3,8 +3,9 @@
 
 use std::io;
 
-use super::{Hello, MAGIC, TOKEN_LEN, VERSIONS, Welcome};
+use super::{Hello, MAGIC, TOKEN_LEN, Welcome};
 use crate::error::{Error, Step};
+use crate::fault::{self, Side};
 
 /// A fresh random secret for one handover: the new process's token, then
 /// the old process's. It reaches the new process in the fd channel's KEY,
@@ -51,7 +52,7 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 /// The new process's preamble (step 3).
 pub(crate) fn hello(secret: &Secret) -> [u8; Hello::LEN] {
     Hello {
-        versions: VERSIONS,
+        versions: fault::versions(Side::New),
         token: secret.child_token().try_into().expect("a token"),
     }
     .encode()
@@ -93,8 +94,9 @@ pub(crate) fn check_hello(secret: &Secret, received: &[u8]) -> Progress {
 
 /// The highest version both sides speak, if any.
 pub(crate) fn choose_version(theirs: (u16, u16)) -> Option<u16> {
-    let low = theirs.0.max(VERSIONS.0);
-    let high = theirs.1.min(VERSIONS.1);
+    let ours = fault::versions(Side::Old);
+    let low = theirs.0.max(ours.0);
+    let high = theirs.1.min(ours.1);
     (low <= high).then_some(high)
 }
 
@@ -103,7 +105,7 @@ pub(crate) fn choose_version(theirs: (u16, u16)) -> Option<u16> {
 pub(crate) fn welcome(secret: &Secret, chosen: u16) -> [u8; Welcome::LEN] {
     Welcome {
         chosen,
-        versions: VERSIONS,
+        versions: fault::versions(Side::Old),
         token: secret.parent_token().try_into().expect("a token"),
     }
     .encode()
@@ -121,13 +123,14 @@ pub(crate) fn check_welcome(secret: &Secret, bytes: &[u8; Welcome::LEN]) -> Resu
         ));
     }
     let chosen = welcome.chosen;
+    let ours = fault::versions(Side::New);
     if chosen == 0 {
         return Err(Error::ProtocolVersion {
-            ours: VERSIONS,
+            ours,
             theirs: welcome.versions,
         });
     }
-    if chosen < VERSIONS.0 || chosen > VERSIONS.1 {
+    if chosen < ours.0 || chosen > ours.1 {
         return Err(Error::protocol(
             STEP,
             format!("the old process chose version {chosen}, which this process never offered"),

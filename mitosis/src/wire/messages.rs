@@ -299,6 +299,56 @@ impl Message for BytesStart {
     }
 }
 
+/// PIPE, the old process's message on the fd channel in step 6 (protocol
+/// version 2), sent once, before the first BYTES_PIPED frame: the magic,
+/// with the read end of the pipe that the large byte buffers come through
+/// as its one `SCM_RIGHTS` fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pipe;
+
+impl Pipe {
+    pub(crate) const LEN: usize = 8;
+
+    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
+        MAGIC
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Pipe, Error> {
+        if bytes == MAGIC {
+            return Ok(Pipe);
+        }
+        Err(Error::protocol(
+            Step::State,
+            format!(
+                "the old process's PIPE on the fd channel is {} bytes, not the {}-byte magic",
+                bytes.len(),
+                Self::LEN
+            ),
+        ))
+    }
+}
+
+/// BYTES_PIPED (old → new, step 6, protocol version 2): the size of the
+/// out-of-line buffer whose bytes follow through the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BytesPiped {
+    pub(crate) size: u64,
+}
+
+impl Message for BytesPiped {
+    const KIND: Kind = Kind::BytesPiped;
+
+    fn write(&self, out: &mut Payload) {
+        out.u64(self.size);
+    }
+
+    fn read(fields: &mut Fields<'_>) -> Result<Self, Error> {
+        Ok(BytesPiped {
+            size: fields.u64()?,
+        })
+    }
+}
+
 /// END (old → new, step 6): what the state's frames added up to, and how
 /// many fds follow in step 7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +468,7 @@ mod tests {
             description: None,
         });
         round_trip(BytesStart { size: 1 << 40 });
+        round_trip(BytesPiped { size: 1 << 30 });
         round_trip(End {
             stream_bytes: 7,
             out_of_line_bytes: 8,
@@ -467,6 +518,15 @@ mod tests {
         assert_eq!(Arrival::decode(&arrival.encode()).unwrap(), arrival);
         assert!(Arrival::decode(&arrival.encode()[..9]).is_err());
         assert!(Arrival::decode(b"mitosis\x01\x02\x03").is_err());
+    }
+
+    #[test]
+    fn pipe_is_the_magic_alone() {
+        assert_eq!(Pipe::decode(&Pipe.encode()).unwrap(), Pipe);
+        for bad in [&b"mitosis"[..], b"mitosis\0\0", b"Mitosis\0", b""] {
+            let err = Pipe::decode(bad).unwrap_err();
+            assert!(err.to_string().contains("PIPE"), "{err}");
+        }
     }
 
     #[test]

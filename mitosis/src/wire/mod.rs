@@ -10,8 +10,8 @@ mod messages;
 mod shape;
 
 pub(crate) use messages::{
-    Abort, Ack, Arrival, BytesStart, Commit, End, Hello, Key, Message, Offer, Ready, Reject, State,
-    Taken, Welcome,
+    Abort, Ack, Arrival, BytesPiped, BytesStart, Commit, End, Hello, Key, Message, Offer, Pipe,
+    Ready, Reject, State, Taken, Welcome,
 };
 
 use crate::error::{Error, Step};
@@ -21,12 +21,18 @@ use crate::schema::{Schema, Shape};
 pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
 
 /// The protocol versions this build speaks: 2 adds READY (step 5), so that
-/// the new process sets itself up while the old one still serves. With a
-/// peer that speaks only 1 there is no READY, and the state follows STATE.
+/// the new process sets itself up while the old one still serves, and the
+/// pipe for large byte buffers (step 6). With a peer that speaks only 1
+/// there is no READY, the state follows STATE, and every byte crosses over
+/// TCP.
 pub(crate) const VERSIONS: (u16, u16) = (1, 2);
 
 /// The first version with READY.
 pub(crate) const READY_VERSION: u16 = 2;
+
+/// The first version whose large byte buffers may come through a pipe
+/// (PIPE, BYTES_PIPED).
+pub(crate) const PIPE_VERSION: u16 = 2;
 
 /// Length of the token each side proves the secret with.
 pub(crate) const TOKEN_LEN: usize = 32;
@@ -40,7 +46,8 @@ pub(crate) const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
 /// Largest payload of one DATA or BYTES frame.
 pub(crate) const MAX_DATA_PAYLOAD: u32 = 1024 * 1024;
 
-/// The frame kinds of protocol versions 1 and 2 (READY is version 2's).
+/// The frame kinds of protocol versions 1 and 2 (READY and BYTES_PIPED are
+/// version 2's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -68,6 +75,9 @@ pub enum Kind {
     Taken = 11,
     /// new → old: the new process is set up and asks for the state.
     Ready = 12,
+    /// old → new: an out-of-line byte buffer of this many bytes follows
+    /// through the pipe.
+    BytesPiped = 13,
 }
 
 impl Kind {
@@ -85,6 +95,7 @@ impl Kind {
             10 => Kind::Bytes,
             11 => Kind::Taken,
             12 => Kind::Ready,
+            13 => Kind::BytesPiped,
             _ => return None,
         })
     }
@@ -103,6 +114,7 @@ impl Kind {
             Kind::Bytes => "BYTES",
             Kind::Taken => "TAKEN",
             Kind::Ready => "READY",
+            Kind::BytesPiped => "BYTES_PIPED",
         }
     }
 
