@@ -272,3 +272,39 @@ fn a_dropped_upgrade_stops_the_new_process() {
     );
     assert_eq!(peer.command("ping after"), "pong after");
 }
+
+/// The scheduling policy of each thread of `pid`, from field 41 of
+/// `/proc/<pid>/task/<tid>/stat` (0 normal, 5 idle).
+fn policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the tasks") {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        // Field 3 is the first after the command; the policy is field 41.
+        policies.push(after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    policies
+}
+
+/// The new build starts at idle CPU priority, so that its start takes only
+/// the CPU time the service leaves over, and every one of its threads runs
+/// at the old process's own policy once it is ready.
+#[test]
+fn the_new_build_starts_at_idle_priority_and_serves_at_normal() {
+    const SCHED_IDLE: u32 = 5;
+    let (_run, mut peer) = Spawn::new("prepare-priority")
+        .args(&["--thread-before-init"])
+        .start();
+    let child = preparing(&mut peer, "prepare hang");
+    assert_eq!(policies(child), [SCHED_IDLE], "while it starts");
+    assert_eq!(peer.command("cancel"), "cancelled");
+
+    preparing(&mut peer, "prepare");
+    let ready = peer.line();
+    let new: u32 = field(&ready, "pid").parse().unwrap();
+    let after = policies(new);
+    assert!(
+        after.len() >= 2 && after.iter().all(|&policy| policy == 0),
+        "every thread of the new process, once it took over: {after:?}"
+    );
+}

@@ -11,6 +11,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use super::accept::{Doors, accept_child};
+use super::priority;
 use super::spawn::{Launch, start_path, without_panics};
 use super::{Outcome, SplitOptions};
 use crate::conn::{Conn, DataFrames, Deadline, Readable, timespec};
@@ -47,6 +48,9 @@ pub(super) struct Parent {
     version: u16,
     /// The numbers of the state's fds that crossed in step 7.
     handed_over: Vec<RawFd>,
+    /// The new process starts at idle priority; the policy it gets back once
+    /// it is ready.
+    idle: Option<priority::Ordinary>,
 }
 
 impl Parent {
@@ -106,6 +110,7 @@ impl Parent {
                 return Err((Error::io(STEP)(e.into()), Some(child.id())));
             }
         };
+        let idle = priority::start_idle(pid);
         log::debug!(
             "mitosis: step 1: started {} as pid {}, handover port {port}",
             launch.binary.display(),
@@ -123,6 +128,7 @@ impl Parent {
             fd_conn: None,
             version: 0,
             handed_over: Vec::new(),
+            idle,
         })
     }
 
@@ -221,6 +227,9 @@ impl Parent {
         // protocol version 1 has no READY: it waits for the state already.
         if version >= wire::READY_VERSION {
             wait_for_ready(conn, self.child_exited.as_fd(), dropped, &self.deadline)?;
+        }
+        if let Some(policy) = self.idle.take() {
+            priority::restore(Pid::from_child(&self.child), policy);
         }
         fault::at(Side::Old, Point::Ready);
         log::debug!("mitosis: step 5: pid {} is ready", self.child.id());

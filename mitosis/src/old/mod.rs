@@ -10,6 +10,7 @@
 mod accept;
 mod hand_over;
 mod options;
+mod priority;
 mod spawn;
 
 use std::fmt;
