@@ -50,7 +50,7 @@ pub(super) struct Parent {
     handed_over: Vec<RawFd>,
     /// The new process starts at idle priority; the policy it gets back once
     /// it is ready.
-    idle: Option<priority::Ordinary>,
+    idle: Option<priority::IdleStart>,
 }
 
 impl Parent {
@@ -110,7 +110,7 @@ impl Parent {
                 return Err((Error::io(STEP)(e.into()), Some(child.id())));
             }
         };
-        let idle = priority::start_idle(pid);
+        let idle = priority::IdleStart::begin(pid);
         log::debug!(
             "mitosis: step 1: started {} as pid {}, handover port {port}",
             launch.binary.display(),
@@ -228,8 +228,8 @@ impl Parent {
         if version >= wire::READY_VERSION {
             wait_for_ready(conn, self.child_exited.as_fd(), dropped, &self.deadline)?;
         }
-        if let Some(policy) = self.idle.take() {
-            priority::restore(Pid::from_child(&self.child), policy);
+        if let Some(idle) = self.idle.take() {
+            idle.end();
         }
         fault::at(Side::Old, Point::Ready);
         log::debug!("mitosis: step 5: pid {} is ready", self.child.id());
@@ -373,6 +373,8 @@ impl Parent {
     /// up, or it died), it gets until the deadline to exit by itself, so its
     /// own error report is not cut off; otherwise it is killed at once.
     pub(super) fn give_up(&mut self, error: Error) -> Error {
+        // Its idle start's timer must not touch the pid once it is reaped.
+        self.idle = None;
         let child_knows = matches!(
             error,
             Error::SchemaMismatch { .. }
