@@ -227,7 +227,8 @@ impl<S: Handover> Worker<S> {
             // failure: the program then holds exactly the fds it held.
             drop(parent);
             finished.in_flight = None;
-            let mut slot = self.shared.lock();
+            let shared = Arc::clone(&self.shared);
+            let mut slot = shared.lock();
             match slot.state.take() {
                 // split(): the state is here already; give it back.
                 Some(state) => {
@@ -243,8 +244,14 @@ impl<S: Handover> Worker<S> {
                         "mitosis: the new process, pid {pid}, did not become ready: {error}"
                     );
                     slot.readiness = Readiness::Failed(error);
+                    // Rung and closed under the lock, which the readiness
+                    // check takes: a program that hears of the failure
+                    // holds exactly the fds it held before.
+                    let Worker { bell, .. } = self;
+                    let _ = rustix::net::send(&bell, b"!", rustix::net::SendFlags::NOSIGNAL);
+                    drop(bell);
                     drop(slot);
-                    self.ring();
+                    shared.changed.notify_all();
                 }
             }
             return;
