@@ -151,7 +151,7 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
         }),
         changed: Condvar::new(),
     });
-    let (job_sender, job) = mpsc::channel::<(Parent, InFlight)>();
+    let (job_sender, job) = mpsc::channel::<(Parent, InFlight, UnixStream)>();
     let (outcome_sender, outcome) = mpsc::sync_channel(1);
     let transfer_timeout = options.transfer_timeout;
     let worker = {
@@ -159,10 +159,10 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
         thread::Builder::new()
             .name("mitosis-upgrade".into())
             .spawn(move || {
-                if let Ok((parent, in_flight)) = job.recv() {
+                if let Ok((parent, in_flight, bell)) = job.recv() {
                     let worker = Worker {
                         shared,
-                        bell: worker_bell,
+                        bell,
                         own,
                         transfer_timeout,
                         outcome: outcome_sender,
@@ -179,7 +179,7 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
             let pid = parent.pid();
             child = parent.pidfd().try_clone_to_owned().ok();
             job_sender
-                .send((parent, in_flight))
+                .send((parent, in_flight, worker_bell))
                 .unwrap_or_else(|_| unreachable!("the worker waits for its job"));
             Some(pid)
         }
@@ -189,7 +189,9 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
             drop(in_flight);
             log::warn!("mitosis: could not start the new process: {error}");
             shared.lock().readiness = Readiness::Failed(error);
-            let _ = rustix::net::send(&bell, b"!", rustix::net::SendFlags::NOSIGNAL);
+            // The worker never gets this end: ring it, and close it.
+            ring(&worker_bell);
+            drop(worker_bell);
             pid
         }
     };
@@ -248,7 +250,7 @@ impl<S: Handover> Worker<S> {
                     // check takes: a program that hears of the failure
                     // holds exactly the fds it held before.
                     let Worker { bell, .. } = self;
-                    let _ = rustix::net::send(&bell, b"!", rustix::net::SendFlags::NOSIGNAL);
+                    ring(&bell);
                     drop(bell);
                     drop(slot);
                     shared.changed.notify_all();
@@ -313,12 +315,17 @@ impl<S: Handover> Worker<S> {
         }
     }
 
-    /// Makes the program's `Upgrade` fd readable. `MSG_NOSIGNAL`: the
-    /// program may have dropped it, and SIGPIPE must not kill it for that.
     fn ring(&self) {
         self.shared.changed.notify_all();
-        let _ = rustix::net::send(&self.bell, b"!", rustix::net::SendFlags::NOSIGNAL);
+        ring(&self.bell);
     }
+}
+
+/// Makes the program's `Upgrade` fd readable, through either end of the
+/// bell. `MSG_NOSIGNAL`: the program may have dropped its end, and SIGPIPE
+/// must not kill it for that.
+fn ring(bell: &UnixStream) {
+    let _ = rustix::net::send(bell, b"!", rustix::net::SendFlags::NOSIGNAL);
 }
 
 /// Marks the handover thread done with the new process, whichever way its
