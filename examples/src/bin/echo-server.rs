@@ -34,7 +34,6 @@ use std::error::Error;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -238,7 +237,7 @@ fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
         upgrades.transfer_timeout(std::time::Duration::from_millis(ms));
     }
     let upgrade_signal = mitosis::supervisor::Trigger::signal(libc::SIGUSR2)?;
-    let stop_signal = Stop::on_sigterm_and_sigint()?;
+    let stop_signal = mitosis_examples::Stop::on_sigterm_and_sigint()?;
     // The upgrade being prepared, while this process serves.
     let mut upgrade: Option<mitosis::Upgrade<State>> = None;
     let mut signalled = false;
@@ -290,33 +289,6 @@ fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
         let mut events = vec![upgrade_signal.as_fd(), stop_signal.as_fd()];
         events.extend(upgrade.as_ref().map(AsFd::as_fd));
         state.wait_and_read(&events)?;
-    }
-}
-
-/// SIGTERM (`docker stop`, `systemctl stop`) and SIGINT (Ctrl-C), as an
-/// event in the loop: the server stops between two passes.
-struct Stop {
-    events: UnixStream,
-}
-
-impl Stop {
-    fn on_sigterm_and_sigint() -> io::Result<Stop> {
-        let (events, wake) = UnixStream::pair()?;
-        events.set_nonblocking(true)?;
-        signal_hook::low_level::pipe::register(libc::SIGTERM, wake.try_clone()?)?;
-        signal_hook::low_level::pipe::register(libc::SIGINT, wake)?;
-        Ok(Stop { events })
-    }
-
-    fn fired(&self) -> bool {
-        let mut byte = [0u8; 16];
-        matches!((&self.events).read(&mut byte), Ok(n) if n > 0)
-    }
-}
-
-impl AsFd for Stop {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
     }
 }
 
