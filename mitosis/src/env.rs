@@ -157,9 +157,15 @@ pub(crate) fn notify_socket() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Started by systemd as a service (of any `Type=`).
+/// Started by systemd as a service's main process (of any `Type=`): it set
+/// `INVOCATION_ID`, and it is the parent. The variable alone is inherited
+/// by everything a service starts, such as the shells of a terminal that
+/// runs as a user service.
 pub(crate) fn under_systemd() -> bool {
-    std::env::var_os(INVOCATION_ID_VAR).is_some_and(|id| !id.is_empty())
+    let invoked = std::env::var_os(INVOCATION_ID_VAR).is_some_and(|id| !id.is_empty());
+    let parent = rustix::process::getppid()
+        .and_then(|pid| std::fs::read(format!("/proc/{}/comm", pid.as_raw_nonzero())).ok());
+    invoked && parent.is_some_and(|comm| comm.trim_ascii_end() == b"systemd")
 }
 
 /// The sockets passed by socket activation, with their names, if they are
