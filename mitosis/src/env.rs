@@ -136,7 +136,15 @@ pub(crate) fn take_keeper_switch() -> Result<(KeeperSwitch, Option<u32>), Error>
         "" | "auto" => KeeperSwitch::Auto,
         "on" | "1" | "yes" | "true" => KeeperSwitch::On,
         "off" | "0" | "no" | "false" => KeeperSwitch::Off,
-        _ => return Err(Error::MissingEnvironment { var: KEEPER_VAR }),
+        other => {
+            return Err(Error::Supervisor {
+                action: format!("use {KEEPER_VAR}={other:?}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it must be auto, on or off",
+                ),
+            });
+        }
     };
     Ok((switch, kept))
 }
