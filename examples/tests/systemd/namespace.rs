@@ -27,9 +27,9 @@
 //! There is no network namespace: a socket unit's `ListenStream=127.0.0.1:…`
 //! is reachable from the test, and the services reach servers the test runs.
 //!
-//! Without root, systemd, util-linux or cgroup2, [`Systemd::boot`] prints why
-//! and returns `None`, so the test skips, except under `CI=true`, where it
-//! panics.
+//! Without root, systemd, util-linux or cgroup2, [`Systemd::available`]
+//! prints why and returns `false`, so the test skips, except under `CI=true`,
+//! where it panics.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -88,17 +88,23 @@ pub struct Systemd {
 }
 
 impl Systemd {
-    /// Boots systemd with `units` (file name, contents) in its unit path,
-    /// or returns `None` after printing why this machine cannot (outside CI
-    /// only).
-    pub fn boot(name: &str, units: &[(&str, String)]) -> Option<Systemd> {
-        if let Err(reason) = prerequisites() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true, but systemd cannot be booted in a namespace: {reason}");
-            }
-            eprintln!("skipped: systemd cannot be booted in a namespace here: {reason}");
-            return None;
+    /// Whether systemd can be booted in a namespace here. If not, it prints
+    /// why and returns `false`, so that the test skips, or panics under
+    /// `CI=true`.
+    pub fn available() -> bool {
+        let Err(reason) = prerequisites() else {
+            return true;
+        };
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true, but systemd cannot be booted in a namespace: {reason}");
         }
+        eprintln!("skipped: systemd cannot be booted in a namespace here: {reason}");
+        false
+    }
+
+    /// Boots systemd with `units` (file name, contents) in its unit path.
+    /// Call [`Systemd::available`] first.
+    pub fn boot(name: &str, units: &[(&str, String)]) -> Systemd {
         let systemd = Systemd::boot_now(name, units);
         eprintln!(
             "[{name}] booted systemd 252 as PID 1 of a new namespace (host pid {}); \
@@ -106,7 +112,7 @@ impl Systemd {
             systemd.pid,
             systemd.console_log().display()
         );
-        Some(systemd)
+        systemd
     }
 
     fn boot_now(name: &str, units: &[(&str, String)]) -> Systemd {
@@ -206,15 +212,18 @@ impl Systemd {
                 break pid;
             }
             if let Ok(Some(status)) = booting.launcher.as_mut().unwrap().try_wait() {
-                booting.fail(&console_log, format!("the launcher exited early: {status}"));
+                boot_failed(
+                    &console_log,
+                    &format!("the launcher exited early: {status}"),
+                );
             }
             if Instant::now() > deadline {
-                booting.fail(&console_log, "the namespace's PID 1 did not appear".into());
+                boot_failed(&console_log, "the namespace's PID 1 did not appear");
             }
             thread::sleep(POLL_INTERVAL);
         };
         let pidfd = pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty())
-            .unwrap_or_else(|e| booting.fail(&console_log, format!("pidfd_open({pid}): {e}")));
+            .unwrap_or_else(|e| boot_failed(&console_log, &format!("pidfd_open({pid}): {e}")));
 
         // Moves the host-side unshare back into the test's own cgroup;
         // inner.sh waits for that before it execs systemd.
@@ -434,32 +443,33 @@ impl Drop for Systemd {
     }
 }
 
-/// A boot under way: on failure, it stops the launcher and removes the
-/// cgroup.
+/// A boot under way. Dropped before it is done (a failure, or any panic),
+/// it kills what it started and removes the cgroup.
 struct Booting {
     launcher: Option<Child>,
     cgroup: PathBuf,
 }
 
-impl Booting {
-    fn fail(&mut self, console_log: &Path, why: String) -> ! {
-        self.abort();
-        panic!("{why}; see {}", console_log.display());
-    }
-
-    fn abort(&mut self) {
+impl Drop for Booting {
+    fn drop(&mut self) {
+        let Some(mut launcher) = self.launcher.take() else {
+            return; // Booted: the Systemd tears it down.
+        };
         // Everything in the cgroup was started by this boot.
         for pid in cgroup_pids(&self.cgroup) {
             if let Ok(pidfd) = pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty()) {
                 kill_and_wait(&pidfd);
             }
         }
-        if let Some(mut launcher) = self.launcher.take() {
-            launcher.kill().ok();
-            launcher.wait().ok();
-        }
+        launcher.kill().ok();
+        launcher.wait().ok();
         remove_cgroup(&self.cgroup);
     }
+}
+
+/// Panics, which drops the `Booting`, with where to look.
+fn boot_failed(console_log: &Path, why: &str) -> ! {
+    panic!("{why}; see {}", console_log.display());
 }
 
 fn kill_and_wait(pidfd: &OwnedFd) {
