@@ -52,6 +52,24 @@ fn socket_activated_echo_server_upgrades_five_times_under_load() {
     let binary = Installed::new("activated", ECHO_SERVER, "echo-server");
     let port = free_port();
     let systemd = Systemd::boot("activated", &echo_units(&binary, Some(port), None));
+    // The shipped unit as systemd reads it: Type=notify with the default
+    // NotifyAccess=main, and the socket passed under the name `echo`.
+    let unit = systemd.show(ECHO_UNIT, &["Type", "NotifyAccess", "ExecReload"]);
+    assert_eq!(
+        (unit["Type"].as_str(), unit["NotifyAccess"].as_str()),
+        ("notify", "main")
+    );
+    assert!(
+        unit["ExecReload"].contains("argv[]=/bin/kill -USR2 $MAINPID"),
+        "{unit:?}"
+    );
+    let socket = systemd.show(ECHO_SOCKET, &["FileDescriptorName", "Listen"]);
+    assert_eq!(socket["FileDescriptorName"], "echo", "{socket:?}");
+    assert_eq!(
+        socket["Listen"],
+        format!("127.0.0.1:{port} (Stream)"),
+        "{socket:?}"
+    );
     systemd.run(&["systemctl", "start", ECHO_SOCKET]);
     let before = systemd.main_state(ECHO_UNIT);
     assert_eq!(
