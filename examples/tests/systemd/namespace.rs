@@ -277,6 +277,17 @@ impl Systemd {
         self.base.join("console.log")
     }
 
+    /// The lines of systemd's log that contain `needle`.
+    pub fn console_lines_with(&self, needle: &str) -> Vec<String> {
+        fs::read_to_string(self.console_log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(needle))
+            // The pty ends its lines with \r\n, and sometimes \r\r\n.
+            .map(|line| line.trim_end().to_owned())
+            .collect()
+    }
+
     /// What a failure message says to look at.
     pub fn context(&self) -> String {
         format!("systemd's console log: {}", self.console_log().display())
