@@ -137,6 +137,19 @@ fn socket_activated_echo_server_upgrades_five_times_under_load() {
         "[activated] MainPID across the 5 upgrades: {pids:?}; requests per client: {served:?}"
     );
     assert_eq!(systemd.unit_pids(ECHO_UNIT), vec![state.main_pid]);
+    // What systemd made of mitosis's notifications, from its own log.
+    eprintln!("[activated] systemd's log of the unit's notifications and main pids:");
+    for line in systemd.console_lines_with("echo-server.service: ") {
+        let relevant = [
+            "notification message",
+            "main PID",
+            "not our child",
+            "Changed ",
+        ];
+        if relevant.iter().any(|word| line.contains(word)) {
+            eprintln!("[activated]   {line}");
+        }
+    }
 }
 
 /// A build that exits at once: the upgrade fails, by signal and by a
@@ -238,36 +251,7 @@ fn systemctl_stop_stops_an_upgraded_server_cleanly() {
     client.echo();
 
     systemd.run(&["systemctl", "stop", ECHO_SOCKET, ECHO_UNIT]);
-    let shown = systemd.show(ECHO_UNIT, &["ActiveState", "SubState", "Result", "MainPID"]);
-    eprintln!("[stop] after `systemctl stop`: {shown:?}");
-    let got = |key: &str| shown[key].as_str();
-    assert_eq!(
-        [
-            got("ActiveState"),
-            got("SubState"),
-            got("Result"),
-            got("MainPID")
-        ],
-        ["inactive", "dead", "success", "0"],
-        "{}",
-        systemd.context()
-    );
-    // systemctl show has no exit status for a main process it did not fork
-    // (ExecMainCode=0), but systemd, the namespace's init, reaps it and logs
-    // how it ended: it must have exited by itself, with 0, not been killed.
-    let pid = upgraded.main_pid;
-    let death = format!("Child {pid} (echo-server) died");
-    let died = systemd.poll(PATIENCE, "systemd to log the main process's death", || {
-        systemd.console_lines_with(&death).pop()
-    });
-    eprintln!("[stop] systemd's log: {died}");
-    assert!(
-        died.ends_with("(code=exited, status=0/SUCCESS)"),
-        "{died}; {}",
-        systemd.context()
-    );
-    let killed = systemd.console_lines_with(&format!("Killing process {pid} (echo-server)"));
-    assert!(killed.is_empty(), "{killed:?}; {}", systemd.context());
+    check_stopped_cleanly(&systemd, ECHO_UNIT, "echo-server", upgraded.main_pid);
     assert_eq!(systemd.unit_pids(ECHO_UNIT), Vec::<u32>::new());
     check_gone(&systemd, first.main_pid);
     check_gone(&systemd, upgraded.main_pid);
@@ -432,6 +416,14 @@ fn ircbot_upgrades_three_times_under_systemd() {
     let noise = observer.bot_left_or_rejoined();
     assert!(noise.is_empty(), "the observer saw the bot do {noise:?}");
     eprintln!("[ircbot] MainPID across the 3 upgrades: {pids:?}; no QUIT, PART or JOIN seen");
+
+    // Stopped, the bot that serves says goodbye and exits 0.
+    systemd.run(&["systemctl", "stop", BOT_UNIT]);
+    let quit = observer.wait_for("the bot's QUIT", |line| {
+        line.source == irc::BOT && line.command == "QUIT"
+    });
+    eprintln!("[ircbot] the observer saw: {}", quit.raw);
+    check_stopped_cleanly(&systemd, BOT_UNIT, "ircbot", state.main_pid);
 }
 
 // ---------------------------------------------------------------------------
@@ -657,6 +649,41 @@ fn check_serves(systemd: &Systemd, unit: &str, state: &MainState, port: u16) {
         state.main_pid,
         systemd.context()
     );
+}
+
+/// After `systemctl stop`: the unit is inactive, not failed, and its last
+/// main process `pid` exited by itself with status 0, without a SIGKILL.
+fn check_stopped_cleanly(systemd: &Systemd, unit: &str, program: &str, pid: u32) {
+    let shown = systemd.show(unit, &["ActiveState", "SubState", "Result", "MainPID"]);
+    let got = |key: &str| shown[key].clone();
+    eprintln!("[stop] {unit} after `systemctl stop`: {shown:?}");
+    assert_eq!(
+        [
+            got("ActiveState"),
+            got("SubState"),
+            got("Result"),
+            got("MainPID")
+        ],
+        ["inactive", "dead", "success", "0"],
+        "{}",
+        systemd.context()
+    );
+    // systemctl show has no exit status for a main process systemd did not
+    // fork (ExecMainCode=0), but systemd, the namespace's init, reaps it and
+    // logs how it ended.
+    let death = format!("Child {pid} ({program}) died");
+    let died = systemd.poll(PATIENCE, "systemd to log the main process's death", || {
+        systemd.console_lines_with(&death).pop()
+    });
+    eprintln!("[stop] systemd's log: {died}");
+    assert!(
+        died.contains("(code=exited, status=0/SUCCESS)"),
+        "{died}; {}",
+        systemd.context()
+    );
+    let killed = systemd.console_lines_with(&format!("Killing process {pid} ({program})"));
+    assert!(killed.is_empty(), "{killed:?}; {}", systemd.context());
+    assert_eq!(systemd.unit_pids(unit), Vec::<u32>::new());
 }
 
 /// Waits until the namespace's process `pid` has exited.
