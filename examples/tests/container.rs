@@ -128,7 +128,10 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
     );
     eprintln!("{init:?}: {}", run.summary.replace('\n', "\n  "));
     kept.echo();
-    assert!(!pid1.process.has_exited(), "PID 1 exited during the upgrades");
+    assert!(
+        !pid1.process.has_exited(),
+        "PID 1 exited during the upgrades"
+    );
     assert!(
         !watched.has_exited(),
         "the watched pid exited during the upgrades"
@@ -144,10 +147,7 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
         pids
     };
     pid1.expect_exactly(&expected_pids(serving), "after the upgrades");
-    eprintln!(
-        "{init:?}: after {UPGRADES} upgrades: {}",
-        pid1.describe()
-    );
+    eprintln!("{init:?}: after {UPGRADES} upgrades: {}", pid1.describe());
 
     // A rollback: the build on disk fails at start; the upgrade is
     // refused, the same generation serves on, PID 1 is the same.
@@ -157,7 +157,10 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
     };
     kept.echo();
     pid1.expect_exactly(&expected_pids(serving), "after the rollback");
-    eprintln!("{init:?}: broken build refused ({reason}); still serving: {}", pid1.describe());
+    eprintln!(
+        "{init:?}: broken build refused ({reason}); still serving: {}",
+        pid1.describe()
+    );
     install(&binary, std::path::Path::new(env_support::ECHO_SERVER));
     let (old, new, generation) = kept.expect_upgrade();
     assert_eq!(
@@ -179,7 +182,11 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
     kept.echo();
     let (old, new, generation) = kept.expect_upgrade();
     assert_ne!(old, serving, "SIGUSR2 to PID 1 started no upgrade");
-    assert_eq!(generation, UPGRADES + 4, "the signal's upgrade and this one");
+    assert_eq!(
+        generation,
+        UPGRADES + 4,
+        "the signal's upgrade and this one"
+    );
     eprintln!(
         "{init:?}: SIGUSR2 to PID 1: namespace pid {serving} -> {old}; an UPGRADE then -> {new}, \
          generation {generation}"
@@ -258,7 +265,12 @@ impl Namespace {
     fn describe(&self) -> String {
         self.members()
             .iter()
-            .map(|m| format!("[ns {} = host {} {} {}]", m.ns_pid, m.host_pid, m.name, m.state))
+            .map(|m| {
+                format!(
+                    "[ns {} = host {} {} {}]",
+                    m.ns_pid, m.host_pid, m.name, m.state
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -278,16 +290,19 @@ impl Namespace {
     /// Waits until the namespace holds exactly these processes (by
     /// namespace pid), none of them a zombie.
     fn expect_exactly(&self, ns_pids: &[u32], when: &str) {
-        eventually(&format!("{when}: the namespace holds {ns_pids:?}, no zombie"), || {
-            let members = self.members();
-            let pids: Vec<u32> = members.iter().map(|m| m.ns_pid).collect();
-            let zombies = members.iter().filter(|m| m.state.starts_with('Z')).count();
-            if pids == ns_pids && zombies == 0 {
-                Ok(())
-            } else {
-                Err(format!("{zombies} zombies; {}", self.describe()))
-            }
-        });
+        eventually(
+            &format!("{when}: the namespace holds {ns_pids:?}, no zombie"),
+            || {
+                let members = self.members();
+                let pids: Vec<u32> = members.iter().map(|m| m.ns_pid).collect();
+                let zombies = members.iter().filter(|m| m.state.starts_with('Z')).count();
+                if pids == ns_pids && zombies == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{zombies} zombies; {}", self.describe()))
+                }
+            },
+        );
     }
 }
 

@@ -32,7 +32,10 @@ pub enum Need {
     /// Root, for PID namespaces.
     Root,
     /// A program on `PATH` (Debian's package in the reason).
-    Program { name: &'static str, package: &'static str },
+    Program {
+        name: &'static str,
+        package: &'static str,
+    },
     /// `unshare --pid --fork --mount-proc` works here (root alone is not
     /// enough inside some containers).
     PidNamespaces,
@@ -301,6 +304,27 @@ pub fn listening_port(lines: &Receiver<String>) -> u16 {
         .unwrap_or_else(|_| panic!("echo-server said {line:?}, not `listening <port>`"))
 }
 
+/// A FIFO at `path`, opened for reading and writing, so that neither the
+/// writers' opens nor this one block, and its lines as they come. The
+/// test may write lines of its own through the returned file.
+pub fn fifo(path: &Path) -> (std::fs::File, Receiver<String>) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("make a FIFO");
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the FIFO");
+    let lines = lines_of(file.try_clone().expect("clone the FIFO"));
+    (file, lines)
+}
+
 /// Copies every line of a child's output to the test's stderr, with a
 /// prefix; it ends when every process holding the pipe has closed it.
 pub fn relay(input: impl Read + Send + 'static, prefix: &'static str) {
@@ -357,7 +381,10 @@ impl Client {
     /// Sends one request and checks that it comes back exactly.
     pub fn echo(&mut self) {
         self.requests += 1;
-        let request = format!("{}-{} payload {}\n", self.name, self.requests, self.requests);
+        let request = format!(
+            "{}-{} payload {}\n",
+            self.name, self.requests, self.requests
+        );
         self.stream
             .write_all(request.as_bytes())
             .unwrap_or_else(|error| panic!("{}: send {request:?}: {error}", self.name));
@@ -485,8 +512,15 @@ pub fn run_loadgen(port: u16, upgrades: u64) -> LoadRun {
     );
     assert_eq!(result["upgrades_done"], upgrades, "{context}");
     assert_eq!(result["answered"], result["requests"], "{context}");
-    assert!(result["upgrade_requests"] > 0, "no load overlapped the upgrades; {context}");
-    assert!(output.status.success(), "loadgen: {}; {context}", output.status);
+    assert!(
+        result["upgrade_requests"] > 0,
+        "no load overlapped the upgrades; {context}"
+    );
+    assert!(
+        output.status.success(),
+        "loadgen: {}; {context}",
+        output.status
+    );
     let upgrades = stdout
         .lines()
         .filter_map(|line| {
@@ -569,15 +603,54 @@ pub fn command_name(pid: u32) -> String {
         .unwrap_or_else(|_| "(gone)".to_owned())
 }
 
-/// The session id and controlling terminal (`tty_nr`, 0 for none) of a
-/// process, from `/proc/<pid>/stat`.
-pub fn session_and_tty(pid: u32) -> Option<(u32, u32)> {
+/// A process's place among sessions and terminals, from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub process_group: u32,
+    pub session: u32,
+    /// The controlling terminal's device number, 0 for none.
+    pub tty: u32,
+    /// The terminal's foreground process group, or -1 without a terminal.
+    pub foreground_group: i32,
+}
+
+pub fn session_of(pid: u32) -> Option<Session> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which may hold spaces, in
-    // parentheses: state ppid pgrp session tty_nr ...
+    // The fields after the command name (which may hold spaces, in
+    // parentheses): state ppid pgrp session tty_nr tpgid ...
     let after_name = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_name.split(' ').collect();
-    Some((fields[3].parse().ok()?, fields[4].parse().ok()?))
+    Some(Session {
+        process_group: fields[2].parse().ok()?,
+        session: fields[3].parse().ok()?,
+        tty: fields[4].parse().ok()?,
+        foreground_group: fields[5].parse().ok()?,
+    })
+}
+
+/// One line of evidence about a process's session and terminal.
+pub fn describe_session(pid: u32) -> String {
+    match session_of(pid) {
+        Some(s) => format!(
+            "pid {pid} ({}): session {}{}, process group {}, {}",
+            command_name(pid),
+            s.session,
+            if s.session == pid {
+                " (its leader)"
+            } else {
+                ""
+            },
+            s.process_group,
+            if s.tty == 0 {
+                "no controlling terminal".to_owned()
+            } else if s.foreground_group == s.process_group as i32 {
+                format!("terminal {:#x}, in the foreground", s.tty)
+            } else {
+                format!("terminal {:#x}, in the background", s.tty)
+            }
+        ),
+        None => format!("pid {pid}: gone"),
+    }
 }
 
 /// Waits, up to [`PATIENCE`], for `condition` to hold, checking every 10
