@@ -8,9 +8,9 @@
 //! the same connection and on new ones. A later generation's log still
 //! reaches the terminal the first one was started on.
 //!
-//! `script` is util-linux's; the tmux tests need Debian's tmux (and bash
-//! for the shell): without them those tests skip with a reason, except under
-//! `CI=true`, where they fail.
+//! `script` comes with Debian's bsdutils; the tmux tests need Debian's tmux
+//! (and bash, for the shell): without them those tests skip with a reason,
+//! except under `CI=true`, where they fail.
 
 mod env_support;
 
@@ -121,7 +121,7 @@ fn session_leader_of_a_pty() {
 fn session_leader_under_script() {
     let needs = [Need::Program {
         name: "script",
-        package: "util-linux",
+        package: "bsdutils",
     }];
     if !can_run("session_leader_under_script", &needs) {
         return;
