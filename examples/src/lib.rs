@@ -3,7 +3,9 @@
 //! reporting another version, which the tests rename over `ircbot` to stand
 //! for a rebuild.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 
 pub mod ircbot;
 
@@ -43,4 +45,42 @@ impl log::Log for StderrLog {
     }
 
     fn flush(&self) {}
+}
+
+/// SIGTERM (`systemctl stop`, `docker stop`) and SIGINT (Ctrl-C), as an
+/// event in a program's loop: readable once either arrives, so that the
+/// program stops between two passes, with status 0.
+///
+/// ```no_run
+/// let stop = mitosis_examples::Stop::on_sigterm_and_sigint()?;
+/// if stop.fired() {
+///     return Ok(());
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Stop {
+    events: UnixStream,
+}
+
+impl Stop {
+    /// Catches both signals from now on.
+    pub fn on_sigterm_and_sigint() -> std::io::Result<Stop> {
+        let (events, wake) = UnixStream::pair()?;
+        events.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(libc::SIGTERM, wake.try_clone()?)?;
+        signal_hook::low_level::pipe::register(libc::SIGINT, wake)?;
+        Ok(Stop { events })
+    }
+
+    /// Whether either signal has arrived; it does not block.
+    pub fn fired(&self) -> bool {
+        let mut bytes = [0u8; 16];
+        matches!((&self.events).read(&mut bytes), Ok(n) if n > 0)
+    }
+}
+
+impl AsFd for Stop {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
 }

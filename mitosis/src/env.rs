@@ -11,6 +11,11 @@
 //!   as the fd channel's first message, KEY, once the kernel has shown
 //!   that the new process is the one connected.
 //!
+//! Around the handover, the environment also carries what supervisors
+//! set (systemd's `NOTIFY_SOCKET` and `LISTEN_*`), the keeper's switch
+//! (`MITOSIS_KEEPER`), and which signals start an upgrade, so that the new
+//! process never dies of one before it has its own trigger.
+//!
 //! Nothing else in the crate names a variable.
 
 use std::path::{Path, PathBuf};
@@ -69,9 +74,123 @@ impl Default for Limits {
     }
 }
 
-/// Puts the fd channel's path in `command`'s environment.
-pub(crate) fn apply(command: &mut Command, fd_socket: &Path) {
+/// The signals that start an upgrade in the old process: the new one
+/// ignores them until it sets up its own trigger.
+const TRIGGER_SIGNALS_VAR: &str = "MITOSIS_TRIGGER_SIGNALS";
+
+/// The keeper's switch: `auto` (the default), `on` or `off`.
+const KEEPER_VAR: &str = "MITOSIS_KEEPER";
+
+/// Set by the keeper for the program it starts: the keeper's pid.
+const KEPT_VAR: &str = "MITOSIS_KEPT";
+
+/// Where systemd, or the keeper, listens for notifications
+/// (sd_notify(3)); `sd_notify` reads it too.
+const NOTIFY_SOCKET_VAR: &str = "NOTIFY_SOCKET";
+
+/// Set by systemd for every process it starts as a service.
+const INVOCATION_ID_VAR: &str = "INVOCATION_ID";
+
+/// Socket activation (sd_listen_fds(3)).
+const LISTEN_PID_VAR: &str = "LISTEN_PID";
+const LISTEN_FDS_VAR: &str = "LISTEN_FDS";
+const LISTEN_FDNAMES_VAR: &str = "LISTEN_FDNAMES";
+
+/// Puts the fd channel's path, and the signals that start upgrades, in
+/// `command`'s environment.
+pub(crate) fn apply(command: &mut Command, fd_socket: &Path, trigger_signals: &[i32]) {
     command.env(FD_SOCKET_VAR, fd_socket);
+    if trigger_signals.is_empty() {
+        command.env_remove(TRIGGER_SIGNALS_VAR);
+    } else {
+        let list: Vec<String> = trigger_signals.iter().map(i32::to_string).collect();
+        command.env(TRIGGER_SIGNALS_VAR, list.join(","));
+    }
+}
+
+/// Reads and removes the signals that started upgrades in the old process.
+pub(crate) fn take_trigger_signals() -> Vec<i32> {
+    let list = std::env::var(TRIGGER_SIGNALS_VAR).unwrap_or_default();
+    remove(TRIGGER_SIGNALS_VAR);
+    list.split(',').filter_map(|n| n.parse().ok()).collect()
+}
+
+/// Whether to run under a keeper, as asked in `MITOSIS_KEEPER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeeperSwitch {
+    Auto,
+    On,
+    Off,
+}
+
+/// Reads and removes the keeper's switch, and the keeper's mark on the
+/// program it started: `(switch, Some(keeper pid))` in that program.
+pub(crate) fn take_keeper_switch() -> Result<(KeeperSwitch, Option<u32>), Error> {
+    let switch = std::env::var(KEEPER_VAR).unwrap_or_default();
+    let kept = std::env::var(KEPT_VAR)
+        .ok()
+        .and_then(|pid| pid.parse().ok());
+    remove(KEEPER_VAR);
+    remove(KEPT_VAR);
+    let switch = match switch.trim() {
+        "" | "auto" => KeeperSwitch::Auto,
+        "on" | "1" | "yes" | "true" => KeeperSwitch::On,
+        "off" | "0" | "no" | "false" => KeeperSwitch::Off,
+        _ => return Err(Error::MissingEnvironment { var: KEEPER_VAR }),
+    };
+    Ok((switch, kept))
+}
+
+/// What the keeper sets for the program it starts: its own notification
+/// socket, and its mark.
+pub(crate) fn apply_keeper(command: &mut Command, notify_socket: &Path) {
+    command
+        .env(NOTIFY_SOCKET_VAR, notify_socket)
+        .env(KEPT_VAR, std::process::id().to_string())
+        .env_remove(KEEPER_VAR);
+}
+
+/// The service manager's notification socket, if any.
+pub(crate) fn notify_socket() -> Option<PathBuf> {
+    std::env::var_os(NOTIFY_SOCKET_VAR)
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Started by systemd as a service's main process (of any `Type=`): it set
+/// `INVOCATION_ID`, and it is the parent. The variable alone is inherited
+/// by everything a service starts, such as the shells of a terminal that
+/// runs as a user service.
+pub(crate) fn under_systemd() -> bool {
+    let invoked = std::env::var_os(INVOCATION_ID_VAR).is_some_and(|id| !id.is_empty());
+    let parent = rustix::process::getppid()
+        .and_then(|pid| std::fs::read(format!("/proc/{}/comm", pid.as_raw_nonzero())).ok());
+    invoked && parent.is_some_and(|comm| comm.trim_ascii_end() == b"systemd")
+}
+
+/// The sockets passed by socket activation, with their names, if they are
+/// meant for `pid` (this process, or the keeper that started it); the
+/// variables are removed either way, so that no later process sees stale
+/// ones. `None` without socket activation.
+pub(crate) fn take_listen_fds(pids: &[u32]) -> Option<(u32, Vec<String>)> {
+    let listen_pid = std::env::var(LISTEN_PID_VAR).ok();
+    let count = std::env::var(LISTEN_FDS_VAR).ok();
+    let names = std::env::var(LISTEN_FDNAMES_VAR).ok();
+    for var in [LISTEN_PID_VAR, LISTEN_FDS_VAR, LISTEN_FDNAMES_VAR] {
+        remove(var);
+    }
+    let listen_pid: u32 = listen_pid?.trim().parse().ok()?;
+    if !pids.contains(&listen_pid) {
+        return None;
+    }
+    let count: u32 = count?.trim().parse().ok()?;
+    // sd_listen_fds_with_names(3): "unknown" for each fd when unnamed.
+    let mut names: Vec<String> = match names {
+        Some(names) => names.split(':').map(str::to_owned).collect(),
+        None => Vec::new(),
+    };
+    names.resize(count as usize, "unknown".to_owned());
+    Some((count, names))
 }
 
 /// Reads the fd channel's path and removes it from the environment, so that

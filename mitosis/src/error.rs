@@ -127,6 +127,14 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// Something around the handover failed: telling the service manager,
+    /// starting the keeper, or setting up a signal trigger.
+    Supervisor {
+        /// What mitosis was doing, worded to complete "could not ...".
+        action: String,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The other process closed the connection or went away.
     PeerGone {
         /// Where in the handover it happened.
@@ -294,7 +302,8 @@ impl Error {
             Error::BadFlag { .. }
             | Error::MissingEnvironment { .. }
             | Error::SplitInFlight
-            | Error::AlreadyFailed => None,
+            | Error::AlreadyFailed
+            | Error::Supervisor { .. } => None,
         }
     }
 
@@ -346,6 +355,7 @@ impl fmt::Display for Error {
                  executable (the build may have failed), or set SplitOptions::binary",
                 binary.display()
             ),
+            Error::Supervisor { action, source } => write!(f, "could not {action}: {source}"),
             Error::SplitInFlight => f.write_str(
                 "a split is already in progress in this process; wait for its outcome before \
                  splitting again",
@@ -519,7 +529,9 @@ fn out_of_files_hint(source: &io::Error) -> &'static str {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Spawn { source, .. } | Error::Io { source, .. } => Some(source),
+            Error::Spawn { source, .. }
+            | Error::Io { source, .. }
+            | Error::Supervisor { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -54,11 +54,7 @@ impl FdListener {
     /// directory, or not writable (an `XDG_RUNTIME_DIR` kept across `su`
     /// names the other user's).
     pub(crate) fn bind() -> io::Result<FdListener> {
-        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_dir());
-        let bases: Vec<PathBuf> = runtime.into_iter().chain([std::env::temp_dir()]).collect();
-        FdListener::bind_in(&bases)
+        FdListener::bind_in(&runtime_bases())
     }
 
     /// [`bind`](FdListener::bind), in the first of `bases` where the
@@ -116,9 +112,18 @@ impl AsFd for FdListener {
     }
 }
 
+/// Where private directories go: `$XDG_RUNTIME_DIR` when it is a
+/// directory, then the temp dir.
+pub(crate) fn runtime_bases() -> Vec<PathBuf> {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir());
+    runtime.into_iter().chain([std::env::temp_dir()]).collect()
+}
+
 /// Makes a fresh `mitosis-<pid>-<16 hex digits>` directory, mode 0700, in
 /// the first of `bases` that takes it; the error names every path tried.
-fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
+pub(crate) fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
     let mut random = [0u8; 8];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
     let name = format!("mitosis-{}-{}", std::process::id(), hex(&random));
@@ -134,7 +139,7 @@ fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
             Err(error) => {
                 if let Some(next) = bases.get(index + 1) {
                     log::warn!(
-                        "mitosis: could not make the fd channel's directory {}: {error}; using \
+                        "mitosis: could not make a private directory {}: {error}; using \
                          {} instead. Point XDG_RUNTIME_DIR at a directory this user can write \
                          to, or unset it",
                         dir.display(),
@@ -155,7 +160,7 @@ fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
     Err(io::Error::new(
         kind,
         format!(
-            "could not make the fd channel's directory; tried {}. Set XDG_RUNTIME_DIR or TMPDIR \
+            "could not make a private directory; tried {}. Set XDG_RUNTIME_DIR or TMPDIR \
              to a directory this user can write to",
             tried.join(", ")
         ),

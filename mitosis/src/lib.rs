@@ -118,6 +118,7 @@ mod wire;
 mod args;
 mod new;
 mod old;
+pub mod supervisor;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -22,11 +22,18 @@
 //! buffers, and connections that arrive wait in the listener's backlog,
 //! for the next generation.
 //!
+//! `kill -USR2 <pid>` upgrades it too (systemd's `systemctl reload`, with
+//! `examples/systemd/echo-server.service`), and `SIGTERM` or `SIGINT` stop
+//! it with status 0. Under systemd it can take its listener by socket
+//! activation (`examples/systemd/echo-server.socket`, a socket named
+//! `echo`) instead of `--listen`, and says `READY=1` once it listens.
+//!
 //! `loadgen` drives it; `examples/tests/load.rs` runs both.
 
 use std::error::Error;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -41,10 +48,11 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
     about = "A line echo server that upgrades itself on `UPGRADE` without dropping a connection"
 )]
 struct Options {
-    /// Where to listen, as HOST:PORT; port 0 picks a free port. A process
-    /// started by an upgrade keeps the listener it is handed instead.
+    /// Where to listen, as HOST:PORT; port 0 picks a free port. Not needed
+    /// when systemd passes a socket named `echo` (socket activation). A
+    /// process started by an upgrade keeps the listener it is handed.
     #[arg(long, value_name = "HOST:PORT")]
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     /// How long a new build may take to start, in milliseconds, while this
     /// one serves (mitosis's default when absent).
     #[arg(long, value_name = "MS")]
@@ -139,10 +147,30 @@ fn main() -> ExitCode {
 }
 
 fn start(options: &Options) -> Result<State, Box<dyn Error>> {
-    let listener = listen(options.listen)
-        .map_err(|error| format!("could not listen on {}: {error}", options.listen))?;
+    let listener = match (
+        mitosis::supervisor::activated::<TcpListener>("echo"),
+        options.listen,
+    ) {
+        (Some(listener), _) => {
+            listener.set_nonblocking(true)?;
+            listener
+        }
+        (None, Some(address)) => {
+            listen(address).map_err(|error| format!("could not listen on {address}: {error}"))?
+        }
+        (None, None) => {
+            return Err(
+                "nowhere to listen: give --listen HOST:PORT, or start it by socket \
+                        activation with a socket named `echo`"
+                    .into(),
+            );
+        }
+    };
     let port = listener.local_addr()?.port();
     say(&format!("listening {port}"))?;
+    if let Err(error) = mitosis::supervisor::ready() {
+        log::warn!("{error}");
+    }
     Ok(State {
         listener,
         clients: Vec::new(),
@@ -208,14 +236,29 @@ fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
     if let Some(ms) = options.transfer_timeout_ms {
         upgrades.transfer_timeout(std::time::Duration::from_millis(ms));
     }
+    let upgrade_signal = mitosis::supervisor::Trigger::signal(libc::SIGUSR2)?;
+    let stop_signal = mitosis_examples::Stop::on_sigterm_and_sigint()?;
     // The upgrade being prepared, while this process serves.
     let mut upgrade: Option<mitosis::Upgrade<State>> = None;
+    let mut signalled = false;
     loop {
+        if stop_signal.fired() {
+            log::info!("stopping on a signal");
+            return Ok(());
+        }
+        if upgrade_signal.fired() {
+            if upgrade.is_some() || state.upgrade_asked_by.is_some() {
+                log::info!("SIGUSR2: an upgrade is already under way");
+            } else {
+                signalled = true;
+            }
+        }
         // A new generation may hold whole requests that its predecessor
         // read, so it answers what it holds before it waits for more.
         state.answer_requests();
         state.clients.retain_mut(Client::flush_and_keep);
-        if state.upgrade_asked_by.is_some() && upgrade.is_none() {
+        if (state.upgrade_asked_by.is_some() || signalled) && upgrade.is_none() {
+            signalled = false;
             match upgrades.prepare(&state) {
                 Ok(prepared) => upgrade = Some(prepared),
                 Err(error) => state.upgrade_failed(&error),
@@ -243,7 +286,9 @@ fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
                 }
             }
         }
-        state.wait_and_read(upgrade.as_ref())?;
+        let mut events = vec![upgrade_signal.as_fd(), stop_signal.as_fd()];
+        events.extend(upgrade.as_ref().map(AsFd::as_fd));
+        state.wait_and_read(&events)?;
     }
 }
 
@@ -297,11 +342,8 @@ impl State {
 
     /// Waits until a socket (or the upgrade being prepared) is ready, then
     /// accepts and reads what it can.
-    fn wait_and_read(
-        &mut self,
-        upgrade: Option<&mitosis::Upgrade<State>>,
-    ) -> Result<(), Box<dyn Error>> {
-        let mut fds = Vec::with_capacity(2 + self.clients.len());
+    fn wait_and_read(&mut self, events: &[BorrowedFd<'_>]) -> Result<(), Box<dyn Error>> {
+        let mut fds = Vec::with_capacity(1 + self.clients.len() + events.len());
         fds.push(PollFd::new(&self.listener, PollFlags::IN));
         for client in &self.clients {
             let mut interest = PollFlags::empty();
@@ -314,8 +356,8 @@ impl State {
             fds.push(PollFd::new(&client.stream, interest));
         }
         // Last, so that the clients' entries keep their places.
-        if let Some(upgrade) = upgrade {
-            fds.push(PollFd::new(upgrade, PollFlags::IN));
+        for event in events {
+            fds.push(PollFd::from_borrowed_fd(*event, PollFlags::IN));
         }
         loop {
             match poll(&mut fds, None) {

@@ -18,6 +18,12 @@
 //! - `!upgrade` (admins only): `upgrading…`, then either
 //!   `upgraded old_pid=<pid> new_pid=<pid> generation=<n> version=<v>` from
 //!   the new process, or `upgrade failed: <reason>` from the old one.
+//!
+//! `SIGUSR2` upgrades it too (`systemctl reload` with
+//! `examples/systemd/ircbot.service`); the new process reports in every
+//! channel, and a failure is logged. `SIGTERM` or `SIGINT` make it QUIT and
+//! exit with status 0. Under systemd (`Type=notify`) it says `READY=1` once
+//! it has joined its channels.
 
 mod message;
 
@@ -25,6 +31,7 @@ use std::collections::BTreeSet;
 use std::error::Error;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -180,9 +187,33 @@ fn resume(mut state: State, version: &str) -> Result<State, Box<dyn Error>> {
 fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> {
     let mut buffer = Vec::new();
     let mut upgrade: Option<mitosis::Upgrade<State>> = None;
+    let upgrade_signal = mitosis::supervisor::Trigger::signal(libc::SIGUSR2)?;
+    let stop_signal = crate::Stop::on_sigterm_and_sigint()?;
+    // A process started by an upgrade is ready already; mitosis told the
+    // service manager so.
+    let mut told_ready = state.generation > 1;
     loop {
+        if stop_signal.fired() {
+            log::info!("stopping on a signal");
+            state.send("QUIT :stopping")?;
+            return Ok(());
+        }
+        if upgrade_signal.fired() {
+            if upgrade.is_some() {
+                log::info!("SIGUSR2: an upgrade is already under way");
+            } else {
+                upgrade = prepare_upgrade(&mut state, None)?;
+            }
+        }
+        if !told_ready && state.registered && state.wanted.len() <= state.joined.len() {
+            told_ready = true;
+            if let Err(error) = mitosis::supervisor::ready() {
+                log::warn!("{error}");
+            }
+        }
+        let signals = [upgrade_signal.as_fd(), stop_signal.as_fd()];
         if let Some(mut prepared) = upgrade.take() {
-            if !settled(&state, &prepared)? {
+            if !settled(&state, &prepared, &signals)? {
                 upgrade = Some(prepared);
             } else {
                 match prepared.is_ready() {
@@ -196,6 +227,10 @@ fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> 
                 }
                 continue;
             }
+        }
+        if !line_at_hand(&state, &signals)? {
+            // A signal: it is handled at the top of the loop.
+            continue;
         }
         buffer.clear();
         let read = (&mut state.server)
@@ -250,7 +285,7 @@ fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> 
                         state.say(&reply_to, "an upgrade is already under way")?;
                     }
                     Some(Command::Upgrade(reply_to)) => {
-                        upgrade = prepare_upgrade(&mut state, reply_to)?;
+                        upgrade = prepare_upgrade(&mut state, Some(reply_to))?;
                     }
                     Some(Command::Refuse(reply_to, nick)) => {
                         let refusal = format!("sorry {nick}, only an admin may upgrade me");
@@ -290,14 +325,20 @@ fn command(state: &State, message: &Message<'_>) -> Option<Command> {
 }
 
 /// Starts the binary now on disk, which sets itself up while this process
-/// goes on serving. `None` if no upgrade could start; the reason is said.
+/// goes on serving. `None` if no upgrade could start; the reason is said
+/// where the upgrade was asked for (`None`: by a signal; then logged).
 fn prepare_upgrade(
     state: &mut State,
-    reply_to: String,
+    reply_to: Option<String>,
 ) -> Result<Option<mitosis::Upgrade<State>>, Box<dyn Error>> {
-    state.say(&reply_to, "upgrading…")?;
-    log::info!("upgrading, asked in {reply_to}");
-    state.upgrade_asked_in = Some(reply_to);
+    match &reply_to {
+        Some(reply_to) => {
+            state.say(reply_to, "upgrading…")?;
+            log::info!("upgrading, asked in {reply_to}");
+        }
+        None => log::info!("upgrading, asked by a signal"),
+    }
+    state.upgrade_asked_in = reply_to;
     match mitosis::prepare(&*state) {
         Ok(prepared) => Ok(Some(prepared)),
         Err(error) => {
@@ -308,18 +349,39 @@ fn prepare_upgrade(
 }
 
 /// Whether the upgrade has settled (ready, or failed) before the next whole
-/// line is at hand; waits for one or the other.
-fn settled(state: &State, upgrade: &mitosis::Upgrade<State>) -> io::Result<bool> {
+/// line is at hand; waits for one or the other, or a signal.
+fn settled(
+    state: &State,
+    upgrade: &mitosis::Upgrade<State>,
+    signals: &[BorrowedFd<'_>],
+) -> io::Result<bool> {
     if state.server.buffer().contains(&b'\n') {
         return Ok(false);
     }
-    let mut fds = [
-        PollFd::new(state.server.get_ref(), PollFlags::IN),
-        PollFd::new(upgrade, PollFlags::IN),
-    ];
+    let ready = wait(state, &[&[upgrade.as_fd()], signals].concat())?;
+    Ok(ready[0])
+}
+
+/// Whether the server's next line is at hand (or at least bytes of it),
+/// rather than a signal.
+fn line_at_hand(state: &State, signals: &[BorrowedFd<'_>]) -> io::Result<bool> {
+    if !state.server.buffer().is_empty() {
+        return Ok(true);
+    }
+    let ready = wait(state, signals)?;
+    Ok(!ready.iter().any(|&ready| ready))
+}
+
+/// Waits until the server's socket or one of `others` is readable; says
+/// which of `others` are.
+fn wait(state: &State, others: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    let mut fds: Vec<PollFd<'_>> = std::iter::once(state.server.get_ref().as_fd())
+        .chain(others.iter().copied())
+        .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+        .collect();
     loop {
         match poll(&mut fds, None) {
-            Ok(_) => return Ok(!fds[1].revents().is_empty()),
+            Ok(_) => return Ok(fds[1..].iter().map(|fd| !fd.revents().is_empty()).collect()),
             Err(rustix::io::Errno::INTR) => {}
             Err(error) => return Err(error.into()),
         }
@@ -350,8 +412,10 @@ impl State {
     /// on.
     fn upgrade_failed(&mut self, error: &mitosis::Error) -> io::Result<()> {
         log::warn!("upgrade failed, carrying on: {error}");
-        let reply_to = self.upgrade_asked_in.take().unwrap_or_default();
-        self.say(&reply_to, &format!("upgrade failed: {error}"))
+        match self.upgrade_asked_in.take() {
+            Some(reply_to) => self.say(&reply_to, &format!("upgrade failed: {error}")),
+            None => Ok(()),
+        }
     }
 
     /// Sends one line, whole, in one write.

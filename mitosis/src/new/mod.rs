@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::fd_channel;
 use crate::handover::Handover;
 use crate::old::start_path;
+use crate::supervisor;
 use crate::wire::Reason;
 use take_over::Session;
 
@@ -103,8 +104,10 @@ pub fn arrive<S: Handover>() -> Result<Option<Arrival<S>>, Error> {
     let _ = start_path();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let Some(flag) = args::find(&args)? else {
+        supervisor::first_start()?;
         return Ok(None);
     };
+    supervisor::arriving();
     let fd_socket = env::take()?;
     log::debug!(
         "mitosis: taking over from the process on port {}",
@@ -182,6 +185,10 @@ impl<S: Handover> Arrival<S> {
         if let Err(error) = session.commit() {
             self.fail();
             return Err(in_new_process(error));
+        }
+        if supervisor::supervised() {
+            session.wait_until_let_go();
+            supervisor::took_over();
         }
         Ok(self.state.take().expect("received"))
     }

@@ -208,6 +208,26 @@ impl Session {
         log::debug!("mitosis: step 9: took over");
         Ok(())
     }
+
+    /// After TAKEN, under a service manager: waits until the old process
+    /// has told it `MAINPID=` and let go, which it shows by closing the
+    /// connection, so that this process's `READY=1` comes from the main
+    /// process. An old process that never closes (it hangs) is waited for
+    /// no longer than the transfer timeout.
+    pub(super) fn wait_until_let_go(&self) {
+        let started = std::time::Instant::now();
+        while let Some(left) = self.terms.timeout.checked_sub(started.elapsed()) {
+            match self.conn.wait_readable(Step::Ack, &[], Some(left)) {
+                Ok(crate::conn::Readable::Conn) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        log::warn!(
+            "mitosis: the old process did not let go within {:?} of TAKEN; telling the service \
+             manager READY=1 anyway",
+            self.terms.timeout
+        );
+    }
 }
 
 /// Step 2's TCP connection: its local port is chosen first and told to the

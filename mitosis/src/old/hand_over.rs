@@ -354,6 +354,9 @@ impl Parent {
         conn.drop_deadline(Step::Ack)?;
         conn.recv::<Taken>(Step::Ack)?;
         fault::at(Side::Old, Point::Taken);
+        // Still the main process for a service manager: name the new one
+        // before letting go (the connection closes after this).
+        crate::supervisor::handed_over(self.child.id());
         // From here on this process must not touch a handed-over
         // connection, not even from a destructor.
         if let Err(error) = fd_channel::redirect_to_dev_null(&self.handed_over) {

@@ -28,6 +28,7 @@ use rustix::process::{Signal, pidfd_send_signal};
 
 use crate::error::{Error, Step};
 use crate::handover::Handover;
+use crate::supervisor;
 use hand_over::{Own, Parent};
 
 /// Hands `state` over to a freshly started copy of this program, with the
@@ -286,6 +287,9 @@ impl<S: Handover> Worker<S> {
             return;
         };
         let (outcome, handed_over) = parent.hand_over(state, &self.own, self.transfer_timeout);
+        if let (Outcome::Done { .. }, Some(in_flight)) = (&outcome, finished.in_flight.as_mut()) {
+            in_flight.handed_over = true;
+        }
         drop(finished);
         self.deliver(outcome);
         // After Done: this process's copy of the handed-over state, whose
@@ -574,19 +578,26 @@ impl<S> fmt::Debug for Upgrade<S> {
 /// has not delivered its outcome fails at once.
 static SPLIT_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
 
-struct InFlight;
+/// The claim on that one upgrade. A service manager hears that an upgrade
+/// starts when it is claimed, and that the service is ready again when it
+/// ends in anything but a handover.
+struct InFlight {
+    handed_over: bool,
+}
 
 impl InFlight {
     fn claim() -> Option<InFlight> {
         SPLIT_IN_FLIGHT
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| InFlight)
+            .ok()?;
+        supervisor::upgrade_starting();
+        Some(InFlight { handed_over: false })
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        supervisor::upgrade_ended(self.handed_over);
         SPLIT_IN_FLIGHT.store(false, Ordering::Release);
     }
 }

@@ -157,7 +157,11 @@ impl Launch<'_> {
                 None => command.env_remove(key),
             };
         }
-        env::apply(&mut command, fd_socket);
+        env::apply(
+            &mut command,
+            fd_socket,
+            &crate::supervisor::trigger_signals(),
+        );
         command.spawn()
     }
 }

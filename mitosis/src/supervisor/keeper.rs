@@ -1,0 +1,383 @@
+//! The keeper: the first process, kept alive with its pid across every
+//! upgrade, for a container's PID 1 and for supervisors that watch a pid.
+//!
+//! It starts the program again as its child (the first generation), then
+//! only waits. It is a child subreaper, so every generation, and every
+//! orphan of theirs, becomes its child when its parent exits, and it reaps
+//! them all. It listens to the generations as systemd would, on its own
+//! `NOTIFY_SOCKET`, and only to the main one: `MAINPID=` from the
+//! generation that hands over names the one that serves next. Signals meant
+//! for the service (`SIGTERM` from `docker stop`, `SIGUSR2` for an
+//! upgrade, ...) go to the generation that serves. When that generation
+//! exits, the keeper exits with its status (128 + N after signal N), so
+//! the supervisor sees the program's own.
+//!
+//! Why a keeper and not exec in place: exec in place needs the new binary
+//! to start, read the state back and set up again inside the pause, which
+//! costs the exec floor (about 10 times a prepared handover's pause, see
+//! docs/bench.md), and once the old image is gone a new build that fails
+//! after the exec cannot roll back. The keeper costs one small process.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix,
+    SocketFlags, SocketType,
+};
+use rustix::process::{Pid, Signal, WaitOptions};
+
+use crate::env;
+use crate::error::Error;
+use crate::fd_channel;
+use crate::old::start_path;
+
+/// The signals a supervisor or an operator sends the service, forwarded to
+/// the generation that serves. Not SIGCHLD (the keeper's own), nor the
+/// ones the kernel sends a process for its own faults.
+const FORWARDED: [i32; 8] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGALRM,
+];
+
+/// Becomes the keeper, if the first generation can be started: then it
+/// never returns, and the process exits with the program's status.
+pub(super) fn become_keeper() -> Result<(), Error> {
+    let failed = |action: &str| {
+        let action = action.to_owned();
+        move |source: std::io::Error| Error::Supervisor { action, source }
+    };
+    if !single_threaded() {
+        log::warn!(
+            "mitosis: the keeper starts in a process with other threads, which may take \
+             signals meant for the service; call mitosis::init first thing in main"
+        );
+    }
+    let dir = fd_channel::make_private_dir(&fd_channel::runtime_bases())
+        .map_err(failed("make the keeper's directory"))?;
+    let keeper = Keeper::start(&dir);
+    let keeper = match keeper {
+        Ok(keeper) => keeper,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(error);
+        }
+    };
+    log::info!(
+        "mitosis: keeping pid {} for the program, which runs as pid {}",
+        std::process::id(),
+        keeper.main
+    );
+    let code = keeper.run();
+    let _ = std::fs::remove_dir_all(&dir);
+    // The one exit in mitosis: the keeper is not the program, and its
+    // status is the program's.
+    std::process::exit(code)
+}
+
+struct Keeper {
+    /// Where the generations' notifications arrive.
+    socket: OwnedFd,
+    signals: OwnedFd,
+    /// The generation that serves.
+    main: u32,
+    /// Whether a service manager listens to the keeper in turn.
+    upstream: bool,
+}
+
+impl Keeper {
+    fn start(dir: &Path) -> Result<Keeper, Error> {
+        let failed = |action: &'static str| {
+            move |source: std::io::Error| Error::Supervisor {
+                action: action.into(),
+                source,
+            }
+        };
+        let path = dir.join("notify");
+        let socket = notify_socket(&path).map_err(failed("listen on the keeper's socket"))?;
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(|e| failed("become a child subreaper")(e.into()))?;
+        let mask = forwarded_and_children();
+        // Blocked before the first generation exists, so that no signal
+        // for it can be missed; a blocked signal is never discarded, even
+        // by PID 1, which discards those it has no handler for.
+        // SAFETY: changes only this thread's signal mask; `mask` is a
+        // valid, initialised set.
+        let blocked =
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &mask, std::ptr::null_mut()) };
+        if blocked != 0 {
+            return Err(failed("block the signals the keeper forwards")(
+                std::io::Error::from_raw_os_error(blocked),
+            ));
+        }
+        // SAFETY: `mask` is valid; the new fd is owned at once below.
+        let raw = unsafe { libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if raw < 0 {
+            let error = std::io::Error::last_os_error();
+            unblock(&mask);
+            return Err(failed("read the keeper's signals")(error));
+        }
+        // SAFETY: signalfd returned a new fd that nothing else owns.
+        let signals = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        let mut args = std::env::args_os();
+        let mut command = Command::new(start_path());
+        if let Some(arg0) = args.next() {
+            command.arg0(arg0);
+        }
+        command.args(args);
+        env::apply_keeper(&mut command, &path);
+        // The mask is inherited across fork and exec: the first generation
+        // must get its signals as usual.
+        // SAFETY: the closure runs between fork and exec, and calls only
+        // pthread_sigmask, which is async-signal-safe, on a set copied in.
+        unsafe {
+            command.pre_exec(move || {
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &mask, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| {
+            unblock(&mask);
+            Error::Spawn {
+                binary: start_path().to_path_buf(),
+                source,
+            }
+        })?;
+        // The sockets systemd passed belong to the first generation now.
+        close_passed_sockets();
+        Ok(Keeper {
+            socket,
+            signals,
+            main: child.id(),
+            upstream: env::notify_socket().is_some(),
+        })
+    }
+
+    /// Waits until the generation that serves exits, and returns the exit
+    /// code the keeper should give.
+    fn run(mut self) -> i32 {
+        loop {
+            let mut fds = [
+                PollFd::new(&self.signals, PollFlags::IN),
+                PollFd::new(&self.socket, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(error) => log::error!("mitosis: keeper: poll: {error}"),
+            }
+            let signals = self.take_signals();
+            // A generation sends MAINPID= before it exits, so once its exit
+            // is seen, its message is already queued: read the messages
+            // first, then reap.
+            self.read_notifications();
+            for signal in signals.into_iter().filter(|&s| s != libc::SIGCHLD) {
+                self.forward(signal);
+            }
+            if let Some(code) = self.reap() {
+                return code;
+            }
+        }
+    }
+
+    fn take_signals(&self) -> Vec<i32> {
+        let mut signals = Vec::new();
+        loop {
+            let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads at most `size` bytes into `info`, which has room
+            // for exactly that.
+            let read =
+                unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+            if read != size as isize {
+                return signals;
+            }
+            // SAFETY: the kernel wrote a whole signalfd_siginfo.
+            let info = unsafe { info.assume_init() };
+            signals.push(info.ssi_signo as i32);
+        }
+    }
+
+    fn forward(&self, signal: i32) {
+        let Some(pid) = Pid::from_raw(self.main as i32) else {
+            return;
+        };
+        // SAFETY: `signal` came from the signalfd, so it is a valid signal
+        // number; from_raw_unchecked only skips that check.
+        let sig = unsafe { Signal::from_raw_unchecked(signal) };
+        match rustix::process::kill_process(pid, sig) {
+            Ok(()) => log::debug!("mitosis: keeper: forwarded signal {signal} to pid {pid}"),
+            Err(error) => log::debug!("mitosis: keeper: signal {signal} to pid {pid}: {error}"),
+        }
+    }
+
+    /// Reads every queued notification; only the serving generation's
+    /// count, as under systemd's `NotifyAccess=main`.
+    fn read_notifications(&mut self) {
+        loop {
+            let mut bytes = [0u8; 4096];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+            let received = rustix::net::recvmsg(
+                &self.socket,
+                &mut iov,
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            );
+            let len = match received {
+                Ok(received) => received.bytes,
+                Err(Errno::INTR) => continue,
+                Err(_) => return,
+            };
+            let sender = control.drain().find_map(|message| match message {
+                RecvAncillaryMessage::ScmCredentials(credentials) => {
+                    Some(credentials.pid.as_raw_nonzero().get() as u32)
+                }
+                _ => None,
+            });
+            let text = String::from_utf8_lossy(&bytes[..len.min(bytes.len())]).into_owned();
+            if sender != Some(self.main) {
+                log::debug!(
+                    "mitosis: keeper: ignored a notification from pid {sender:?}; only the main \
+                     pid {} may send",
+                    self.main
+                );
+                continue;
+            }
+            self.heard(&text);
+        }
+    }
+
+    fn heard(&mut self, text: &str) {
+        let mut upstream = Vec::new();
+        for line in text.lines() {
+            match line.strip_prefix("MAINPID=").map(str::parse::<u32>) {
+                Some(Ok(pid)) if pid > 0 => {
+                    log::info!(
+                        "mitosis: keeper: pid {pid} serves now, after pid {}",
+                        self.main
+                    );
+                    self.main = pid;
+                }
+                Some(_) => log::warn!("mitosis: keeper: ignored a malformed {line:?}"),
+                None if !line.is_empty() => upstream.push(line),
+                None => {}
+            }
+        }
+        if self.upstream && !upstream.is_empty() {
+            let states: Vec<sd_notify::NotifyState<'_>> = upstream
+                .into_iter()
+                .map(sd_notify::NotifyState::Custom)
+                .collect();
+            if let Err(error) = sd_notify::notify(&states) {
+                log::warn!("mitosis: keeper: could not pass a notification on: {error}");
+            }
+        }
+    }
+
+    /// Reaps every child that has exited; the exit code for the keeper once
+    /// the serving generation is among them.
+    fn reap(&self) -> Option<i32> {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    let pid = pid.as_raw_nonzero().get() as u32;
+                    if pid != self.main {
+                        log::debug!("mitosis: keeper: reaped pid {pid}");
+                        continue;
+                    }
+                    let code = match (status.exit_status(), status.terminating_signal()) {
+                        (Some(code), _) => code,
+                        (None, Some(signal)) => 128 + signal,
+                        (None, None) => 1,
+                    };
+                    log::info!("mitosis: keeper: pid {pid}, which served, exited ({code})");
+                    return Some(code);
+                }
+                Ok(None) => return None,
+                Err(Errno::INTR) => {}
+                Err(Errno::CHILD) => {
+                    // No child at all, and the main pid never exited as
+                    // one: it can only be gone.
+                    log::warn!("mitosis: keeper: pid {} is gone", self.main);
+                    return Some(1);
+                }
+                Err(error) => {
+                    log::error!("mitosis: keeper: wait: {error}");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A datagram socket at `path` that learns each sender's pid.
+fn notify_socket(path: &Path) -> std::io::Result<OwnedFd> {
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_passcred(&socket, true)?;
+    let address = SocketAddrUnix::new(path.as_os_str().as_bytes())?;
+    rustix::net::bind(&socket, &address)?;
+    Ok(socket)
+}
+
+fn forwarded_and_children() -> libc::sigset_t {
+    let mut mask = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only adds valid
+    // signal numbers to it.
+    unsafe {
+        libc::sigemptyset(mask.as_mut_ptr());
+        for signal in FORWARDED.into_iter().chain([libc::SIGCHLD]) {
+            libc::sigaddset(mask.as_mut_ptr(), signal);
+        }
+        mask.assume_init()
+    }
+}
+
+fn unblock(mask: &libc::sigset_t) {
+    // SAFETY: changes only this thread's signal mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, mask, std::ptr::null_mut()) };
+}
+
+/// Closes the keeper's copies of the sockets systemd passed, which the
+/// first generation inherited.
+fn close_passed_sockets() {
+    let this = std::process::id();
+    let Some((count, _)) = env::take_listen_fds(&[this]) else {
+        return;
+    };
+    for raw in (3..).take(count as usize) {
+        // SAFETY: only looks at the fd's flags, to skip one not open.
+        if rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw) }).is_err() {
+            continue;
+        }
+        // SAFETY: fds 3 to 3 + LISTEN_FDS - 1 were passed to this process
+        // for the program, which runs in the first generation now; nothing
+        // in the keeper uses them, and this is the only place that closes
+        // them.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count() == 1)
+        .unwrap_or(false)
+}
