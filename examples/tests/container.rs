@@ -209,7 +209,6 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
          refuses connections",
         pid1.process.pid
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A PID namespace, seen from the host through its PID 1.

@@ -200,7 +200,6 @@ fn a_burst_of_sigusr2_during_an_upgrade_starts_no_second_one() {
          {old} -> {newest}, generation {generation}",
         first.pid
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Ten SIGUSR2, a little apart so that they arrive as separate signals

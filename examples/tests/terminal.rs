@@ -111,7 +111,6 @@ fn session_leader_of_a_pty() {
     kept.echo();
     fresh.echo();
     eprintln!("pty: after the hangup, upgrade {old} -> {new} (generation {generation})");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `script -qfec 'exec echo-server ...'`: the server is the session leader
@@ -246,7 +245,6 @@ fn pane_process_of_tmux() {
     fresh.echo();
     kept.echo();
     eprintln!("tmux: {UPGRADES} upgrades, still serving as {serving}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The server is the foreground job of an interactive bash in a tmux pane,
@@ -355,7 +353,6 @@ fn foreground_job_of_a_shell_in_tmux_then_kill_session() {
          and upgrades {old} -> {new}",
         shell.pid, tmux_server.pid
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A pty the test holds the master of. A thread reads the master and

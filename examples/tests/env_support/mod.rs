@@ -101,12 +101,29 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command
 }
 
-/// A fresh directory of this test's own.
-pub fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh directory of this test's own, removed when the test ends,
+/// passed or not (each holds copies of the server, 30 MB apiece).
+pub fn scratch_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("mitosis-env-{name}-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).expect("create a scratch directory");
-    dir
+    Scratch(dir)
+}
+
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 /// A copy of echo-server at `dir/echo-server`, which the test may replace
