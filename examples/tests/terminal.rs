@@ -63,6 +63,7 @@ fn session_leader_of_a_pty() {
     let mut kept = Client::connect(port, "kept");
     kept.echo();
     let mut serving = first.0.id();
+    let mut pids = vec![serving];
     for upgrade in 1..=UPGRADES {
         let (old, new, generation) = kept.expect_upgrade();
         assert_eq!((old, generation), (serving, upgrade + 1));
@@ -81,6 +82,7 @@ fn session_leader_of_a_pty() {
         kept.echo();
         eprintln!("pty: upgrade {upgrade}: {}", describe_session(new));
         serving = new;
+        pids.push(new);
     }
 
     // A later generation's stderr is still the pty: a failed upgrade's
@@ -101,7 +103,7 @@ fn session_leader_of_a_pty() {
 
     // The terminal goes away altogether: the server does not notice.
     pty.close();
-    eprintln!("pty: master closed");
+    eprintln!("pty: master closed; generations so far: pids {pids:?}");
     kept.echo();
     let mut fresh = Client::connect(port, "fresh");
     fresh.echo();
@@ -157,6 +159,7 @@ fn session_leader_under_script() {
     let mut kept = Client::connect(port, "kept");
     kept.echo();
     let mut serving = leader;
+    let mut pids = vec![serving];
     for upgrade in 1..=UPGRADES {
         let (old, new, generation) = kept.expect_upgrade();
         assert_eq!((old, generation), (serving, upgrade + 1));
@@ -168,12 +171,13 @@ fn session_leader_under_script() {
         }
         kept.echo();
         serving = new;
+        pids.push(new);
     }
     let mut fresh = Client::connect(port, "fresh");
     fresh.echo();
     kept.echo();
     eprintln!(
-        "script: {UPGRADES} upgrades; serving: {}",
+        "script: {UPGRADES} upgrades, pids {pids:?}; serving: {}",
         describe_session(serving)
     );
 }
@@ -222,6 +226,7 @@ fn pane_process_of_tmux() {
     let mut kept = Client::connect(port, "kept");
     kept.echo();
     let mut serving = pane.pid;
+    let mut pids = vec![serving];
     for upgrade in 1..=UPGRADES {
         let (old, new, generation) = kept.expect_upgrade();
         assert_eq!((old, generation), (serving, upgrade + 1));
@@ -240,11 +245,12 @@ fn pane_process_of_tmux() {
         }
         kept.echo();
         serving = new;
+        pids.push(new);
     }
     let mut fresh = Client::connect(port, "fresh");
     fresh.echo();
     kept.echo();
-    eprintln!("tmux: {UPGRADES} upgrades, still serving as {serving}");
+    eprintln!("tmux: {UPGRADES} upgrades, pids {pids:?}, still serving");
 }
 
 /// The server is the foreground job of an interactive bash in a tmux pane,
@@ -318,6 +324,7 @@ fn foreground_job_of_a_shell_in_tmux_then_kill_session() {
     let mut kept = Client::connect(port, "kept");
     kept.echo();
     let mut serving = first;
+    let mut pids = vec![serving];
     for upgrade in 1..=UPGRADES {
         let (old, new, generation) = kept.expect_upgrade();
         assert_eq!((old, generation), (serving, upgrade + 1));
@@ -328,11 +335,12 @@ fn foreground_job_of_a_shell_in_tmux_then_kill_session() {
             .expect_exit("the previous generation");
         kept.echo();
         serving = new;
+        pids.push(new);
     }
     assert!(!shell.has_exited(), "the shell exited");
     assert!(tmux.has_session(&session), "the tmux session ended");
     eprintln!(
-        "tmux: {UPGRADES} upgrades; the shell is back at its prompt ({}), serving: {}",
+        "tmux: {UPGRADES} upgrades, pids {pids:?}; the shell is back at its prompt ({}), serving: {}",
         tmux.pane_command(&session),
         describe_session(serving)
     );
