@@ -164,6 +164,8 @@ impl Kept {
         listed
             .split_whitespace()
             .map(|child| {
+                // Gone between the two reads: reaped just now, so it counts
+                // as not settled yet.
                 let stat =
                     std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
                 let state = stat
@@ -172,13 +174,13 @@ impl Kept {
                     .unwrap_or("")
                     .split_whitespace()
                     .next();
-                (child.parse().unwrap(), state == Some("Z"))
+                (child.parse().unwrap(), matches!(state, Some("Z") | None))
             })
             .collect()
     }
 
-    /// The children once none is a zombie (the keeper reaps each as it
-    /// hears of its exit), or as they are at the deadline.
+    /// The children once none is a zombie or just reaped (the keeper reaps
+    /// each as it hears of its exit), or as they are at the deadline.
     fn settled_children(&self) -> Vec<u32> {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
