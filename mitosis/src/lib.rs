@@ -26,6 +26,13 @@
 //! for, and [`Arrival`], which receives it, lets the program check it, and
 //! commits.
 //!
+//! Around the handover, [`supervisor`] makes an upgrade invisible to what
+//! watches the process: systemd (`Type=notify`, socket activation), a
+//! container's PID 1 and pid-watching supervisors (a keeper that holds the
+//! pid), and terminals (each new process leaves the old one's session). The
+//! program says [`supervisor::ready`] once at first start, and may upgrade
+//! on a signal with a [`supervisor::Trigger`].
+//!
 //! # Example
 //!
 //! A server that upgrades itself when a client says so, keeping its
