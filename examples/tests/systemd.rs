@@ -114,6 +114,7 @@ fn socket_activated_echo_server_upgrades_five_times_under_load() {
             "{after:?} reuses a pid of {pids:?}"
         );
         check_serves(&systemd, ECHO_UNIT, &after, port);
+        check_no_stale_activation(&systemd, &after);
         check_gone(&systemd, state.main_pid);
         // Every connection, made before this upgrade, is served after it.
         load.wait_until_all_served(&systemd);
@@ -638,17 +639,51 @@ fn check_serves(systemd: &Systemd, unit: &str, state: &MainState, port: u16) {
     );
     let inode = listener_inode(port).unwrap_or_else(|| panic!("nothing listens on port {port}"));
     let socket = format!("socket:[{inode}]");
-    let holds = fs::read_dir(format!("/proc/{host}/fd"))
+    let held = fs::read_dir(format!("/proc/{host}/fd"))
         .into_iter()
         .flatten()
         .flatten()
-        .any(|fd| fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*socket));
-    assert!(
-        holds,
-        "MainPID {} (host pid {host}) does not hold the listener on port {port}; {}",
-        state.main_pid,
-        systemd.context()
+        .find(|fd| fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*socket));
+    let held = held.unwrap_or_else(|| {
+        panic!(
+            "MainPID {} (host pid {host}) does not hold the listener on port {port}; {}",
+            state.main_pid,
+            systemd.context()
+        )
+    });
+    // Close-on-exec, as socket activation's fds must be once taken, so that
+    // nothing the server starts inherits the listener.
+    let fdinfo = fs::read_to_string(format!(
+        "/proc/{host}/fdinfo/{}",
+        held.file_name().to_string_lossy()
+    ))
+    .unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags:"))
+        .and_then(|flags| u32::from_str_radix(flags.trim(), 8).ok())
+        .expect("fdinfo has the flags");
+    assert_ne!(
+        flags & 0o2000000,
+        0,
+        "the listener is not close-on-exec: {fdinfo}"
     );
+}
+
+/// A process started by an upgrade was given no socket-activation
+/// variables: only the first process could take the sockets, and every
+/// later one gets the listener in the handover. (The first process's own
+/// /proc environ still shows what it was started with; its program's
+/// environment has them removed.)
+fn check_no_stale_activation(systemd: &Systemd, state: &MainState) {
+    let host = systemd.host_pid(state.main_pid).expect("MainPID runs");
+    let environ = fs::read(format!("/proc/{host}/environ")).unwrap();
+    let stale: Vec<String> = environ
+        .split(|&byte| byte == 0)
+        .map(|var| String::from_utf8_lossy(var).into_owned())
+        .filter(|var| var.starts_with("LISTEN_"))
+        .collect();
+    assert!(stale.is_empty(), "MainPID {} has {stale:?}", state.main_pid);
 }
 
 /// After `systemctl stop`: the unit is inactive, not failed, and its last
