@@ -63,7 +63,7 @@ start() {
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install util-linux)"
   done
   local bin=${1:-${CARGO_TARGET_DIR:-$REPO/target}/release}
-  bin=$(realpath -- "$bin") || die "no such directory: ${1:-target/release}"
+  bin=$(realpath -e -- "$bin") || die "no such directory: ${1:-target/release}"
   case "$bin" in *[[:space:]]*) die "the binary directory may not contain spaces: $bin";; esac
   [ -x "$bin/echo-server" ] || echo "sandbox.sh: warning: no $bin/echo-server (cargo build --release -p mitosis-examples)" >&2
 
