@@ -130,7 +130,6 @@ impl Kept {
     fn start(env: &[(&str, &str)]) -> Kept {
         let mut keeper = Command::new(ECHO_SERVER)
             .args(["--listen", "127.0.0.1:0"])
-            .envs(env.iter().copied())
             .env_remove("MITOSIS_KEEPER")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -269,4 +268,33 @@ fn readable_within(fd: &OwnedFd, wait: Duration) -> bool {
     let timeout = Timespec::try_from(wait).unwrap();
     let mut fds = [PollFd::new(fd, PollFlags::IN)];
     matches!(poll(&mut fds, Some(&timeout)), Ok(1))
+}
+
+/// A temp-directory cleaner (systemd-tmpfiles ages `/tmp` out after ten
+/// days) empties the temp dir while the service runs: the keeper keeps
+/// hearing which generation serves, because its socket is no file.
+#[test]
+fn a_temp_dir_emptied_under_the_keeper_ends_nothing() {
+    let temp = std::env::temp_dir().join(format!("mitosis-keeper-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&temp).unwrap();
+    let temp_str = temp.to_str().unwrap();
+    let mut kept = Kept::start(&[("MITOSIS_KEEPER", "on"), ("TMPDIR", temp_str)]);
+    let mut client = Client::connect(kept.port);
+    for generation in 2..=4 {
+        for entry in std::fs::read_dir(&temp).unwrap() {
+            let path = entry.unwrap().path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        let (old, new, reported) = client.upgrade();
+        assert_eq!(reported, generation);
+        wait_for_exit(old);
+        assert!(
+            kept.keeper.try_wait().unwrap().is_none(),
+            "the keeper lives on"
+        );
+        assert_eq!(kept.settled_children(), vec![new]);
+    }
+    kill_process(pid(kept.keeper.id()), Signal::TERM).unwrap();
+    assert_eq!(kept.wait().code(), Some(0));
+    std::fs::remove_dir_all(&temp).ok();
 }

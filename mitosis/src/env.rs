@@ -151,7 +151,7 @@ pub(crate) fn take_keeper_switch() -> Result<(KeeperSwitch, Option<u32>), Error>
 
 /// What the keeper sets for the program it starts: its own notification
 /// socket, and its mark.
-pub(crate) fn apply_keeper(command: &mut Command, notify_socket: &Path) {
+pub(crate) fn apply_keeper(command: &mut Command, notify_socket: &str) {
     command
         .env(NOTIFY_SOCKET_VAR, notify_socket)
         .env(KEPT_VAR, std::process::id().to_string())

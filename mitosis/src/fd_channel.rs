@@ -114,7 +114,7 @@ impl AsFd for FdListener {
 
 /// Where private directories go: `$XDG_RUNTIME_DIR` when it is a
 /// directory, then the temp dir.
-pub(crate) fn runtime_bases() -> Vec<PathBuf> {
+fn runtime_bases() -> Vec<PathBuf> {
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|dir| dir.is_dir());
@@ -123,7 +123,7 @@ pub(crate) fn runtime_bases() -> Vec<PathBuf> {
 
 /// Makes a fresh `mitosis-<pid>-<16 hex digits>` directory, mode 0700, in
 /// the first of `bases` that takes it; the error names every path tried.
-pub(crate) fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
+fn make_private_dir(bases: &[PathBuf]) -> io::Result<PathBuf> {
     let mut random = [0u8; 8];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
     let name = format!("mitosis-{}-{}", std::process::id(), hex(&random));

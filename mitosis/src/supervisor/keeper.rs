@@ -20,9 +20,7 @@
 
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Command;
 
 use rustix::event::{PollFd, PollFlags, poll};
@@ -35,7 +33,6 @@ use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::env;
 use crate::error::Error;
-use crate::fd_channel;
 use crate::old::start_path;
 
 /// The signals a supervisor or an operator sends the service, forwarded to
@@ -55,33 +52,19 @@ const FORWARDED: [i32; 8] = [
 /// Becomes the keeper, if the first generation can be started: then it
 /// never returns, and the process exits with the program's status.
 pub(super) fn become_keeper() -> Result<(), Error> {
-    let failed = |action: &str| {
-        let action = action.to_owned();
-        move |source: std::io::Error| Error::Supervisor { action, source }
-    };
     if !single_threaded() {
         log::warn!(
             "mitosis: the keeper starts in a process with other threads, which may take \
              signals meant for the service; call mitosis::init first thing in main"
         );
     }
-    let dir = fd_channel::make_private_dir(&fd_channel::runtime_bases())
-        .map_err(failed("make the keeper's directory"))?;
-    let keeper = Keeper::start(&dir);
-    let keeper = match keeper {
-        Ok(keeper) => keeper,
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(error);
-        }
-    };
+    let keeper = Keeper::start()?;
     log::info!(
         "mitosis: keeping pid {} for the program, which runs as pid {}",
         std::process::id(),
         keeper.main
     );
     let code = keeper.run();
-    let _ = std::fs::remove_dir_all(&dir);
     // The one exit in mitosis: the keeper is not the program, and its
     // status is the program's.
     std::process::exit(code)
@@ -98,15 +81,14 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn start(dir: &Path) -> Result<Keeper, Error> {
+    fn start() -> Result<Keeper, Error> {
         let failed = |action: &'static str| {
             move |source: std::io::Error| Error::Supervisor {
                 action: action.into(),
                 source,
             }
         };
-        let path = dir.join("notify");
-        let socket = notify_socket(&path).map_err(failed("listen on the keeper's socket"))?;
+        let (socket, name) = notify_socket().map_err(failed("listen on the keeper's socket"))?;
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| failed("become a child subreaper")(e.into()))?;
         let mask = forwarded_and_children();
@@ -138,7 +120,7 @@ impl Keeper {
             command.arg0(arg0);
         }
         command.args(args);
-        env::apply_keeper(&mut command, &path);
+        env::apply_keeper(&mut command, &name);
         // The mask is inherited across fork and exec: the first generation
         // must get its signals as usual.
         // SAFETY: the closure runs between fork and exec, and calls only
@@ -282,7 +264,7 @@ impl Keeper {
                 .into_iter()
                 .map(sd_notify::NotifyState::Custom)
                 .collect();
-            if let Err(error) = sd_notify::notify(&states) {
+            if let Err(error) = super::notify::send(&states) {
                 log::warn!("mitosis: keeper: could not pass a notification on: {error}");
             }
         }
@@ -324,8 +306,16 @@ impl Keeper {
     }
 }
 
-/// A datagram socket at `path` that learns each sender's pid.
-fn notify_socket(path: &Path) -> std::io::Result<OwnedFd> {
+/// A datagram socket that learns each sender's pid, bound to a fresh
+/// abstract name (`@mitosis-keeper-<pid>-<16 hex digits>`): no file that a
+/// temp-directory cleaner could remove from under a keeper that runs for
+/// months, and nothing to clean up. Anyone may send to it; only the
+/// serving generation's messages count, by the pid the kernel vouches for.
+fn notify_socket() -> std::io::Result<(OwnedFd, String)> {
+    let mut random = [0u8; 8];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+    let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    let name = format!("mitosis-keeper-{}-{hex}", std::process::id());
     let socket = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::DGRAM,
@@ -333,9 +323,11 @@ fn notify_socket(path: &Path) -> std::io::Result<OwnedFd> {
         None,
     )?;
     rustix::net::sockopt::set_socket_passcred(&socket, true)?;
-    let address = SocketAddrUnix::new(path.as_os_str().as_bytes())?;
-    rustix::net::bind(&socket, &address)?;
-    Ok(socket)
+    rustix::net::bind(
+        &socket,
+        &SocketAddrUnix::new_abstract_name(name.as_bytes())?,
+    )?;
+    Ok((socket, format!("@{name}")))
 }
 
 fn forwarded_and_children() -> libc::sigset_t {

@@ -8,6 +8,9 @@
 //! handover connection; the new process waits for that close before it
 //! sends `READY=1` as the new main process.
 
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 use sd_notify::NotifyState;
 
 use crate::env;
@@ -60,8 +63,26 @@ pub(crate) fn took_over() {
     best_effort("READY=1", &[NotifyState::Ready]);
 }
 
-fn send(states: &[NotifyState<'_>]) -> std::io::Result<()> {
-    sd_notify::notify(states)
+/// Sends one notification to `NOTIFY_SOCKET`: through sd-notify for a
+/// path, and here for an abstract socket (`@name`, which systemd also
+/// allows, and where the keeper listens), which sd-notify 0.5 cannot reach.
+pub(super) fn send(states: &[NotifyState<'_>]) -> std::io::Result<()> {
+    let Some(target) = env::notify_socket() else {
+        return Ok(());
+    };
+    let Some(name) = target.as_os_str().as_bytes().strip_prefix(b"@") else {
+        return sd_notify::notify(states);
+    };
+    let address = SocketAddrUnix::new_abstract_name(name)?;
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
+    rustix::net::sendto(&socket, message.as_bytes(), SendFlags::NOSIGNAL, &address)?;
+    Ok(())
 }
 
 /// Nothing here is worth failing an upgrade for: a service manager that
