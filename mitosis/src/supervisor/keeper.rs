@@ -25,10 +25,7 @@ use std::process::Command;
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix,
-    SocketFlags, SocketType,
-};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::env;
@@ -316,12 +313,7 @@ fn notify_socket() -> std::io::Result<(OwnedFd, String)> {
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
     let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
     let name = format!("mitosis-keeper-{}-{hex}", std::process::id());
-    let socket = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let socket = super::notify::datagram_socket()?;
     rustix::net::sockopt::set_socket_passcred(&socket, true)?;
     rustix::net::bind(
         &socket,

@@ -74,15 +74,20 @@ pub(super) fn send(states: &[NotifyState<'_>]) -> std::io::Result<()> {
         return sd_notify::notify(states);
     };
     let address = SocketAddrUnix::new_abstract_name(name)?;
-    let socket = rustix::net::socket_with(
+    let socket = datagram_socket()?;
+    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
+    rustix::net::sendto(&socket, message.as_bytes(), SendFlags::NOSIGNAL, &address)?;
+    Ok(())
+}
+
+/// A Unix datagram socket, close-on-exec: the notification protocol's.
+pub(super) fn datagram_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    Ok(rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::DGRAM,
         SocketFlags::CLOEXEC,
         None,
-    )?;
-    let message: String = states.iter().map(|state| format!("{state}\n")).collect();
-    rustix::net::sendto(&socket, message.as_bytes(), SendFlags::NOSIGNAL, &address)?;
-    Ok(())
+    )?)
 }
 
 /// Nothing here is worth failing an upgrade for: a service manager that
