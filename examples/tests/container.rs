@@ -49,12 +49,10 @@ enum Init {
     /// The echo server itself: mitosis sees it is PID 1 and stays as the
     /// keeper that holds that pid (`MITOSIS_KEEPER=auto`, the default).
     EchoServer,
-    /// `tini -- echo-server`: tini is PID 1 and watches its child, the echo
-    /// server, which is not PID 1, so `auto` would start no keeper, the
-    /// first upgrade would end tini's child and tini would exit with it.
-    /// Under tini (or any init that exits with its child) the user sets
-    /// `MITOSIS_KEEPER=on`, as this test does: the child tini watches is
-    /// then the keeper, which stays.
+    /// `tini -- echo-server`, as `docker run --init` runs it: tini is PID 1
+    /// and exits when its child does. The echo server is not PID 1, but
+    /// mitosis sees that its parent is tini (`MITOSIS_KEEPER=auto`, the
+    /// default), so the child tini watches is the keeper, which stays.
     Tini,
 }
 
@@ -65,7 +63,7 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
     // --kill-child: if the test dies, so does the namespace.
     command.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
     if let Init::Tini = init {
-        command.args(["tini", "--"]).env("MITOSIS_KEEPER", "on");
+        command.args(["tini", "--"]);
     }
     command
         .arg(&binary)

@@ -298,3 +298,71 @@ fn a_temp_dir_emptied_under_the_keeper_ends_nothing() {
     assert_eq!(kept.wait().code(), Some(0));
     std::fs::remove_dir_all(&temp).ok();
 }
+
+/// `docker run --init` (tini as the container's PID 1, the program its
+/// child): tini exits when its child does, so mitosis starts a keeper by
+/// itself when its parent is tini. Here tini runs as a subreaper (`-s`)
+/// outside a namespace; the container test runs it as PID 1.
+#[test]
+fn under_tini_a_keeper_starts_by_itself() {
+    let Some(tini) = ["/usr/bin/tini", "/usr/local/bin/tini"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).is_file())
+    else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but tini is not installed (apt-get install -y tini)"
+        );
+        eprintln!("skipped: tini is not installed (apt-get install -y tini)");
+        return;
+    };
+    let mut tini = Command::new(tini)
+        .args(["-s", "--", ECHO_SERVER, "--listen", "127.0.0.1:0"])
+        .env_remove("MITOSIS_KEEPER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(tini.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port: u16 = first
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tini_pid = tini.id();
+    let child_of = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let keeper = child_of(tini_pid);
+    assert_eq!(keeper.len(), 1, "tini's children: {keeper:?}");
+    let mut client = Client::connect(port);
+    for generation in 2..=4 {
+        let (old, _, reported) = client.upgrade();
+        assert_eq!(reported, generation);
+        wait_for_exit(old);
+        assert_eq!(
+            child_of(tini_pid),
+            keeper,
+            "tini's child is the same keeper"
+        );
+    }
+    client.echo("1 under tini");
+    kill_process(pid(tini_pid), Signal::TERM).unwrap();
+    let pidfd = pidfd_open(pid(tini_pid), PidfdFlags::empty()).unwrap();
+    assert!(readable_within(&pidfd, PATIENCE), "tini still runs");
+    let status = tini.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "tini's status after SIGTERM: {status}"
+    );
+}

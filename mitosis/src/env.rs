@@ -165,15 +165,36 @@ pub(crate) fn notify_socket() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The parent watches this process's pid and would take its exit for the
+/// service's: a container's init shim (`docker run --init` runs tini as
+/// `docker-init`), or a runit, s6 or daemontools supervisor.
+pub(crate) fn parent_watches_the_pid() -> bool {
+    const WATCHERS: [&[u8]; 7] = [
+        b"tini",
+        b"docker-init",
+        b"dumb-init",
+        b"catatonit",
+        b"runsv",
+        b"s6-supervise",
+        b"supervise",
+    ];
+    parent_name().is_some_and(|name| WATCHERS.contains(&name.as_slice()))
+}
+
+fn parent_name() -> Option<Vec<u8>> {
+    let parent = rustix::process::getppid()?;
+    let mut comm = std::fs::read(format!("/proc/{}/comm", parent.as_raw_nonzero())).ok()?;
+    comm.truncate(comm.trim_ascii_end().len());
+    Some(comm)
+}
+
 /// Started by systemd as a service's main process (of any `Type=`): it set
 /// `INVOCATION_ID`, and it is the parent. The variable alone is inherited
 /// by everything a service starts, such as the shells of a terminal that
 /// runs as a user service.
 pub(crate) fn under_systemd() -> bool {
     let invoked = std::env::var_os(INVOCATION_ID_VAR).is_some_and(|id| !id.is_empty());
-    let parent = rustix::process::getppid()
-        .and_then(|pid| std::fs::read(format!("/proc/{}/comm", pid.as_raw_nonzero())).ok());
-    invoked && parent.is_some_and(|comm| comm.trim_ascii_end() == b"systemd")
+    invoked && parent_name().is_some_and(|name| name == b"systemd")
 }
 
 /// The sockets passed by socket activation, with their names, if they are

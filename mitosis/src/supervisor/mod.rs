@@ -17,9 +17,11 @@
 //!   every upgrade, so the first process becomes a *keeper*: it starts the
 //!   program as its child, holds the pid, reaps orphans, forwards signals
 //!   to the generation that serves, and exits with that generation's
-//!   status. It is automatic as PID 1 and under systemd without
-//!   `NOTIFY_SOCKET`; `MITOSIS_KEEPER=on` asks for it anywhere else
-//!   (runit, s6, tini), `MITOSIS_KEEPER=off` never.
+//!   status. It is automatic as PID 1, under systemd without
+//!   `NOTIFY_SOCKET`, and as the child of tini (`docker run --init`),
+//!   dumb-init, catatonit, runit's `runsv`, s6's `s6-supervise` or
+//!   daemontools' `supervise`; `MITOSIS_KEEPER=on` asks for it anywhere
+//!   else (a pid file, another supervisor), `MITOSIS_KEEPER=off` never.
 //! - **Terminals.** Every new process starts a session of its own, so the
 //!   end of the old process's terminal session (a session leader's exit,
 //!   tmux closing its pane, `ssh -t` disconnecting) does not send it
@@ -103,10 +105,13 @@ fn keeper_wanted(switch: KeeperSwitch) -> bool {
         KeeperSwitch::Off => false,
         // As PID 1 its exit ends the namespace. Under systemd without a
         // notification socket (Type=simple or exec), the main pid cannot
-        // be handed over, and its exit stops the unit.
+        // be handed over, and its exit stops the unit. Under tini or a
+        // runit-style supervisor, the parent takes its exit for the
+        // service's.
         KeeperSwitch::Auto => {
             rustix::process::getpid().is_init()
                 || (env::under_systemd() && env::notify_socket().is_none())
+                || env::parent_watches_the_pid()
         }
     }
 }
