@@ -246,3 +246,63 @@ fn sigterm_and_sigint_stop_it_with_status_0() {
         eprintln!("{signal:?} to {}: exited with {status}", process.pid);
     }
 }
+
+/// A process started by an upgrade ignores its predecessor's upgrade
+/// signal from its first instruction until it has a trigger of its own:
+/// SIGUSR2 sent to it while it sets up never kills it. Here the new build
+/// receives the state and hangs without committing, so the old process
+/// gives it up at its transfer timeout, and says so; had a signal killed
+/// it, the old process would report that it exited.
+#[test]
+fn the_upgrade_signal_never_kills_a_new_process_before_its_trigger() {
+    let mut server = clean_command(ECHO_SERVER)
+        .args(["--listen", "127.0.0.1:0", "--transfer-timeout-ms", "1500"])
+        .arg("--hang-after-receive")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("start echo-server");
+    let stdout = lines_of(server.0.stdout.take().unwrap());
+    let port = listening_port(&stdout);
+    let old = server.0.id();
+    let mut kept = Client::connect(port, "kept");
+    kept.echo();
+    let asking = std::thread::spawn(move || {
+        let reply = kept.upgrade();
+        (kept, reply)
+    });
+    // The new process, once `arrive` has set SIGUSR2 aside (bit 12 of
+    // SigIgn); nothing announces that to an outsider.
+    let sigusr2_ignored = |pid: u32| {
+        env_support::status_field(pid, "SigIgn")
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGUSR2 - 1)) != 0)
+    };
+    let new =
+        env_support::eventually(
+            "the new process ignores SIGUSR2",
+            || match env_support::children_of(old)[..] {
+                [new] if sigusr2_ignored(new) => Ok(new),
+                ref children => Err(format!("children of {old}: {children:?}")),
+            },
+        );
+    let new_process = Process::expect(new, "the new process");
+    for _ in 0..5 {
+        new_process.signal(Signal::USR2);
+    }
+    let (mut kept, reply) = asking.join().expect("the client");
+    match reply {
+        env_support::Reply::Failed(reason) => assert!(
+            reason.contains("transfer timeout") && !reason.contains("signal"),
+            "the new process was not given up at the transfer timeout: {reason}"
+        ),
+        other => panic!("a build that never commits was not refused: {other:?}"),
+    }
+    new_process.expect_exit("the new process, given up");
+    kept.echo();
+    eprintln!(
+        "5 x SIGUSR2 to the new process {new} while it set up: it lived until the transfer timeout"
+    );
+}
