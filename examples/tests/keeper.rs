@@ -3,12 +3,15 @@
 //! upgrade, reaps every generation it outlives, forwards the service's
 //! signals to the one that serves, and exits with that one's status.
 
+mod env_support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use env_support::{children_of, status_field};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
 
@@ -156,24 +159,14 @@ impl Kept {
             .collect()
     }
 
-    /// The keeper's children, and whether each is a zombie.
+    /// The keeper's children, and whether each is a zombie, or was reaped
+    /// between reading the list and its state (not settled yet either).
     fn children_and_zombies(&self) -> Vec<(u32, bool)> {
-        let pid = self.keeper.id();
-        let listed = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-        listed
-            .split_whitespace()
+        children_of(self.keeper.id())
+            .into_iter()
             .map(|child| {
-                // Gone between the two reads: reaped just now, so it counts
-                // as not settled yet.
-                let stat =
-                    std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-                let state = stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .next();
-                (child.parse().unwrap(), matches!(state, Some("Z") | None))
+                let state = status_field(child, "State");
+                (child, state.is_none_or(|state| state.starts_with('Z')))
             })
             .collect()
     }
@@ -335,14 +328,7 @@ fn under_tini_a_keeper_starts_by_itself() {
         .parse()
         .unwrap();
     let tini_pid = tini.id();
-    let child_of = |pid: u32| -> Vec<u32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
-    };
-    let keeper = child_of(tini_pid);
+    let keeper = children_of(tini_pid);
     assert_eq!(keeper.len(), 1, "tini's children: {keeper:?}");
     let mut client = Client::connect(port);
     for generation in 2..=4 {
@@ -350,7 +336,7 @@ fn under_tini_a_keeper_starts_by_itself() {
         assert_eq!(reported, generation);
         wait_for_exit(old);
         assert_eq!(
-            child_of(tini_pid),
+            children_of(tini_pid),
             keeper,
             "tini's child is the same keeper"
         );

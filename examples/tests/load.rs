@@ -4,6 +4,8 @@
 //! request or reply may be lost, and every generation must be a new process
 //! that replaces the one before it.
 
+mod env_support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,6 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use env_support::children_of;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
@@ -223,21 +226,6 @@ fn install_broken_build(binary: &Path, build: &str, dir: &Path) {
     std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("make it executable");
     std::fs::rename(&staged, binary).expect("install the broken build");
-}
-
-/// The pids whose parent is `pid`, whichever of its threads started them.
-fn children_of(pid: u32) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list the tasks");
-    tasks
-        .filter_map(Result::ok)
-        .flat_map(|task| {
-            std::fs::read_to_string(task.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 /// A fresh directory of this test's own.
