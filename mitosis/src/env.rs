@@ -282,7 +282,9 @@ fn remove(var: &str) {
     unsafe { std::env::remove_var(var) };
 }
 
-fn single_threaded() -> bool {
+/// Whether this process has exactly one thread, so that it may change its
+/// environment or signal mask for all of it.
+pub(crate) fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count() == 1)
         .unwrap_or(false)

@@ -46,12 +46,18 @@ pub fn activated<T: From<OwnedFd>>(name: &str) -> Option<T> {
 }
 
 /// At first start: adopts the sockets passed to one of `pids` (this
-/// process, or the keeper that started it), close-on-exec.
+/// process, or the keeper that started it), for [`activated`].
 pub(super) fn take_passed_sockets(pids: &[u32]) {
+    lock().extend(passed_sockets(pids));
+}
+
+/// The sockets passed to one of `pids`, with their names, close-on-exec;
+/// the variables that name them are removed either way.
+pub(super) fn passed_sockets(pids: &[u32]) -> Vec<(String, OwnedFd)> {
     let Some((count, names)) = env::take_listen_fds(pids) else {
-        return;
+        return Vec::new();
     };
-    let mut passed = lock();
+    let mut passed = Vec::new();
     for (offset, name) in (0..count).zip(names) {
         let Some(raw) = RawFd::try_from(offset)
             .ok()
@@ -78,6 +84,7 @@ pub(super) fn take_passed_sockets(pids: &[u32]) {
         log::debug!("mitosis: socket activation passed fd {raw} as {name:?}");
         passed.push((name, fd));
     }
+    passed
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Vec<(String, OwnedFd)>> {

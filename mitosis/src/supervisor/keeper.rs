@@ -19,7 +19,7 @@
 //! after the exec cannot roll back. The keeper costs one small process.
 
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -49,7 +49,7 @@ const FORWARDED: [i32; 8] = [
 /// Becomes the keeper, if the first generation can be started: then it
 /// never returns, and the process exits with the program's status.
 pub(super) fn become_keeper() -> Result<(), Error> {
-    if !single_threaded() {
+    if !env::single_threaded() {
         log::warn!(
             "mitosis: the keeper starts in a process with other threads, which may take \
              signals meant for the service; call mitosis::init first thing in main"
@@ -73,8 +73,6 @@ struct Keeper {
     signals: OwnedFd,
     /// The generation that serves.
     main: u32,
-    /// Whether a service manager listens to the keeper in turn.
-    upstream: bool,
 }
 
 impl Keeper {
@@ -135,13 +133,13 @@ impl Keeper {
                 source,
             }
         })?;
-        // The sockets systemd passed belong to the first generation now.
-        close_passed_sockets();
+        // The sockets systemd passed belong to the first generation now;
+        // the keeper closes its copies.
+        drop(super::activation::passed_sockets(&[std::process::id()]));
         Ok(Keeper {
             socket,
             signals,
             main: child.id(),
-            upstream: env::notify_socket().is_some(),
         })
     }
 
@@ -256,7 +254,8 @@ impl Keeper {
                 None => {}
             }
         }
-        if self.upstream && !upstream.is_empty() {
+        // To the keeper's own service manager, if it has one.
+        if !upstream.is_empty() {
             let states: Vec<sd_notify::NotifyState<'_>> = upstream
                 .into_iter()
                 .map(sd_notify::NotifyState::Custom)
@@ -338,30 +337,4 @@ fn forwarded_and_children() -> libc::sigset_t {
 fn unblock(mask: &libc::sigset_t) {
     // SAFETY: changes only this thread's signal mask.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, mask, std::ptr::null_mut()) };
-}
-
-/// Closes the keeper's copies of the sockets systemd passed, which the
-/// first generation inherited.
-fn close_passed_sockets() {
-    let this = std::process::id();
-    let Some((count, _)) = env::take_listen_fds(&[this]) else {
-        return;
-    };
-    for raw in (3..).take(count as usize) {
-        // SAFETY: only looks at the fd's flags, to skip one not open.
-        if rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw) }).is_err() {
-            continue;
-        }
-        // SAFETY: fds 3 to 3 + LISTEN_FDS - 1 were passed to this process
-        // for the program, which runs in the first generation now; nothing
-        // in the keeper uses them, and this is the only place that closes
-        // them.
-        drop(unsafe { OwnedFd::from_raw_fd(raw) });
-    }
-}
-
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task")
-        .map(|tasks| tasks.count() == 1)
-        .unwrap_or(false)
 }

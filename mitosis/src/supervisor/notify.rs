@@ -33,9 +33,9 @@ pub(crate) fn supervised() -> bool {
 /// `Type=notify-reload` unit's `systemctl reload` waits for the `READY=1`
 /// that ends it.
 pub(crate) fn upgrade_starting() {
-    let Some(_) = env::notify_socket() else {
+    if !supervised() {
         return;
-    };
+    }
     let mut states = vec![NotifyState::Reloading];
     match NotifyState::monotonic_usec_now() {
         Ok(now) => states.push(now),
