@@ -126,6 +126,8 @@ mod args;
 mod new;
 mod old;
 pub mod supervisor;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[doc(hidden)]
 #[path = "private.rs"]
