@@ -16,6 +16,8 @@
 //! - `keyupdate` → sends a KeyUpdate (asking for the peer's), answers
 //!   `updated`.
 //! - `status` → `status generation=<n> pid=<pid>`.
+//! - `close` → sends close_notify, reads until the peer's own, prints
+//!   `closed cleanly` on stdout and exits 0.
 //! - anything else → `echo <line>`.
 //!
 //! When the peer sends close_notify, the program answers `closed by peer`
@@ -23,7 +25,7 @@
 //! close_notify, prints `closed` on stdout and exits 0. Any error goes to
 //! stderr, with exit status 1.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +101,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     }
                 }
+            }
+            "close" => {
+                state.conn.close()?;
+                let mut rest = Vec::new();
+                state.conn.read_to_end(&mut rest)?;
+                println!("closed cleanly");
+                return Ok(());
             }
             "keyupdate" => {
                 state.conn.update_keys()?;
