@@ -27,6 +27,9 @@ pub struct Decoder<'de> {
     rest: &'de [u8],
     out_of_line: VecDeque<Vec<u8>>,
     fds: Vec<Option<OwnedFd>>,
+    /// The pipes that secrets come through, by their place in the side
+    /// table, as far as they have been read.
+    secret_pipes: Vec<(u32, OwnedFd)>,
     /// The capacities of the buffered readers and writers decoded so far,
     /// and what they may add up to.
     pub(super) buffer_capacities: u64,
@@ -46,6 +49,7 @@ impl<'de> Decoder<'de> {
             rest: stream,
             out_of_line: out_of_line.into(),
             fds: fds.into_iter().map(Some).collect(),
+            secret_pipes: Vec::new(),
             buffer_capacities: 0,
             buffer_capacity_limit: MAX_BUFFER_CAPACITIES,
             shapes: Shapes::new(),
@@ -87,6 +91,13 @@ impl<'de> Decoder<'de> {
                     self.out_of_line.len()
                 ),
             });
+        }
+        for (_, pipe) in &self.secret_pipes {
+            if !matches!(rustix::io::read(pipe, &mut [0]), Ok(0)) {
+                return Err(Error::Decode {
+                    detail: "a pipe of secrets holds more than the state claimed".into(),
+                });
+            }
         }
         let unused = self.fds.iter().filter(|fd| fd.is_some()).count();
         if unused > 0 {
@@ -161,25 +172,40 @@ impl<'de> Decoder<'de> {
                 detail: format!("a secret of {len} bytes was announced; at most 4096 may be"),
             });
         }
-        let pipe = self.fd()?;
+        let index: u32 = self.value()?;
         let failed = |detail: String| Error::Decode {
             detail: format!("could not read a secret: {detail}"),
         };
-        let stat = rustix::fs::fstat(&pipe).map_err(|e| failed(e.to_string()))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
-            return Err(failed("its fd is not a pipe".into()));
+        let position = match self.secret_pipes.iter().position(|(at, _)| *at == index) {
+            Some(position) => position,
+            None => {
+                let pipe = self.take_fd(index)?;
+                let stat = rustix::fs::fstat(&pipe).map_err(|e| failed(e.to_string()))?;
+                if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
+                    return Err(failed("its fd is not a pipe".into()));
+                }
+                // The old process wrote every secret before it sent the
+                // pipe: what is not there now never comes.
+                rustix::io::ioctl_fionbio(&pipe, true).map_err(|e| failed(e.to_string()))?;
+                self.secret_pipes.push((index, pipe));
+                self.secret_pipes.len() - 1
+            }
+        };
+        let pipe = &self.secret_pipes[position].1;
+        let mut secret = vec![0; len];
+        let mut filled = 0;
+        while filled < len {
+            match rustix::io::read(pipe, &mut secret[filled..]) {
+                Ok(0) | Err(rustix::io::Errno::AGAIN) => {
+                    return Err(failed(format!(
+                        "{len} bytes were announced and {filled} came"
+                    )));
+                }
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
         }
-        // The old process wrote it whole before sending the read end, and
-        // its write end is closed: the bytes are all there, then EOF.
-        rustix::io::ioctl_fionbio(&pipe, true).map_err(|e| failed(e.to_string()))?;
-        let mut secret = vec![0; len + 1];
-        let read = rustix::io::read(&pipe, &mut secret[..]).map_err(|e| failed(e.to_string()))?;
-        if read != len {
-            return Err(failed(format!(
-                "{len} bytes were announced and {read} came"
-            )));
-        }
-        secret.truncate(len);
         Ok(secret)
     }
 
@@ -193,6 +219,11 @@ impl<'de> Decoder<'de> {
     /// ```
     pub fn fd(&mut self) -> Result<OwnedFd, Error> {
         let index: u32 = self.value()?;
+        self.take_fd(index)
+    }
+
+    /// Takes the fd at `index` of the side table.
+    fn take_fd(&mut self, index: u32) -> Result<OwnedFd, Error> {
         let received = self.fds.len();
         self.fds
             .get_mut(index as usize)

@@ -1,6 +1,5 @@
 //! [`Encoder`]: where a state is written, streaming into a sink.
 
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::Serialize;
@@ -30,6 +29,8 @@ use crate::error::Error;
 pub struct Encoder<'a> {
     pub(crate) serializer: postcard::Serializer<StreamFlavor<'a>>,
     pub(crate) fds: Vec<SideFd<'a>>,
+    /// The pipe that takes the next [`secret`](Encoder::secret).
+    secrets: Option<SecretsPipe>,
     /// Only the fds are wanted: plain data and bytes are skipped, unread.
     fds_only: bool,
 }
@@ -173,7 +174,7 @@ impl SideFd<'_> {
     }
 
     #[cfg(any(test, feature = "test-hooks"))]
-    pub(crate) fn try_clone_to_owned(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn try_clone_to_owned(&self) -> std::io::Result<OwnedFd> {
         self.as_fd().try_clone_to_owned()
     }
 }
@@ -190,6 +191,15 @@ impl AsFd for SideFd<'_> {
 /// The largest [`secret`](Encoder::secret): what a pipe takes in one write
 /// that nothing else can interleave with (`PIPE_BUF`).
 pub(crate) const MAX_SECRET_BYTES: usize = 4096;
+
+/// The size asked for a pipe of secrets: `fs.pipe-max-size`'s default.
+const SECRETS_PIPE_BYTES: usize = 1 << 20;
+
+/// A pipe that secrets are written into, and its place in the side table.
+struct SecretsPipe {
+    write_end: OwnedFd,
+    index: u32,
+}
 
 impl<'a> Encoder<'a> {
     pub(crate) fn new(sink: &'a mut dyn StateSink) -> Encoder<'a> {
@@ -208,6 +218,7 @@ impl<'a> Encoder<'a> {
                 },
             },
             fds: Vec::new(),
+            secrets: None,
             fds_only,
         }
     }
@@ -325,12 +336,14 @@ impl<'a> Encoder<'a> {
     }
 
     /// Writes bytes that must not travel with the rest of the state:
-    /// keys, tokens, passwords. They go through a pipe of their own, made
-    /// now, whose read end crosses over the fd channel (step 7), which only
-    /// the new process can reach, never over the loopback TCP stream;
-    /// PROTOCOL.md's threat model says why that matters. The stream carries
-    /// only their length. At most 4096 bytes; the old process keeps no copy
-    /// beyond its own value.
+    /// keys, tokens, passwords. They go through a pipe, whose read end
+    /// crosses over the fd channel (step 7), which only the new process can
+    /// reach, never over the loopback TCP stream; PROTOCOL.md's threat
+    /// model says why that matters. The stream carries only their length
+    /// and the pipe's place in the side table. At most 4096 bytes each; the
+    /// secrets of one state share as few pipes as hold them (1 MiB each,
+    /// where the system allows), so that a state with thousands of them
+    /// needs only a few fds more.
     ///
     /// ```
     /// # use mitosis::{Encoder, Error};
@@ -351,19 +364,43 @@ impl<'a> Encoder<'a> {
             });
         }
         let failed = |error: rustix::io::Errno| Error::Encode {
-            detail: format!("could not make a pipe for a secret: {error}"),
+            detail: format!("could not write a secret into a pipe: {error}"),
         };
-        let (read_end, write_end) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(failed)?;
-        // Up to PIPE_BUF bytes go into an empty pipe whole, without blocking.
-        let written = rustix::io::write(&write_end, bytes).map_err(failed)?;
+        // Nobody reads the pipe before the state has crossed, so a full
+        // one is left as it is and the secret goes into a new one.
+        let written = match &self.secrets {
+            Some(pipe) => match rustix::io::write(&pipe.write_end, bytes) {
+                Err(rustix::io::Errno::AGAIN) => None,
+                other => Some(other.map_err(failed)?),
+            },
+            None => None,
+        };
+        let written = match written {
+            Some(written) => written,
+            None => {
+                let (read_end, write_end) = rustix::pipe::pipe_with(
+                    rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+                )
+                .map_err(failed)?;
+                // The default 64 KiB holds a few hundred TLS sessions' keys.
+                let _ = rustix::pipe::fcntl_setpipe_size(&write_end, SECRETS_PIPE_BYTES);
+                let index = u32::try_from(self.fds.len()).map_err(|_| Error::Encode {
+                    detail: "more than 4294967295 fds in one state".into(),
+                })?;
+                self.fds.push(SideFd::Made(read_end));
+                let pipe = self.secrets.insert(SecretsPipe { write_end, index });
+                // An empty pipe takes up to PIPE_BUF bytes whole.
+                rustix::io::write(&pipe.write_end, bytes).map_err(failed)?
+            }
+        };
         if written != bytes.len() {
             return Err(Error::Encode {
-                detail: format!("a secret's pipe took {written} of {} bytes", bytes.len()),
+                detail: format!("a pipe took {written} of a secret's {} bytes", bytes.len()),
             });
         }
+        let index = self.secrets.as_ref().map_or(0, |pipe| pipe.index);
         self.value(&bytes.len())?;
-        self.side_table(SideFd::Made(read_end))
+        self.value(&index)
     }
 
     /// Puts `fd` into the side table and writes its index into the stream.
@@ -472,5 +509,62 @@ mod tests {
         let raw = |fds: &[BorrowedFd<'_>]| fds.iter().map(AsRawFd::as_raw_fd).collect::<Vec<_>>();
         let sent: Vec<BorrowedFd<'_>> = encoded.fds.iter().map(AsFd::as_fd).collect();
         assert_eq!(raw(&Encoder::fds_of(&state).unwrap()), raw(&sent));
+    }
+
+    /// Secrets, as many as a server with thousands of TLS connections has.
+    struct Secrets(Vec<Vec<u8>>);
+
+    impl Handover for Secrets {
+        const SCHEMA: Schema = Schema::new("Secrets", 1);
+        fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
+            out.value(&self.0.len())?;
+            self.0.iter().try_for_each(|secret| out.secret(secret))
+        }
+        fn decode(input: &mut crate::handover::Decoder<'_>) -> Result<Self, Error> {
+            let len: usize = input.value()?;
+            (0..len)
+                .map(|_| input.secret())
+                .collect::<Result<_, _>>()
+                .map(Secrets)
+        }
+    }
+
+    #[test]
+    fn secrets_share_a_few_pipes_and_none_enters_the_stream() {
+        let secrets = Secrets(
+            (0..3000u32)
+                .map(|i| (0..(i % 700)).map(|j| (i ^ j) as u8 | 0x80).collect())
+                .collect(),
+        );
+        let mut sink = InMemory::default();
+        let encoded = Encoder::encode(&mut sink, &secrets).unwrap();
+        let total: usize = secrets.0.iter().map(Vec::len).sum();
+        // 1 MiB pipes where the system allows them, 64 KiB ones at least.
+        assert!(
+            encoded.fds.len() >= total.div_ceil(1 << 20),
+            "{}",
+            encoded.fds.len()
+        );
+        assert!(
+            encoded.fds.len() <= total.div_ceil(60 * 1024),
+            "{}",
+            encoded.fds.len()
+        );
+        assert!(encoded.fds.iter().all(|fd| !fd.is_state()));
+        let fds = encoded
+            .fds
+            .iter()
+            .map(|fd| fd.try_clone_to_owned().unwrap())
+            .collect();
+        drop(encoded);
+        assert!(
+            sink.stream.len() < 3000 * 8,
+            "{} bytes in the stream",
+            sink.stream.len()
+        );
+        let decoded: Secrets = crate::handover::Decoder::new(&sink.stream, Vec::new(), fds)
+            .decode()
+            .unwrap();
+        assert!(decoded.0 == secrets.0);
     }
 }
