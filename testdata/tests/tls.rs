@@ -199,6 +199,12 @@ fn upgrades_and_a_rollback_keep_the_session() {
         assert!(rolled_back.starts_with("rolled back: "), "{rolled_back}");
         let status = server.command("status");
         assert_eq!(status, format!("status generation=4 pid={}", pids[3]));
+        // A new build that installs no crypto provider cannot resume the
+        // session, and says what to do; the old one carries on.
+        let failed = server.command("upgrade-no-provider");
+        assert!(failed.starts_with("failed: "), "{failed}");
+        assert!(failed.contains("install_default"), "{failed}");
+        assert_eq!(server.command("status"), status);
         let ready = server.command("upgrade");
         assert_eq!(field(&ready, "generation"), "5", "{ready}");
         assert_eq!(

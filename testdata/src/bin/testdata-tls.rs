@@ -13,6 +13,9 @@
 //! - `upgrade-broken` → splits with `MITOSIS_FAULT=new:commit:kill`, so the
 //!   new process dies after decoding the state, before it commits: the old
 //!   one answers `rolled back: <error>` and carries on with the session.
+//! - `upgrade-no-provider` → splits with `TESTDATA_NO_PROVIDER=1`, which
+//!   makes the new process skip installing rustls's crypto provider, so it
+//!   cannot resume the session: the old one answers `failed: <error>`.
 //! - `keyupdate` → sends a KeyUpdate (asking for the peer's), answers
 //!   `updated`.
 //! - `status` → `status generation=<n> pid=<pid>`.
@@ -60,7 +63,9 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    if std::env::var_os("TESTDATA_NO_PROVIDER").is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     let mut state = match mitosis::init::<State>()? {
         Some(mut state) => {
             state.generation += 1;
@@ -86,18 +91,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         let command = line.trim_end();
         let answer = match command {
-            "upgrade" | "upgrade-broken" => {
+            "upgrade" | "upgrade-broken" | "upgrade-no-provider" => {
                 let mut options = mitosis::SplitOptions::new();
                 if command == "upgrade-broken" {
                     options.env("MITOSIS_FAULT", "new:commit:kill");
+                }
+                if command == "upgrade-no-provider" {
+                    options.env("TESTDATA_NO_PROVIDER", "1");
                 }
                 match options.split(state).wait() {
                     Outcome::Done { .. } => return Ok(()),
                     Outcome::Failed { state: kept, error } => {
                         state = kept;
                         match command {
-                            "upgrade" => format!("failed: {error}"),
-                            _ => format!("rolled back: {error}"),
+                            "upgrade-broken" => format!("rolled back: {error}"),
+                            _ => format!("failed: {error}"),
                         }
                     }
                 }
