@@ -271,6 +271,21 @@ pub enum Error {
         /// The panic message, if it was a string.
         message: String,
     },
+    /// The new process decoded the state but could not bring a part of it
+    /// back to life in its own process: a TLS session, say, whose cipher
+    /// suite its crypto provider lacks, or that needs a provider and finds
+    /// none installed. The encoding is fine; the new binary's set-up is
+    /// not. The old process keeps its state.
+    ///
+    /// ```
+    /// let err = mitosis::Error::Resume { detail: "no crypto provider".into() };
+    /// assert_eq!(err.step(), Some(mitosis::Step::Commit));
+    /// assert!(err.to_string().contains("fix the new binary"));
+    /// ```
+    Resume {
+        /// What could not be resumed, and what the new binary lacks.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -297,7 +312,7 @@ impl Error {
             Error::ProtocolVersion { .. } => Some(Step::Hello),
             Error::SchemaMismatch { .. } => Some(Step::Offer),
             Error::Untraceable { .. } => Some(Step::Spawn),
-            Error::Decode { .. } => Some(Step::Commit),
+            Error::Decode { .. } | Error::Resume { .. } => Some(Step::Commit),
             Error::Encode { .. } | Error::EncodePanicked { .. } => Some(Step::State),
             Error::BadFlag { .. }
             | Error::MissingEnvironment { .. }
@@ -488,6 +503,12 @@ impl fmt::Display for Error {
                 f,
                 "could not decode the handed-over state: {detail}; the two binaries disagree on \
                  the state's encoding, so bump its schema version"
+            ),
+            Error::Resume { detail } => write!(
+                f,
+                "the new process could not resume the state it received: {detail}; the state \
+                 is intact and the old process keeps it. fix the new binary's set-up and \
+                 upgrade again"
             ),
             Error::Encode { detail } => write!(
                 f,

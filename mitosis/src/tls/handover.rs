@@ -107,8 +107,8 @@ where
         if version != ProtocolVersion::TLSv1_2 && version != ProtocolVersion::TLSv1_3 {
             return Err(invalid(format!("protocol version {version:?}")));
         }
-        let suite = Suite::named(suite_id, version).map_err(|detail| Error::Decode {
-            detail: format!("could not resume a TLS session: {detail}"),
+        let suite = Suite::named(suite_id, version).map_err(|detail| Error::Resume {
+            detail: format!("a TLS session: {detail}"),
         })?;
         let (tx, rx) = split_key_material(&material, suite)?;
         let mut session = Session::new(suite, side, (tx, sent), (rx, received)).map_err(invalid)?;
