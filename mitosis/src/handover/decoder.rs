@@ -145,6 +145,44 @@ impl<'de> Decoder<'de> {
         Ok(bytes.to_vec())
     }
 
+    /// Reads a secret written by [`Encoder::secret`](super::Encoder::secret),
+    /// from the pipe it came through.
+    ///
+    /// ```
+    /// # use mitosis::{Decoder, Error};
+    /// fn read_token(input: &mut Decoder<'_>) -> Result<Vec<u8>, Error> {
+    ///     input.secret()
+    /// }
+    /// ```
+    pub fn secret(&mut self) -> Result<Vec<u8>, Error> {
+        let len: usize = self.value()?;
+        if len > super::encoder::MAX_SECRET_BYTES {
+            return Err(Error::Decode {
+                detail: format!("a secret of {len} bytes was announced; at most 4096 may be"),
+            });
+        }
+        let pipe = self.fd()?;
+        let failed = |detail: String| Error::Decode {
+            detail: format!("could not read a secret: {detail}"),
+        };
+        let stat = rustix::fs::fstat(&pipe).map_err(|e| failed(e.to_string()))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
+            return Err(failed("its fd is not a pipe".into()));
+        }
+        // The old process wrote it whole before sending the read end, and
+        // its write end is closed: the bytes are all there, then EOF.
+        rustix::io::ioctl_fionbio(&pipe, true).map_err(|e| failed(e.to_string()))?;
+        let mut secret = vec![0; len + 1];
+        let read = rustix::io::read(&pipe, &mut secret[..]).map_err(|e| failed(e.to_string()))?;
+        if read != len {
+            return Err(failed(format!(
+                "{len} bytes were announced and {read} came"
+            )));
+        }
+        secret.truncate(len);
+        Ok(secret)
+    }
+
     /// Reads an fd index written by [`Encoder::fd`](super::Encoder::fd) and takes that fd.
     ///
     /// ```

@@ -1,6 +1,7 @@
 //! [`Encoder`]: where a state is written, streaming into a sink.
 
-use std::os::fd::BorrowedFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::Serialize;
 
@@ -28,7 +29,7 @@ use crate::error::Error;
 /// ```
 pub struct Encoder<'a> {
     pub(crate) serializer: postcard::Serializer<StreamFlavor<'a>>,
-    pub(crate) fds: Vec<BorrowedFd<'a>>,
+    pub(crate) fds: Vec<SideFd<'a>>,
     /// Only the fds are wanted: plain data and bytes are skipped, unread.
     fds_only: bool,
 }
@@ -153,8 +154,42 @@ pub(crate) struct Encoded<'a> {
     pub(crate) total_bytes: u64,
     /// Bytes sent out of line.
     pub(crate) out_of_line_bytes: u64,
-    pub(crate) fds: Vec<BorrowedFd<'a>>,
+    pub(crate) fds: Vec<SideFd<'a>>,
 }
+
+/// An entry of the side table: an fd of the state, which the old process
+/// keeps until the new one has taken over, or one the encoding made for the
+/// crossing alone (the pipe of a [`secret`](Encoder::secret)).
+pub(crate) enum SideFd<'a> {
+    State(BorrowedFd<'a>),
+    Made(OwnedFd),
+}
+
+impl SideFd<'_> {
+    /// Whether this is one of the state's own fds, which the old process
+    /// detaches once they have crossed.
+    pub(crate) fn is_state(&self) -> bool {
+        matches!(self, SideFd::State(_))
+    }
+
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn try_clone_to_owned(&self) -> io::Result<OwnedFd> {
+        self.as_fd().try_clone_to_owned()
+    }
+}
+
+impl AsFd for SideFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            SideFd::State(fd) => fd.as_fd(),
+            SideFd::Made(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// The largest [`secret`](Encoder::secret): what a pipe takes in one write
+/// that nothing else can interleave with (`PIPE_BUF`).
+pub(crate) const MAX_SECRET_BYTES: usize = 4096;
 
 impl<'a> Encoder<'a> {
     pub(crate) fn new(sink: &'a mut dyn StateSink) -> Encoder<'a> {
@@ -186,7 +221,14 @@ impl<'a> Encoder<'a> {
         let nowhere: &'a mut Discard = Box::leak(Box::new(Discard));
         let mut encoder = Encoder::build(nowhere, Vec::new(), true);
         value.encode(&mut encoder)?;
-        Ok(encoder.fds)
+        Ok(encoder
+            .fds
+            .into_iter()
+            .filter_map(|fd| match fd {
+                SideFd::State(fd) => Some(fd),
+                SideFd::Made(_) => None,
+            })
+            .collect())
     }
 
     /// Encodes `value` into `sink` and flushes it.
@@ -279,6 +321,53 @@ impl<'a> Encoder<'a> {
     /// }
     /// ```
     pub fn fd(&mut self, fd: BorrowedFd<'a>) -> Result<(), Error> {
+        self.side_table(SideFd::State(fd))
+    }
+
+    /// Writes bytes that must not travel with the rest of the state:
+    /// keys, tokens, passwords. They go through a pipe of their own, made
+    /// now, whose read end crosses over the fd channel (step 7), which only
+    /// the new process can reach, never over the loopback TCP stream;
+    /// PROTOCOL.md's threat model says why that matters. The stream carries
+    /// only their length. At most 4096 bytes; the old process keeps no copy
+    /// beyond its own value.
+    ///
+    /// ```
+    /// # use mitosis::{Encoder, Error};
+    /// fn write_token<'a>(token: &'a [u8], out: &mut Encoder<'a>) -> Result<(), Error> {
+    ///     out.secret(token)
+    /// }
+    /// ```
+    pub fn secret(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.fds_only {
+            return Ok(());
+        }
+        if bytes.len() > MAX_SECRET_BYTES {
+            return Err(Error::Encode {
+                detail: format!(
+                    "a secret of {} bytes is more than the {MAX_SECRET_BYTES} bytes one may be",
+                    bytes.len()
+                ),
+            });
+        }
+        let failed = |error: rustix::io::Errno| Error::Encode {
+            detail: format!("could not make a pipe for a secret: {error}"),
+        };
+        let (read_end, write_end) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(failed)?;
+        // Up to PIPE_BUF bytes go into an empty pipe whole, without blocking.
+        let written = rustix::io::write(&write_end, bytes).map_err(failed)?;
+        if written != bytes.len() {
+            return Err(Error::Encode {
+                detail: format!("a secret's pipe took {written} of {} bytes", bytes.len()),
+            });
+        }
+        self.value(&bytes.len())?;
+        self.side_table(SideFd::Made(read_end))
+    }
+
+    /// Puts `fd` into the side table and writes its index into the stream.
+    fn side_table(&mut self, fd: SideFd<'a>) -> Result<(), Error> {
         let index = u32::try_from(self.fds.len()).map_err(|_| Error::Encode {
             detail: "more than 4294967295 fds in one state".into(),
         })?;
@@ -381,6 +470,7 @@ mod tests {
         let mut sink = crate::handover::InMemory::default();
         let encoded = Encoder::encode(&mut sink, &state).unwrap();
         let raw = |fds: &[BorrowedFd<'_>]| fds.iter().map(AsRawFd::as_raw_fd).collect::<Vec<_>>();
-        assert_eq!(raw(&Encoder::fds_of(&state).unwrap()), raw(&encoded.fds));
+        let sent: Vec<BorrowedFd<'_>> = encoded.fds.iter().map(AsFd::as_fd).collect();
+        assert_eq!(raw(&Encoder::fds_of(&state).unwrap()), raw(&sent));
     }
 }

@@ -318,10 +318,18 @@ impl Parent {
         );
 
         // Step 7: the fds, over the channel only the new process can reach.
-        let sent = fd_channel::send_fds(fd_conn.as_fd(), &encoded.fds, &self.deadline);
+        let fds: Vec<BorrowedFd<'_>> = encoded.fds.iter().map(AsFd::as_fd).collect();
+        let sent = fd_channel::send_fds(fd_conn.as_fd(), &fds, &self.deadline);
         if sent.is_ok() {
-            self.handed_over = encoded.fds.iter().map(AsRawFd::as_raw_fd).collect();
+            // Only the state's own: a secret's pipe is closed with `encoded`.
+            self.handed_over = encoded
+                .fds
+                .iter()
+                .filter(|fd| fd.is_state())
+                .map(|fd| fd.as_fd().as_raw_fd())
+                .collect();
         }
+        drop(fds);
         drop(encoded);
         sent.map_err(|error| said_why(conn, Step::Fds, error))?;
         if let Some(pipe) = &pipe {
