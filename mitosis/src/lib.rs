@@ -96,6 +96,8 @@
 //!
 //! - `clap` (on by default): [`Flag`], the hidden `--mitosis` flag for clap
 //!   parsers. Without it, parse [`args`] instead.
+//! - `tls`: `tls::TlsStream`, a TLS connection (client or server, on
+//!   rustls) whose session crosses a handover with it.
 //!
 //! # Logging
 //!
@@ -126,6 +128,7 @@ mod args;
 mod new;
 mod old;
 pub mod supervisor;
+// Connections that carry a session of their own across: TLS.
 #[cfg(feature = "tls")]
 pub mod tls;
 
