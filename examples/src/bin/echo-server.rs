@@ -131,7 +131,9 @@ enum Conn {
     /// crosses an upgrade as a plain socket, and the generation that owns it
     /// when the hello comes shakes hands.
     Hello(TcpStream),
-    Tls(TlsStream),
+    /// Boxed: it holds a session's buffers, which plain clients need not
+    /// carry.
+    Tls(Box<TlsStream>),
 }
 
 /// The most plaintext encrypted in one go: a client that does not read its
@@ -530,7 +532,7 @@ impl Client {
             .and_then(|socket| TlsStream::accept(Arc::clone(config), socket));
         match accepted {
             Ok(stream) => {
-                self.stream = Conn::Tls(stream);
+                self.stream = Conn::Tls(Box::new(stream));
                 true
             }
             Err(error) => {

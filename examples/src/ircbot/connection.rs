@@ -13,8 +13,8 @@ use mitosis::tls::TlsStream;
 pub(crate) enum Connection {
     Plain(BufReader<TcpStream>),
     /// TlsStream buffers the plaintext it has decrypted itself, so it
-    /// needs no BufReader around it.
-    Tls(TlsStream),
+    /// needs no BufReader around it. Boxed: it holds a session's buffers.
+    Tls(Box<TlsStream>),
 }
 
 impl Connection {

@@ -235,7 +235,7 @@ fn connect(options: Options) -> Result<State, Box<dyn Error>> {
             let stream = mitosis::tls::TlsStream::connect(config, name, stream).map_err(|e| {
                 format!("TLS with {} (as {name_shown}) failed: {e}", options.server)
             })?;
-            let server = Connection::Tls(stream);
+            let server = Connection::Tls(Box::new(stream));
             log::info!(
                 "connected to {} with TLS: {}",
                 options.server,
