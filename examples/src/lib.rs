@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 pub mod ircbot;
+pub mod tls;
 
 /// Sends log lines, mitosis's included, to stderr as
 /// `<program>[<pid>] <level>: <message>`, up to `level`. Each line goes out

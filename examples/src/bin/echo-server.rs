@@ -28,17 +28,29 @@
 //! activation (`examples/systemd/echo-server.socket`, a socket named
 //! `echo`) instead of `--listen`, and says `READY=1` once it listens.
 //!
-//! `loadgen` drives it; `examples/tests/load.rs` runs both.
+//! With `--tls-cert FILE --tls-key FILE` it speaks TLS on every
+//! connection (the line protocol inside is the same), and each connection's
+//! TLS session crosses the upgrades with it. Each generation reads the
+//! certificate and key afresh at start, so an upgrade also puts a renewed
+//! certificate in use for new connections. A TLS handshake starts once the
+//! client's hello has arrived, and holds the loop for the round trip that
+//! follows (a client that stalls mid-handshake holds it up to 10 s).
+//!
+//! `loadgen` drives it; `examples/tests/load.rs` and `examples/tests/tls.rs`
+//! run both.
 
 use std::error::Error;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use mitosis::tls::TlsStream;
 use mitosis::{Handover, Outcome};
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
@@ -66,6 +78,13 @@ struct Options {
     /// receives the state and then hangs without committing.
     #[arg(long, hide = true)]
     hang_after_receive: bool,
+    /// Speak TLS to every client, with the certificate chain in this PEM
+    /// file (with `--tls-key`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert`, in PEM.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The whole server. It crosses to the next generation at each upgrade.
@@ -73,7 +92,7 @@ struct Options {
 /// The sockets are non-blocking. That flag belongs to the open socket, not
 /// to the fd number, so it crosses with them.
 #[derive(Handover)]
-#[handover(name = "echo-server::State", version = 1)]
+#[handover(name = "echo-server::State", version = 2)]
 struct State {
     listener: TcpListener,
     clients: Vec<Client>,
@@ -89,10 +108,10 @@ struct State {
 }
 
 #[derive(Handover)]
-#[handover(name = "echo-server::Client", version = 1)]
+#[handover(name = "echo-server::Client", version = 2)]
 struct Client {
     id: u64,
-    stream: TcpStream,
+    stream: Conn,
     /// Bytes read and not answered yet: the start of a request whose end
     /// has not arrived, and whole requests that wait behind an `UPGRADE`.
     unread: Vec<u8>,
@@ -102,6 +121,25 @@ struct Client {
     /// once every request before that has been answered.
     peer_closed: bool,
 }
+
+/// A client's connection.
+#[derive(Handover)]
+#[handover(name = "echo-server::Conn", version = 1)]
+enum Conn {
+    Plain(TcpStream),
+    /// Accepted by a TLS server, before the client's hello has arrived. It
+    /// crosses an upgrade as a plain socket, and the generation that owns it
+    /// when the hello comes shakes hands.
+    Hello(TcpStream),
+    /// Boxed: it holds a session's buffers, which plain clients need not
+    /// carry.
+    Tls(Box<TlsStream>),
+}
+
+/// The most plaintext encrypted in one go: a client that does not read its
+/// replies leaves them in `unwritten` (bounded, and in the state), and at
+/// most this much more as ciphertext in its TLS stream.
+const TLS_CHUNK: usize = 16 * 1024;
 
 /// A request line longer than this closes the connection, so that a client
 /// that never sends a newline cannot make the server buffer without bound.
@@ -127,17 +165,29 @@ const READ_BUDGET: usize = 256 * 1024;
 const BACKLOG: i32 = 4096;
 
 fn main() -> ExitCode {
+    // Before mitosis: the TLS sessions handed over are rebuilt with the
+    // process-wide crypto provider.
+    mitosis_examples::tls::install_crypto_provider();
     mitosis_examples::log_to_stderr("echo-server", log::LevelFilter::Warn);
     // Before anything else: a process started by an upgrade connects to
     // its predecessor here.
     let arrival = mitosis::arrive::<State>();
     let options = Options::parse_from(mitosis::args());
-    let started = match arrival {
-        Ok(Some(arrival)) => take_over(arrival, &options),
-        Ok(None) => start(&options),
-        Err(error) => Err(format!("could not take over: {error}").into()),
+    // A new generation that cannot read the certificate fails before it
+    // commits, so the old one serves on.
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => mitosis_examples::tls::server_config(cert, key).map(Some),
+        _ => Ok(None),
     };
-    match started.and_then(|state| serve(state, &options)) {
+    let started = tls.map_err(Box::<dyn Error>::from).and_then(|tls| {
+        let state = match arrival {
+            Ok(Some(arrival)) => take_over(arrival, &options),
+            Ok(None) => start(&options),
+            Err(error) => Err(format!("could not take over: {error}").into()),
+        };
+        state.map(|state| (state, tls))
+    });
+    match started.and_then(|(state, tls)| serve(state, &options, tls.as_ref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error}");
@@ -228,7 +278,11 @@ fn resume(mut state: State) -> State {
 }
 
 /// The loop. It returns `Ok` once a new process has taken over.
-fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
+fn serve(
+    mut state: State,
+    options: &Options,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<(), Box<dyn Error>> {
     let mut upgrades = mitosis::SplitOptions::new();
     if let Some(ms) = options.start_timeout_ms {
         upgrades.start_timeout(std::time::Duration::from_millis(ms));
@@ -288,7 +342,7 @@ fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>> {
         }
         let mut events = vec![upgrade_signal.as_fd(), stop_signal.as_fd()];
         events.extend(upgrade.as_ref().map(AsFd::as_fd));
-        state.wait_and_read(&events)?;
+        state.wait_and_read(&events, tls)?;
     }
 }
 
@@ -342,25 +396,37 @@ impl State {
 
     /// Waits until a socket (or the upgrade being prepared) is ready, then
     /// accepts and reads what it can.
-    fn wait_and_read(&mut self, events: &[BorrowedFd<'_>]) -> Result<(), Box<dyn Error>> {
+    fn wait_and_read(
+        &mut self,
+        events: &[BorrowedFd<'_>],
+        tls: Option<&Arc<rustls::ServerConfig>>,
+    ) -> Result<(), Box<dyn Error>> {
         let mut fds = Vec::with_capacity(1 + self.clients.len() + events.len());
         fds.push(PollFd::new(&self.listener, PollFlags::IN));
+        // Plaintext already decrypted (left by the read budget) is not in
+        // the socket: poll must not wait for it.
+        let mut decrypted = false;
         for client in &self.clients {
             let mut interest = PollFlags::empty();
             if client.wants_input() {
                 interest |= PollFlags::IN;
+                decrypted |= !client.stream.decrypted().is_empty();
             }
-            if !client.unwritten.is_empty() {
+            if !client.unwritten.is_empty() || client.stream.wants_write() {
                 interest |= PollFlags::OUT;
             }
-            fds.push(PollFd::new(&client.stream, interest));
+            fds.push(PollFd::new(client.stream.socket(), interest));
         }
         // Last, so that the clients' entries keep their places.
         for event in events {
             fds.push(PollFd::from_borrowed_fd(*event, PollFlags::IN));
         }
+        let timeout = decrypted.then_some(Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        });
         loop {
-            match poll(&mut fds, None) {
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) => break,
                 Err(Errno::INTR) => {}
                 Err(error) => return Err(format!("poll: {error}").into()),
@@ -372,18 +438,25 @@ impl State {
         let mut client_ready = ready[1..=self.clients.len()].iter();
         self.clients.retain_mut(|client| {
             let revents = *client_ready.next().expect("one poll entry per client");
-            let readable = revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
-            !(readable && client.wants_input()) || client.read_available()
+            let readable = revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR)
+                || !client.stream.decrypted().is_empty();
+            if !(readable && client.wants_input()) {
+                return true;
+            }
+            if let Conn::Hello(_) = client.stream {
+                return client.shake_hands(tls);
+            }
+            client.read_available()
         });
         // Writable sockets are written at the top of the loop, after the
         // requests just read have been answered.
         if !ready[0].is_empty() {
-            self.accept_waiting();
+            self.accept_waiting(tls);
         }
         Ok(())
     }
 
-    fn accept_waiting(&mut self) {
+    fn accept_waiting(&mut self, tls: Option<&Arc<rustls::ServerConfig>>) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
@@ -417,6 +490,10 @@ impl State {
                 log::error!("setting up an accepted connection: {error}");
                 continue;
             }
+            let stream = match tls {
+                Some(_) => Conn::Hello(stream),
+                None => Conn::Plain(stream),
+            };
             self.clients.push(Client {
                 id: self.next_client_id,
                 stream,
@@ -434,13 +511,44 @@ impl Client {
         !self.peer_closed && self.unwritten.len() < MAX_UNWRITTEN
     }
 
+    /// The client's hello has arrived: runs the TLS handshake. `false` when
+    /// it fails, or this server does not speak TLS (a generation started
+    /// without `--tls-cert` after one with it).
+    fn shake_hands(&mut self, tls: Option<&Arc<rustls::ServerConfig>>) -> bool {
+        let Conn::Hello(socket) = &self.stream else {
+            return true;
+        };
+        let Some(config) = tls else {
+            log::warn!(
+                "client {}: a TLS client, and no --tls-cert to answer it",
+                self.id
+            );
+            return false;
+        };
+        // A second fd of the socket goes into the stream; the first closes
+        // when the Hello it sits in is replaced.
+        let accepted = socket
+            .try_clone()
+            .and_then(|socket| TlsStream::accept(Arc::clone(config), socket));
+        match accepted {
+            Ok(stream) => {
+                self.stream = Conn::Tls(Box::new(stream));
+                true
+            }
+            Err(error) => {
+                log::warn!("client {}: TLS handshake: {error}", self.id);
+                false
+            }
+        }
+    }
+
     /// Reads what the socket holds, up to the budget. `false` when the
     /// connection is broken or its request line is too long.
     fn read_available(&mut self) -> bool {
         let mut buffer = [0; 16 * 1024];
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            match (&self.stream).read(&mut buffer) {
+            match self.stream.read(&mut buffer) {
                 Ok(0) => {
                     self.peer_closed = true;
                     break;
@@ -469,8 +577,19 @@ impl Client {
     /// or done: the client has closed its side and has every reply.
     fn flush_and_keep(&mut self) -> bool {
         let mut written = 0;
-        while written < self.unwritten.len() {
-            match (&self.stream).write(&self.unwritten[written..]) {
+        loop {
+            // TLS: what was encrypted goes out before more is, so that the
+            // replies a slow reader has not taken wait in `unwritten`.
+            match self.stream.flush_encrypted() {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+            if written == self.unwritten.len() {
+                break;
+            }
+            match self.stream.write(&self.unwritten[written..]) {
                 Ok(0) => return false,
                 Ok(n) => written += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
@@ -481,7 +600,84 @@ impl Client {
         self.unwritten.drain(..written);
         // A request that waits behind an upgrade still needs its answer.
         let waiting = self.unread.contains(&b'\n');
-        !(self.peer_closed && self.unwritten.is_empty() && !waiting)
+        let done =
+            self.peer_closed && self.unwritten.is_empty() && !self.stream.wants_write() && !waiting;
+        if done {
+            self.stream.close();
+        }
+        !done
+    }
+}
+
+impl Conn {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(socket) | Conn::Hello(socket) => socket,
+            Conn::Tls(stream) => stream.get_ref(),
+        }
+    }
+
+    /// Plaintext the TLS stream has decrypted and the server not read.
+    fn decrypted(&self) -> &[u8] {
+        match self {
+            Conn::Plain(_) | Conn::Hello(_) => &[],
+            Conn::Tls(stream) => stream.buffer(),
+        }
+    }
+
+    /// Whether encrypted bytes wait for the socket to take them.
+    fn wants_write(&self) -> bool {
+        match self {
+            Conn::Plain(_) | Conn::Hello(_) => false,
+            Conn::Tls(stream) => stream.wants_write(),
+        }
+    }
+
+    /// Writes the encrypted bytes that wait; `WouldBlock` if the socket
+    /// does not take them all.
+    fn flush_encrypted(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Tls(stream) if stream.wants_write() => stream.flush(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Says goodbye in TLS (close_notify), so that the client can tell the
+    /// end of the replies from a cut connection. The socket closes when the
+    /// client is dropped.
+    fn close(&mut self) {
+        if let Conn::Tls(stream) = self {
+            if let Err(error) = stream.close() {
+                log::info!("TLS close_notify: {error}");
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(socket) => socket.read(buf),
+            // Nothing to read before the handshake.
+            Conn::Hello(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Conn::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    /// Plain: what the socket takes. TLS: at most [`TLS_CHUNK`] bytes,
+    /// encrypted, and written as far as the socket takes them.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(socket) => socket.write(buf),
+            Conn::Hello(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Conn::Tls(stream) => stream.write(&buf[..buf.len().min(TLS_CHUNK)]),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_encrypted()
     }
 }
 

@@ -22,25 +22,33 @@
 //! `--requests-per-client` requests) the clients close their connections,
 //! checking that no stray reply follows.
 //!
+//! With `--tls` every connection speaks TLS to the server (`echo-server
+//! --tls-cert`), verifying its certificate against `--tls-ca` (or the
+//! system's trusted roots) by `--tls-server-name`; everything else is the
+//! same, each write of a request its own TLS record.
+//!
 //! It prints the counts, then the latency percentiles for requests in steady
 //! state and for those that overlapped an upgrade window (from `UPGRADE`
 //! sent to `UPGRADED` received), then a last line
 //! `result key=value ...` for programs. It exits with status 1 if anything
 //! failed.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +87,23 @@ struct Options {
     /// (`UPGRADE-FAILED`), and one that succeeds counts as a failure.
     #[arg(long)]
     bad_build: bool,
+    /// Speak TLS to the server (`echo-server --tls-cert`).
+    #[arg(long)]
+    tls: bool,
+    /// Trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls"
+    )]
+    tls_server_name: String,
+    /// What `--tls`, `--tls-ca` and `--tls-server-name` make, once read.
+    #[arg(skip)]
+    tls_client: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -202,7 +227,7 @@ struct Client<'a> {
     /// The sequence number of the last request made.
     seq: u64,
     round: u64,
-    conn: Option<BufReader<TcpStream>>,
+    conn: Option<Conn>,
     connect_failures_in_a_row: u32,
     tally: Tally,
     /// The round's requests, back to back, and where each one lies.
@@ -224,7 +249,7 @@ fn run_client(number: usize, shared: &Shared<'_>) -> Tally {
         lines: Vec::new(),
         reply: Vec::new(),
     };
-    client.conn = client.connect().map(BufReader::new);
+    client.conn = client.connect();
     shared.all_connected.wait();
     let every = shared.options.reconnect_every;
     while !shared.should_stop(client.tally.requests)
@@ -253,7 +278,7 @@ fn run_client(number: usize, shared: &Shared<'_>) -> Tally {
 }
 
 impl Client<'_> {
-    fn connect(&mut self) -> Option<TcpStream> {
+    fn connect(&mut self) -> Option<Conn> {
         match connect(self.shared.options, None) {
             Ok(stream) => {
                 self.connect_failures_in_a_row = 0;
@@ -307,10 +332,10 @@ impl Client<'_> {
     /// Sends `depth` requests on the persistent connection, then checks
     /// their replies.
     fn persistent_round(&mut self, depth: u64) {
-        let conn = match self.conn.take() {
+        let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => match self.connect() {
-                Some(stream) => BufReader::new(stream),
+                Some(conn) => conn,
                 None => return,
             },
         };
@@ -323,11 +348,10 @@ impl Client<'_> {
         self.tally.requests += depth;
         let window = self.shared.window();
         let sent = Instant::now();
-        if let Err(error) = send_in_two_writes(conn.get_ref(), &self.requests) {
+        if let Err(error) = send_in_two_writes(&mut conn, &self.requests) {
             self.tally.broken(&error, depth);
             return;
         }
-        let mut conn = conn;
         let mut expected = 0;
         let mut in_step = true;
         while expected < self.lines.len() {
@@ -386,16 +410,15 @@ impl Client<'_> {
         // an upgrade waits for the next generation to accept it.
         let window = self.shared.window();
         let sent = Instant::now();
-        let Some(stream) = self.connect() else {
+        let Some(mut conn) = self.connect() else {
             return;
         };
         self.tally.requests += 1;
         self.tally.fresh_connections += 1;
-        if let Err(error) = send_in_two_writes(&stream, &self.requests) {
+        if let Err(error) = send_in_two_writes(&mut conn, &self.requests) {
             self.tally.broken(&error, 1);
             return;
         }
-        let mut conn = BufReader::new(stream);
         if let Err(error) = read_reply(&mut conn, &mut self.reply) {
             self.tally.broken(&error, 1);
             return;
@@ -417,15 +440,15 @@ impl Client<'_> {
         self.close(conn);
     }
 
-    fn close(&mut self, conn: BufReader<TcpStream>) {
+    fn close(&mut self, conn: Conn) {
         close(conn, &mut self.tally, &format!("client {}", self.number));
     }
 }
 
 /// Closes the sending side, and checks that the server answers with its
 /// own close and nothing more.
-fn close(mut conn: BufReader<TcpStream>, tally: &mut Tally, who: &str) {
-    if let Err(error) = conn.get_ref().shutdown(Shutdown::Write) {
+fn close(mut conn: Conn, tally: &mut Tally, who: &str) {
+    if let Err(error) = conn.shutdown_write() {
         tally.broken(&error, 0);
         return;
     }
@@ -445,15 +468,17 @@ fn close(mut conn: BufReader<TcpStream>, tally: &mut Tally, who: &str) {
 
 /// Writes the requests in two writes, split inside a line, so that the
 /// server also sees a request whose end has not arrived yet.
-fn send_in_two_writes(mut stream: &TcpStream, requests: &[u8]) -> io::Result<()> {
+fn send_in_two_writes(conn: &mut Conn, requests: &[u8]) -> io::Result<()> {
     let (first, second) = requests.split_at(requests.len() / 2);
-    stream.write_all(first)?;
-    stream.write_all(second)
+    conn.write_all(first)?;
+    conn.flush()?;
+    conn.write_all(second)?;
+    conn.flush()
 }
 
 /// Reads one reply line, its newline included. The server closing the
 /// connection in the middle of a line, or before it, is an error.
-fn read_reply(conn: &mut BufReader<TcpStream>, reply: &mut Vec<u8>) -> io::Result<()> {
+fn read_reply(conn: &mut Conn, reply: &mut Vec<u8>) -> io::Result<()> {
     reply.clear();
     conn.read_until(b'\n', reply)?;
     if reply.last() != Some(&b'\n') {
@@ -494,7 +519,7 @@ fn run_control(shared: &Shared<'_>) -> Upgrades {
     let connected = connect(options, None);
     shared.all_connected.wait();
     let mut conn = match connected {
-        Ok(stream) => BufReader::new(stream),
+        Ok(conn) => conn,
         Err(error) => {
             say(&format!("control-error connect: {error}"));
             upgrades.failed = options.upgrades;
@@ -509,8 +534,8 @@ fn run_control(shared: &Shared<'_>) -> Upgrades {
         shared.upgrade_windows.fetch_add(1, Ordering::SeqCst);
         let asked = Instant::now();
         let answer = conn
-            .get_ref()
             .write_all(b"UPGRADE\n")
+            .and_then(|()| conn.flush())
             .and_then(|()| read_reply(&mut conn, &mut reply));
         let took = asked.elapsed();
         shared.upgrade_windows.fetch_add(1, Ordering::SeqCst);
@@ -596,8 +621,9 @@ fn parse_answer(line: &str) -> Answer {
 }
 
 /// Connects with the usual options, and the given socket buffer size if
-/// any (it must be set before connecting to shape the TCP window).
-fn connect(options: &Options, buffer_size: Option<usize>) -> io::Result<TcpStream> {
+/// any (it must be set before connecting to shape the TCP window); with
+/// `--tls`, it also shakes hands.
+fn connect(options: &Options, buffer_size: Option<usize>) -> io::Result<Conn> {
     let stream = match buffer_size {
         None => TcpStream::connect_timeout(&options.server, options.timeout)?,
         Some(size) => {
@@ -616,7 +642,13 @@ fn connect(options: &Options, buffer_size: Option<usize>) -> io::Result<TcpStrea
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(options.timeout))?;
     stream.set_write_timeout(Some(options.timeout))?;
-    Ok(stream)
+    match &options.tls_client {
+        None => Ok(Conn::Plain(BufReader::new(stream))),
+        Some((config, name)) => {
+            TlsConn::connect(Arc::clone(config), name.clone(), stream, options.timeout)
+                .map(|conn| Conn::Tls(Box::new(conn)))
+        }
+    }
 }
 
 /// Requests the control connection holds across every upgrade, so that
@@ -626,12 +658,12 @@ fn connect(options: &Options, buffer_size: Option<usize>) -> io::Result<TcpStrea
 #[derive(Default)]
 struct Held {
     /// Half a request goes before `UPGRADE`, the rest after `UPGRADED`.
-    partial: Option<BufReader<TcpStream>>,
+    partial: Option<Conn>,
     partial_request: Vec<u8>,
     /// Requests go without a reply being read until the server stops
     /// taking them, which it does once it has a backlog of replies that
     /// the socket would not take.
-    backlog: Option<BufReader<TcpStream>>,
+    backlog: Option<Conn>,
     /// The requests sent on the backlog connection, and how many of their
     /// bytes went before the upgrade.
     backlog_requests: Vec<u8>,
@@ -669,7 +701,7 @@ fn held_request(seq: &mut u64, payload: usize, into: &mut Vec<u8>) {
 /// Writes requests until the server stops taking them; returns how many
 /// bytes went.
 fn write_until_stalled(
-    mut stream: &TcpStream,
+    conn: &mut Conn,
     requests: &mut Vec<u8>,
     seq: &mut u64,
 ) -> io::Result<usize> {
@@ -684,10 +716,10 @@ fn write_until_stalled(
                 held_request(seq, 1000, requests);
             }
         }
-        match stream.write(&requests[sent..]) {
+        match conn.write(&requests[sent..]) {
             Ok(n) => sent += n,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [PollFd::new(&stream, PollFlags::OUT)];
+                let mut fds = [PollFd::new(conn.socket(), PollFlags::OUT)];
                 match poll(&mut fds, Some(&stall)) {
                     Ok(0) => break,
                     Ok(_) | Err(Errno::INTR) => {}
@@ -706,13 +738,14 @@ impl Held {
         if self.partial.is_none() {
             self.partial = self.connect(options, None);
         }
-        if let Some(conn) = &self.partial {
+        if let Some(conn) = &mut self.partial {
             let mut request = std::mem::take(&mut self.partial_request);
             request.clear();
             held_request(&mut self.seq, 40, &mut request);
             self.tally.requests += 1;
             let half = request.len() / 2;
-            if let Err(error) = conn.get_ref().write_all(&request[..half]) {
+            let sent = conn.write_all(&request[..half]).and_then(|()| conn.flush());
+            if let Err(error) = sent {
                 self.tally.broken(&error, 1);
                 self.partial = None;
             }
@@ -722,16 +755,16 @@ impl Held {
         if self.backlog.is_none() {
             self.backlog = self.connect(options, Some(BACKLOG_SOCKET_BUFFER));
         }
-        let Some(conn) = &self.backlog else {
+        let Some(conn) = &mut self.backlog else {
             return;
         };
         let mut requests = std::mem::take(&mut self.backlog_requests);
         requests.clear();
         let sent = conn
-            .get_ref()
+            .socket()
             .set_nonblocking(true)
-            .and_then(|()| write_until_stalled(conn.get_ref(), &mut requests, &mut self.seq))
-            .and_then(|sent| conn.get_ref().set_nonblocking(false).map(|()| sent));
+            .and_then(|()| write_until_stalled(conn, &mut requests, &mut self.seq))
+            .and_then(|sent| conn.socket().set_nonblocking(false).map(|()| sent));
         match sent {
             Ok(sent) => {
                 // The requests not begun are not sent at all.
@@ -760,8 +793,8 @@ impl Held {
             let half = self.partial_request.len() / 2;
             let mut reply = Vec::new();
             let answer = conn
-                .get_ref()
                 .write_all(&self.partial_request[half..])
+                .and_then(|()| conn.flush())
                 .and_then(|()| read_reply(&mut conn, &mut reply));
             match answer {
                 Err(error) => self.tally.broken(&error, 1),
@@ -791,8 +824,8 @@ impl Held {
             let line_end = line_start + line.len();
             if line_end > self.backlog_sent {
                 if let Err(error) = conn
-                    .get_ref()
                     .write_all(&requests[self.backlog_sent..line_end])
+                    .and_then(|()| conn.flush())
                 {
                     self.tally.broken(&error, 1 + lines.count() as u64);
                     in_step = false;
@@ -820,13 +853,9 @@ impl Held {
         self.backlog_requests = requests;
     }
 
-    fn connect(
-        &mut self,
-        options: &Options,
-        buffer_size: Option<usize>,
-    ) -> Option<BufReader<TcpStream>> {
+    fn connect(&mut self, options: &Options, buffer_size: Option<usize>) -> Option<Conn> {
         match connect(options, buffer_size) {
-            Ok(stream) => Some(BufReader::new(stream)),
+            Ok(conn) => Some(conn),
             Err(error) => {
                 eprintln!("loadgen: a held-request connection: connect: {error}");
                 self.tally.failed_connects += 1;
@@ -854,7 +883,18 @@ impl Held {
 }
 
 fn main() -> ExitCode {
-    let options = Options::parse();
+    let mut options = Options::parse();
+    if options.tls {
+        let config = mitosis_examples::tls::client_config(options.tls_ca.as_deref());
+        let name = mitosis_examples::tls::server_name(Some(&options.tls_server_name), "");
+        match config.and_then(|config| Ok((config, name?))) {
+            Ok(client) => options.tls_client = Some(client),
+            Err(error) => {
+                eprintln!("loadgen: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let shared = Shared {
         options: &options,
         all_connected: Barrier::new(options.clients + 1),
@@ -1034,4 +1074,221 @@ fn say(line: &str) {
     let mut out = io::stdout().lock();
     out.write_all(format!("{line}\n").as_bytes()).ok();
     out.flush().ok();
+}
+
+/// A connection to the server: plain TCP, or TLS over it.
+enum Conn {
+    Plain(BufReader<TcpStream>),
+    Tls(Box<TlsConn>),
+}
+
+impl Conn {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(reader) => reader.get_ref(),
+            Conn::Tls(tls) => &tls.socket,
+        }
+    }
+
+    /// Says that no more requests come: in TLS a close_notify, then, in
+    /// both, the TCP shutdown.
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Conn::Tls(tls) = self {
+            tls.tls.send_close_notify();
+            tls.flush()?;
+        }
+        self.socket().shutdown(Shutdown::Write)
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(reader) => reader.read(buf),
+            Conn::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl BufRead for Conn {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Conn::Plain(reader) => reader.fill_buf(),
+            Conn::Tls(tls) => tls.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match self {
+            Conn::Plain(reader) => reader.consume(amount),
+            Conn::Tls(tls) => tls.consume(amount),
+        }
+    }
+}
+
+impl Write for Conn {
+    /// Past any bytes read ahead: the BufReader only reads.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(reader) => reader.get_mut().write(buf),
+            Conn::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(_) => Ok(()),
+            Conn::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// A TLS client connection.
+///
+/// Not rustls's `StreamOwned`: its reads first write out whatever
+/// ciphertext waits, blocking, and a backlog connection that stalled with
+/// ciphertext still to go would then wait on a server that waits for its
+/// replies to be read. Here a read writes only what the socket takes at
+/// once, and reads meanwhile.
+struct TlsConn {
+    tls: ClientConnection,
+    socket: TcpStream,
+    /// How long a read may wait for the server.
+    timeout: Duration,
+}
+
+impl TlsConn {
+    fn connect(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        mut socket: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<TlsConn> {
+        let mut tls = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        // The socket blocks, with timeouts, so this ends.
+        while tls.is_handshaking() {
+            tls.complete_io(&mut socket)?;
+        }
+        Ok(TlsConn {
+            tls,
+            socket,
+            timeout,
+        })
+    }
+
+    /// Waits for the socket, then reads what it holds and writes what it
+    /// takes, without blocking in either.
+    fn pump(&mut self) -> io::Result<()> {
+        let mut interest = PollFlags::IN;
+        if self.tls.wants_write() {
+            interest |= PollFlags::OUT;
+        }
+        let timeout = Timespec {
+            tv_sec: self.timeout.as_secs() as i64,
+            tv_nsec: self.timeout.subsec_nanos().into(),
+        };
+        let mut fds = [PollFd::new(&self.socket, interest)];
+        let ready = match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
+            Ok(_) => fds[0].revents(),
+            Err(Errno::INTR) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut socket = DontWait(&self.socket);
+        if ready.contains(PollFlags::OUT) {
+            match self.tls.write_tls(&mut socket) {
+                Err(error) if error.kind() != io::ErrorKind::WouldBlock => return Err(error),
+                _ => {}
+            }
+        }
+        if ready.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            match self.tls.read_tls(&mut socket) {
+                Ok(_) => {
+                    if let Err(error) = self.tls.process_new_packets() {
+                        // The alert that says why, if the socket takes it.
+                        self.tls.write_tls(&mut socket).ok();
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for TlsConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for TlsConn {
+    /// Plaintext, or `[]` once the server has closed with close_notify; a
+    /// close without it is an `UnexpectedEof` error.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        loop {
+            match self.tls.reader().fill_buf() {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.pump()?,
+                _ => break,
+            }
+        }
+        self.tls.reader().into_first_chunk()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.tls.reader().consume(amount);
+    }
+}
+
+impl Write for TlsConn {
+    /// Encrypts `buf` as one record (up to rustls's buffer limit) once what
+    /// was encrypted before has gone; on a non-blocking socket,
+    /// `WouldBlock` until it has.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flush()?;
+        let n = self.tls.writer().write(buf)?;
+        match self.flush() {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            flushed => flushed?,
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            if self.tls.write_tls(&mut &self.socket)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A socket read and written without blocking, whatever its mode.
+struct DontWait<'a>(&'a TcpStream);
+
+impl Read for DontWait<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(rustix::net::recv(self.0, buf, RecvFlags::DONTWAIT)?.0)
+    }
+}
+
+impl Write for DontWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(
+            self.0,
+            buf,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        )?)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

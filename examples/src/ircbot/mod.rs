@@ -19,25 +19,36 @@
 //!   `upgraded old_pid=<pid> new_pid=<pid> generation=<n> version=<v>` from
 //!   the new process, or `upgrade failed: <reason>` from the old one.
 //!
+//! With `--tls` the bot speaks TLS to the server, verifying its
+//! certificate against the system's trusted roots, or against the CA in
+//! `--tls-ca FILE`, by the host in `--server` or `--tls-server-name`. The
+//! TLS session crosses every upgrade with the rest of the state: the server
+//! sees the same session go on, not a new handshake. The bot logs the
+//! negotiated protocol and cipher suite when it connects and in every new
+//! generation.
+//!
 //! `SIGUSR2` upgrades it too (`systemctl reload` with
 //! `examples/systemd/ircbot.service`); the new process reports in every
 //! channel, and a failure is logged. `SIGTERM` or `SIGINT` make it QUIT and
 //! exit with status 0. Under systemd (`Type=notify`) it says `READY=1` once
 //! it has joined its channels.
 
+mod connection;
 mod message;
 
 use std::collections::BTreeSet;
 use std::error::Error;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use mitosis::{Handover, Outcome};
 use rustix::event::{PollFd, PollFlags, poll};
 
+use connection::Connection;
 use message::{CaseMapping, Message, one_line};
 
 /// The command line. A process started by `split` gets the same one (plus
@@ -60,12 +71,59 @@ struct Options {
     /// A nick allowed to `!upgrade` the bot; repeat for more.
     #[arg(long = "admin", value_name = "NICK")]
     admins: Vec<String>,
+    /// Connect with TLS, verifying the server's certificate against the
+    /// system's trusted roots (or `--tls-ca`).
+    #[arg(long)]
+    tls: bool,
+    /// Trust the CA certificates in this PEM file instead of the system's,
+    /// for a server with a private certificate.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry; the host part of
+    /// `--server` by default.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
 }
 
 /// Everything the bot knows. It crosses to the next generation whole.
+///
+/// Version 2 holds the connection as plain TCP or TLS; a bot running
+/// version 1 (plain TCP only) upgrades into this one through
+/// [`StateV1`].
+#[derive(Handover)]
+#[handover(name = "ircbot::State", version = 2, migrate_from(StateV1))]
+struct State {
+    /// The server connection. Lines the server has sent that the bot has
+    /// not handled yet sit in its buffer, and cross with it.
+    server: Connection,
+    nick: String,
+    /// The channels to join once registered.
+    wanted: Vec<String>,
+    /// The channels joined, as the server names them.
+    joined: BTreeSet<String>,
+    admins: Vec<String>,
+    /// ISUPPORT tokens (005), such as `CASEMAPPING=ascii`.
+    isupport: Vec<String>,
+    /// Whether the server has welcomed the bot (001).
+    registered: bool,
+    /// PRIVMSGs received, over all generations.
+    lines: u64,
+    /// 1 for the process started by hand, one more for each upgrade.
+    generation: u64,
+    /// The process that owns this state; the next generation reports it as
+    /// the old pid.
+    pid: u32,
+    /// Where the upgrade in flight was asked for, so that the new process
+    /// reports there.
+    upgrade_asked_in: Option<String>,
+}
+
+/// A verbatim copy of `ircbot::State` version 1, under another Rust name,
+/// so that a bot built before TLS hands its state to this build. Never
+/// edit it: it describes what those binaries send.
 #[derive(Handover)]
 #[handover(name = "ircbot::State", version = 1)]
-struct State {
+struct StateV1 {
     /// The server connection. Lines the server has sent that the bot has
     /// not handled yet sit in the buffer, and cross with it.
     server: BufReader<TcpStream>,
@@ -91,6 +149,24 @@ struct State {
     upgrade_asked_in: Option<String>,
 }
 
+impl From<StateV1> for State {
+    fn from(old: StateV1) -> State {
+        State {
+            server: Connection::Plain(old.server),
+            nick: old.nick,
+            wanted: old.wanted,
+            joined: old.joined,
+            admins: old.admins,
+            isupport: old.isupport,
+            registered: old.registered,
+            lines: old.lines,
+            generation: old.generation,
+            pid: old.pid,
+            upgrade_asked_in: old.upgrade_asked_in,
+        }
+    }
+}
+
 /// The longest line the bot reads; a longer one is cut into pieces rather
 /// than buffered without bound. IRC lines with tags are at most 8191 bytes.
 const MAX_LINE: u64 = 8192;
@@ -106,6 +182,9 @@ const MAX_LINE: u64 = 8192;
 /// }
 /// ```
 pub fn run(version: &'static str) -> ExitCode {
+    // Before mitosis::init(): a TLS session handed over is rebuilt with the
+    // process-wide crypto provider.
+    crate::tls::install_crypto_provider();
     crate::log_to_stderr("ircbot", log::LevelFilter::Info);
     match start(version).and_then(|state| serve(state, version)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +210,14 @@ fn start(version: &'static str) -> Result<State, Box<dyn Error>> {
 }
 
 fn connect(options: Options) -> Result<State, Box<dyn Error>> {
+    // Bad TLS options are found before the server is bothered.
+    let tls = match options.tls {
+        true => Some((
+            crate::tls::client_config(options.tls_ca.as_deref())?,
+            crate::tls::server_name(options.tls_server_name.as_deref(), &options.server)?,
+        )),
+        false => None,
+    };
     let stream = TcpStream::connect(&options.server)
         .map_err(|e| format!("could not connect to {}: {e}", options.server))?;
     // Replies are small writes in a row ("upgrading…", then "upgraded"
@@ -138,9 +225,27 @@ fn connect(options: Options) -> Result<State, Box<dyn Error>> {
     // delayed ACK of the one before. The option stays with the socket
     // across upgrades.
     stream.set_nodelay(true)?;
-    log::info!("connected to {}", options.server);
-    let state = State {
-        server: BufReader::new(stream),
+    let server = match tls {
+        None => {
+            log::info!("connected to {}", options.server);
+            Connection::Plain(BufReader::new(stream))
+        }
+        Some((config, name)) => {
+            let name_shown = name.to_str().into_owned();
+            let stream = mitosis::tls::TlsStream::connect(config, name, stream).map_err(|e| {
+                format!("TLS with {} (as {name_shown}) failed: {e}", options.server)
+            })?;
+            let server = Connection::Tls(Box::new(stream));
+            log::info!(
+                "connected to {} with TLS: {}",
+                options.server,
+                server.tls().unwrap_or_default()
+            );
+            server
+        }
+    };
+    let mut state = State {
+        server,
         nick: options.nick,
         wanted: options.channels,
         joined: BTreeSet::new(),
@@ -167,6 +272,9 @@ fn resume(mut state: State, version: &str) -> Result<State, Box<dyn Error>> {
         "took over from pid {old_pid} as generation {}",
         state.generation
     );
+    if let Some(tls) = state.server.tls() {
+        log::info!("the TLS session goes on: {tls}");
+    }
     let report = format!(
         "upgraded old_pid={old_pid} new_pid={} generation={} version={version}",
         state.pid, state.generation
@@ -174,8 +282,8 @@ fn resume(mut state: State, version: &str) -> Result<State, Box<dyn Error>> {
     match state.upgrade_asked_in.take() {
         Some(target) => state.say(&target, &report)?,
         None => {
-            for channel in &state.joined {
-                state.say(channel, &report)?;
+            for channel in state.joined.clone() {
+                state.say(&channel, &report)?;
             }
         }
     }
@@ -375,7 +483,7 @@ fn line_at_hand(state: &State, signals: &[BorrowedFd<'_>]) -> io::Result<bool> {
 /// Waits until the server's socket or one of `others` is readable; says
 /// which of `others` are.
 fn wait(state: &State, others: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
-    let mut fds: Vec<PollFd<'_>> = std::iter::once(state.server.get_ref().as_fd())
+    let mut fds: Vec<PollFd<'_>> = std::iter::once(state.server.socket().as_fd())
         .chain(others.iter().copied())
         .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
         .collect();
@@ -418,15 +526,15 @@ impl State {
         }
     }
 
-    /// Sends one line, whole, in one write.
-    fn send(&self, line: &str) -> io::Result<()> {
+    /// Sends one line, whole, in one write (one record, with TLS).
+    fn send(&mut self, line: &str) -> io::Result<()> {
         let mut bytes = Vec::with_capacity(line.len() + 2);
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\r\n");
-        self.server.get_ref().write_all(&bytes)
+        self.server.send(&bytes)
     }
 
-    fn say(&self, target: &str, text: &str) -> io::Result<()> {
+    fn say(&mut self, target: &str, text: &str) -> io::Result<()> {
         self.send(&format!("PRIVMSG {target} :{}", one_line(text)))
     }
 

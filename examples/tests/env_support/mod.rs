@@ -487,11 +487,17 @@ pub struct LoadRun {
 /// request on a fresh connection, `upgrades` upgrades back to back. Fails
 /// the test unless every upgrade succeeded and no client saw a failure.
 pub fn run_loadgen(port: u16, upgrades: u64) -> LoadRun {
+    run_loadgen_with(port, upgrades, &[])
+}
+
+/// [`run_loadgen`] with more of loadgen's options, such as `--tls`.
+pub fn run_loadgen_with(port: u16, upgrades: u64, options: &[&str]) -> LoadRun {
     let output = Command::new(LOADGEN)
         .args(["--server", &format!("127.0.0.1:{port}")])
         .args(["--clients", "64", "--reconnect-every", "10"])
         .args(["--upgrades", &upgrades.to_string()])
         .args(["--timeout", "20s"])
+        .args(options)
         .stdin(Stdio::null())
         .output()
         .expect("run loadgen");
