@@ -322,3 +322,41 @@ proptest! {
         prop_assert!(ends[1].received == ends[0].sent, "client to server differs");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A corrupt state (any byte of a TLS stream's encoding changed, or
+    /// the encoding cut short) is refused with an error, or decodes into a
+    /// stream that reports errors: never a panic.
+    #[test]
+    fn a_corrupt_encoding_is_an_error_not_a_panic(
+        suite in 0..6usize,
+        at in any::<prop::sample::Index>(),
+        value in any::<u8>(),
+        cut in any::<bool>(),
+    ) {
+        let (client, mut server) = pair(SUITES[suite]);
+        server.write_all(b"some data\n").unwrap();
+        let mut sink = crate::handover::InMemory::default();
+        let encoded = crate::Encoder::encode(&mut sink, &client).unwrap();
+        let fds: Vec<_> = encoded.fds.iter().map(|fd| fd.try_clone_to_owned().unwrap()).collect();
+        drop(encoded);
+        let mut stream = sink.stream.clone();
+        let at = at.index(stream.len());
+        if cut {
+            stream.truncate(at);
+        } else {
+            stream[at] = value;
+        }
+        let decoded = crate::handover::Decoder::new(&stream, sink.out_of_line, fds)
+            .decode::<TlsStream>();
+        if let Ok(mut stream) = decoded {
+            // A corrupt length may wait for bytes that never come.
+            stream.get_ref().set_read_timeout(Some(std::time::Duration::from_secs(1))).unwrap();
+            let mut line = String::new();
+            let _ = stream.read_line(&mut line);
+            let _ = stream.write_all(b"reply\n");
+        }
+    }
+}
