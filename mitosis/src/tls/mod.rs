@@ -221,9 +221,11 @@ impl<S> TlsStream<S> {
 
 impl<S: Read + Write> TlsStream<S> {
     /// Replaces the sending keys with a TLS 1.3 KeyUpdate and asks the peer
-    /// to replace its own, then flushes. TLS 1.2 has no KeyUpdate: the
-    /// error is `Unsupported`. The stream also does this by itself when a
-    /// key has sealed as many records as its cipher allows.
+    /// to replace its own, then writes it out (on a non-blocking socket, as
+    /// much as the socket takes; [`wants_write`](Self::wants_write) says if
+    /// some is left). TLS 1.2 has no KeyUpdate: the error is `Unsupported`.
+    /// The stream also does this by itself when a key has sealed as many
+    /// records as its cipher allows.
     ///
     /// ```no_run
     /// # fn f(stream: &mut mitosis::tls::TlsStream) -> std::io::Result<()> {
@@ -235,12 +237,12 @@ impl<S: Read + Write> TlsStream<S> {
         self.session
             .send_key_update(true)
             .map_err(|failure| failure.to_error())?;
-        self.flush()
+        self.write_queued()
     }
 
-    /// Ends the session with close_notify, then flushes. Reading goes on
-    /// until the peer's own close_notify (then `read` returns 0); writing
-    /// is over.
+    /// Ends the session with close_notify, and writes it out like
+    /// [`update_keys`](Self::update_keys). Reading goes on until the peer's
+    /// own close_notify (then `read` returns 0); writing is over.
     ///
     /// ```no_run
     /// # fn f(stream: &mut mitosis::tls::TlsStream) -> std::io::Result<()> {
@@ -254,7 +256,16 @@ impl<S: Read + Write> TlsStream<S> {
         self.session
             .send_close()
             .map_err(|failure| failure.to_error())?;
-        self.flush()
+        self.write_queued()
+    }
+
+    /// Writes out what is sealed; what a non-blocking socket does not take
+    /// now stays queued, which [`wants_write`](Self::wants_write) reports.
+    fn write_queued(&mut self) -> io::Result<()> {
+        match self.write_out() {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            other => other,
+        }
     }
 
     /// An error if nothing more may be written.
@@ -311,12 +322,7 @@ impl<S: Read + Write> TlsStream<S> {
             }
             // Answer a KeyUpdate the peer asked for now, not with the next
             // write, which may never come; a full socket keeps it queued.
-            if !self.session.outgoing.is_empty() {
-                match self.write_out() {
-                    Err(error) if error.kind() != io::ErrorKind::WouldBlock => return Err(error),
-                    _ => {}
-                }
-            }
+            self.write_queued()?;
         }
         Ok(())
     }
@@ -366,10 +372,8 @@ impl<S: Read + Write> Write for TlsStream<S> {
         self.session
             .seal_data(&buf[..n])
             .map_err(|failure| failure.to_error())?;
-        match self.write_out() {
-            Err(error) if error.kind() != io::ErrorKind::WouldBlock => Err(error),
-            _ => Ok(n),
-        }
+        self.write_queued()?;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
