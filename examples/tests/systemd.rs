@@ -10,8 +10,7 @@
 //! where they fail. `cargo test --test systemd -- --nocapture` shows every
 //! command they run inside the namespace and what it reported.
 
-#[path = "systemd/irc.rs"]
-mod irc;
+mod irc_support;
 #[path = "systemd/namespace.rs"]
 mod namespace;
 
@@ -332,7 +331,7 @@ fn ircbot_upgrades_three_times_under_systemd() {
     if !Systemd::available() {
         return;
     }
-    let Some(server) = irc::Ngircd::start() else {
+    let Some(server) = irc_support::Ngircd::start() else {
         return;
     };
     let binary = Installed::new("ircbot", IRCBOT, "ircbot");
@@ -340,9 +339,9 @@ fn ircbot_upgrades_three_times_under_systemd() {
         "{} --server 127.0.0.1:{} --nick {} --channel {} --admin {}",
         binary.path.display(),
         server.port,
-        irc::BOT,
-        irc::CHANNEL,
-        irc::ADMIN
+        irc_support::BOT,
+        irc_support::CHANNEL,
+        irc_support::ADMIN
     );
     let units = [
         (BOT_UNIT, shipped_unit(BOT_UNIT, &binary)),
@@ -352,7 +351,7 @@ fn ircbot_upgrades_three_times_under_systemd() {
         ),
     ];
     let systemd = Systemd::boot("ircbot", &units);
-    let mut observer = irc::Client::join(&server, irc::ADMIN);
+    let mut observer = irc_support::Client::join(&server, irc_support::ADMIN);
     systemd.run(&["systemctl", "start", "--no-block", BOT_UNIT]);
     observer.expect_bot_join();
     let mut state = systemd.wait_for_state(
@@ -368,7 +367,10 @@ fn ircbot_upgrades_three_times_under_systemd() {
         "{}",
         systemd.context()
     );
-    eprintln!("[ircbot] started and joined {}: {state:?}", irc::CHANNEL);
+    eprintln!(
+        "[ircbot] started and joined {}: {state:?}",
+        irc_support::CHANNEL
+    );
 
     let mut pids = vec![state.main_pid];
     for upgrade in 1..=3u64 {
@@ -381,7 +383,7 @@ fn ircbot_upgrades_three_times_under_systemd() {
             systemd.run(&["systemctl", "reload", BOT_UNIT]);
             None
         } else {
-            Some(observer.upgrade())
+            Some(observer.upgrade().0)
         };
         let after = wait_for_new_main_pid(&systemd, BOT_UNIT, &state);
         if let Some(report) = report {
@@ -414,14 +416,13 @@ fn ircbot_upgrades_three_times_under_systemd() {
         pids.push(after.main_pid);
         state = after;
     }
-    let noise = observer.bot_left_or_rejoined();
-    assert!(noise.is_empty(), "the observer saw the bot do {noise:?}");
+    observer.assert_bot_never_left_or_rejoined();
     eprintln!("[ircbot] MainPID across the 3 upgrades: {pids:?}; no QUIT, PART or JOIN seen");
 
     // Stopped, the bot that serves says goodbye and exits 0.
     systemd.run(&["systemctl", "stop", BOT_UNIT]);
     let quit = observer.wait_for("the bot's QUIT", |line| {
-        line.source == irc::BOT && line.command == "QUIT"
+        line.source == irc_support::BOT && line.command == "QUIT"
     });
     eprintln!("[ircbot] the observer saw: {}", quit.raw);
     check_stopped_cleanly(&systemd, BOT_UNIT, "ircbot", state.main_pid);

@@ -1,7 +1,7 @@
-//! The IRC bot's test harness, shared by `ircbot.rs` and `tls.rs`: an
-//! ngircd of the test's own (plain, or with a TLS port too), the bot's
-//! binary on disk and its generations, IRC clients that watch the channel,
-//! and the scenarios more than one test runs.
+//! The IRC bot's test harness, shared by `ircbot.rs`, `tls.rs` and
+//! `systemd.rs`: an ngircd of the test's own (plain, or with a TLS port
+//! too), the bot's binary on disk and its generations, IRC clients that
+//! watch the channel, and the scenarios more than one test runs.
 //!
 //! Without ngircd the tests skip with a reason, except under `CI=true`,
 //! where they fail: `.ci/run` installs it.
