@@ -444,13 +444,21 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
+/// Sends mitosis's log records, from debug up, to stderr as `--mitosis-log`
+/// does, for the other test programs.
+pub fn mitosis_log_to_stderr() {
+    if log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
+
 /// What the host does before `init`, as `--ignore-sigchld`,
 /// `--thread-before-init`, `--mitosis-log` and `--no-thp` ask (read from the
 /// raw arguments: the parser runs after `init`).
 fn host_before_init() {
     let args: Vec<_> = std::env::args_os().collect();
-    if args.iter().any(|arg| arg == "--mitosis-log") && log::set_logger(&StderrLog).is_ok() {
-        log::set_max_level(log::LevelFilter::Debug);
+    if args.iter().any(|arg| arg == "--mitosis-log") {
+        mitosis_log_to_stderr();
     }
     if args.iter().any(|arg| arg == "--no-thp") {
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and only changes

@@ -257,7 +257,7 @@ fn key_updates_both_ways_around_a_handover() {
 #[test]
 fn a_record_cut_around_a_handover_arrives_once() {
     for (version, _) in versions() {
-        let (_run, mut server, _) = Server::start(version);
+        let (mut run, mut server, hello) = Server::start(version);
         let upgrade = server.sealed("upgrade");
         let payload = "x".repeat(3000);
         let record = server.sealed(&payload);
@@ -278,6 +278,19 @@ fn a_record_cut_around_a_handover_arrives_once() {
         }
         assert_eq!(server.line(), format!("echo {payload}"));
         assert_eq!(server.command("after"), "echo after");
+        let handed = run
+            .stderr
+            .wait_for("the old process's TLS hand-over", |line| {
+                line.contains("TLS: handing over")
+                    && line.contains(&format!("pid={} ", pid_of(&hello)))
+            });
+        // Whether the second piece was in by the time the old process read
+        // is up to the scheduler; either way the start of the record crossed.
+        let held = [
+            "with 7 bytes of a record not whole",
+            "with 1500 bytes of a record not whole",
+        ];
+        assert!(held.iter().any(|held| handed.contains(held)), "{handed}");
     }
 }
 

@@ -403,6 +403,12 @@ impl<'a> Encoder<'a> {
         self.value(&index)
     }
 
+    /// Whether this encoding writes the state, rather than only finding its
+    /// fds (before the spawn), so that an impl logs what it hands over once.
+    pub(crate) fn writes_state(&self) -> bool {
+        !self.fds_only
+    }
+
     /// Puts `fd` into the side table and writes its index into the stream.
     fn side_table(&mut self, fd: SideFd<'a>) -> Result<(), Error> {
         let index = u32::try_from(self.fds.len()).map_err(|_| Error::Encode {

@@ -64,6 +64,19 @@ where
 
     fn encode<'a>(&'a self, out: &mut Encoder<'a>) -> Result<(), Error> {
         let session = &self.session;
+        if out.writes_state() {
+            log::debug!(
+                "mitosis: TLS: handing over a {:?} {:?} session at records {} sent and {} \
+                 received, with {} bytes of a record not whole yet, {} unread, {} unwritten",
+                session.suite.version(),
+                session.suite.id(),
+                session.tx.seq,
+                session.rx.seq,
+                session.incoming.len(),
+                session.unread().len(),
+                session.outgoing.len()
+            );
+        }
         out.value(&u16::from(session.suite.version()))?;
         out.value(&u16::from(session.suite.id()))?;
         out.value(&u8::from(session.side == Side::Server))?;

@@ -26,7 +26,7 @@
 //! When the peer sends close_notify, the program answers `closed by peer`
 //! (TLS 1.3 and 1.2 both let the other side finish), sends its own
 //! close_notify, prints `closed` on stdout and exits 0. Any error goes to
-//! stderr, with exit status 1.
+//! stderr, with exit status 1, and so do mitosis's log records.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
+    testdata::mitosis_log_to_stderr();
     if std::env::var_os("TESTDATA_NO_PROVIDER").is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
