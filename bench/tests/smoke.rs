@@ -1,7 +1,8 @@
 //! The harness end to end, as small as it goes: one round of a few cases,
 //! real processes and real handovers (both the prepared and the `split`
 //! one), the large case's old side in a process of its own with a 1 MiB
-//! state, and the report. It checks that every figure was measured, never
+//! state, a TCP and a TLS connection that each new process uses, and the
+//! report. It checks that every figure was measured, never
 //! what it came to.
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ fn one_round_of_each_kind_of_case_writes_a_report() {
         .args(["--rounds", "1", "--large-rounds", "1"])
         .args(["--large-bytes", "1048576"])
         .args(["--only", "floor", "--only", "shellflip", "--only", "small"])
+        .args(["--only", "tcp", "--only", "tls"])
         .args([
             "--only",
             "fds-16",
@@ -41,6 +43,9 @@ fn one_round_of_each_kind_of_case_writes_a_report() {
         "old side: builds the state",
         "new process: reads its VmHWM",
         "| 16 | 1 |",
+        "one `TcpStream`",
+        "one `TlsStream<TcpStream>`, TLS 1.3",
+        "TLS / TCP, p50",
     ] {
         let line = text
             .lines()

@@ -2,6 +2,8 @@
 //!
 //! `cargo run --release -p mitosis-bench --bin bench -- [--rounds N] [--quick] [--out docs/] [--thp never]`
 //!
+//! `-- --only tcp --only tls` runs the two connection cases alone.
+//!
 //! In one run, with the cases' rounds interleaved so that machine noise
 //! spreads evenly over them, it measures:
 //!
@@ -23,6 +25,13 @@
 //!   round to round: one prepared (the pause), and one with `split`, timed
 //!   from `split()` to `Outcome::Done` here and to `init()` returning in the
 //!   new process;
+//! - **one connection**: handovers of a state that is one connected
+//!   `TcpStream`, and of one that is one `TlsStream<TcpStream>` (TLS 1.3,
+//!   to a peer in this process), side by side in the same rounds, and the
+//!   ratio of their pauses. The peer stays connected, and each new process
+//!   makes a one-byte round trip over the connection it took (after its
+//!   clock reading) before it reports, so every figure is of a connection
+//!   that still works;
 //! - the **memory floor**: in this process, a fresh 256 MiB `Vec<u8>` and
 //!   a copy of the same bytes into it, which is what any receiver of
 //!   256 MiB pays at least (the page faults and the copy);
@@ -60,15 +69,17 @@ use std::error::Error;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mitosis::tls::{TlsStream, rustls};
 use mitosis::{Handover, Outcome, SplitOptions};
 use mitosis_bench::{SMALL_BLOB_BYTES, checksum, monotonic_ns, own_vm_hwm, pattern, thp_mode};
 use rustix::net::sockopt;
@@ -115,8 +126,9 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (for profiling and smoke tests): floor,
-    /// floor-fds-10000, shellflip-floor, shellflip, small, blob-BYTES,
-    /// large, memory-floor, map, fds-N. Repeatable.
+    /// floor-fds-10000, shellflip-floor, shellflip, small, tcp, tls,
+    /// blob-BYTES, large, memory-floor, map, fds-N. Repeatable: `--only tcp
+    /// --only tls` is the TLS comparison alone.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
     /// The size of the large `Vec<u8>` case and of the memory floor. The
@@ -208,6 +220,9 @@ impl fmt::Display for ThpMode {
 }
 
 /// Everything a handover can carry: one variant per kind of case.
+// The TLS stream inline, as a program's own state would hold it: a box
+// would add an allocation and a pointer to that case alone.
+#[expect(clippy::large_enum_variant)]
 #[derive(Handover)]
 #[handover(name = "mitosis_bench::Case", version = 1)]
 enum Case {
@@ -227,6 +242,10 @@ enum Case {
         files: Vec<File>,
         sockets: Vec<UnixStream>,
     },
+    /// One connected TCP stream, whose peer is the harness.
+    Tcp { stream: TcpStream },
+    /// One TLS 1.3 client connection, whose server is the harness.
+    Tls { stream: TlsStream<TcpStream> },
 }
 
 impl Case {
@@ -237,11 +256,73 @@ impl Case {
             Case::Blob { data } => checksum(data),
             Case::Map { map } => map_check(map),
             Case::Fds { files, sockets } => ((files.len() as u64) << 32) | sockets.len() as u64,
+            // A connection is checked by using it: see `take_over`.
+            Case::Tcp { .. } | Case::Tls { .. } => u64::from(PONG),
+        }
+    }
+
+    /// The new process's check: a connection's one-byte round trip with
+    /// its peer (which proves that the connection, and for TLS the
+    /// session, crossed whole), or [`check`](Self::check) for the rest.
+    fn take_over(&mut self) -> std::io::Result<u64> {
+        match self {
+            Case::Tcp { stream } => ping(stream).map(u64::from),
+            Case::Tls { stream } => ping(stream).map(u64::from),
+            other => Ok(other.check()),
         }
     }
 }
 
+/// What a connection's owner sends its peer, and what the peer answers.
+const PING: u8 = b'?';
+const PONG: u8 = b'!';
+
+/// One round trip from a connection's owner: sends [`PING`], returns what
+/// came back.
+fn ping(stream: &mut (impl Read + Write)) -> std::io::Result<u8> {
+    stream.write_all(&[PING])?;
+    stream.flush()?;
+    let mut answer = [0];
+    stream.read_exact(&mut answer)?;
+    Ok(answer[0])
+}
+
+/// [`ping`] and [`pong`] with both ends in this thread: a connection
+/// mid-conversation before it crosses, as a served one is.
+fn converse(stream: &mut (impl Read + Write), peer: &mut dyn Peer) -> Result<()> {
+    stream.write_all(&[PING])?;
+    stream.flush()?;
+    pong(peer)?;
+    let mut answer = [0];
+    stream.read_exact(&mut answer)?;
+    if answer[0] != PONG {
+        return Err(format!("the peer answered {:?} before the handover", answer[0]).into());
+    }
+    Ok(())
+}
+
+/// The peer's side of [`ping`].
+fn pong(peer: &mut dyn Peer) -> Result<()> {
+    let mut asked = [0];
+    peer.read_exact(&mut asked)?;
+    if asked[0] != PING {
+        return Err(format!("the peer read {:?}, not a ping", asked[0]).into());
+    }
+    peer.write_all(&[PONG])?;
+    peer.flush()?;
+    Ok(())
+}
+
+/// The harness's end of a handed-over connection.
+trait Peer: Read + Write {}
+
+impl<T: Read + Write> Peer for T {}
+
 fn main() -> ExitCode {
+    // Before `init`: the TLS case's new process rebuilds the session's
+    // cipher with the process-default provider. A handful of allocations,
+    // and the new process is started and waiting before any pause begins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // First: if an older copy of this binary started us, take over.
     match mitosis::init::<Case>() {
         Ok(Some(state)) => return new_process(state),
@@ -290,14 +371,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// A handover's new process: the clock first, then the check and its own
-/// peak memory, then the report. Then it keeps the state, as a real new
-/// process would, until the harness has timed the old side's `Done` and
-/// hangs up; so the old side never closes the last copy of a handed-over
-/// fd within the clock.
-fn new_process(state: Case) -> ExitCode {
+/// A handover's new process: the clock first, then the check (for a
+/// connection, a round trip with its peer) and its own peak memory, then
+/// the report. Then it keeps the state, as a real new process would, until
+/// the harness has timed the old side's `Done` and hangs up; so the old
+/// side never closes the last copy of a handed-over fd within the clock.
+fn new_process(mut state: Case) -> ExitCode {
     let init_ns = monotonic_ns();
-    let check = state.check();
+    let check = match state.take_over() {
+        Ok(check) => check,
+        Err(error) => {
+            eprintln!("bench (new process): the handed-over connection failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let Ok(Cli {
         internal: Some(Internal::Child { report, seq }),
         ..
@@ -370,6 +457,10 @@ enum Job {
     Shellflip,
     /// mitosis: 1 KiB + 3 fds.
     Small,
+    /// mitosis: one connected `TcpStream`.
+    Tcp,
+    /// mitosis: one `TlsStream<TcpStream>`, TLS 1.3.
+    Tls,
     /// mitosis: a `Vec<u8>` of this many bytes, handed over by the harness.
     Blob(usize),
     /// mitosis: the large `Vec<u8>` (256 MiB), handed over by a process of
@@ -393,6 +484,8 @@ impl Job {
             Job::FloorFds(n) => format!("floor-fds-{n}"),
             Job::Shellflip => "shellflip".into(),
             Job::Small => "small".into(),
+            Job::Tcp => "tcp".into(),
+            Job::Tls => "tls".into(),
             Job::Blob(size) => format!("blob-{size}"),
             Job::Large => "large".into(),
             Job::MemoryFloor => "memory-floor".into(),
@@ -413,6 +506,8 @@ impl Job {
             Job::ShellflipFloor,
             Job::Shellflip,
             Job::Small,
+            Job::Tcp,
+            Job::Tls,
         ];
         jobs.extend(BLOB_SIZES.map(Job::Blob));
         jobs.extend(FD_COUNTS.map(Job::Fds));
@@ -582,6 +677,8 @@ struct Run {
     /// What working out the state type's schema costs (once per handover,
     /// in each process).
     schema: SchemaCost,
+    /// The TLS case's cipher suite, if it ran.
+    tls_suite: Option<String>,
 }
 
 /// The cost of `Schema::of` for the bench's state type, traced afresh each
@@ -657,8 +754,13 @@ struct Harness {
     report: UnixListener,
     report_name: String,
     seq: u64,
-    /// The other end of the small state's TCP stream.
+    /// The other end of the small state's TCP stream, and of the
+    /// connection cases'.
     peer: TcpListener,
+    /// The TLS case's configurations, made when it first runs.
+    tls: Option<TlsConfigs>,
+    /// The TLS case's negotiated cipher suite, for the report.
+    tls_suite: Option<String>,
     exe: PathBuf,
     large_bytes: usize,
     /// `shellflip-bench`'s path, and its `serve` process once started.
@@ -739,6 +841,8 @@ fn harness(cli: &Cli) -> Result<()> {
         report_name,
         seq: 0,
         peer: TcpListener::bind("127.0.0.1:0")?,
+        tls: None,
+        tls_suite: None,
         exe,
         large_bytes: cli.large_bytes,
         shellflip_exe,
@@ -796,6 +900,7 @@ fn harness(cli: &Cli) -> Result<()> {
         thp_asked: cli.thp,
         thp_switched_from,
         schema: schema_cost()?,
+        tls_suite: harness.tls_suite.take(),
     };
     let text = report::markdown(&run, &command_line());
     println!("{text}");
@@ -855,14 +960,40 @@ impl Harness {
                     };
                     // Keep the other end open until the handover is over.
                     let (_accepted, _) = self.peer.accept()?;
-                    samples.push(self.hand_over(state, via)?);
+                    samples.push(self.hand_over(state, via, None)?);
+                }
+            }
+            Job::Tcp => {
+                for via in Via::both(round) {
+                    // The TLS case's setup work too, on a connection of its
+                    // own: a handshake just before slows the next spawn by
+                    // ~0.7 ms and the pause measurably (on a 2-core Xeon
+                    // VM), so without it the ratio would be partly the
+                    // harness's handshake rather than what crosses.
+                    let (mut tls, mut tls_peer) = self.tls_connection()?;
+                    converse(&mut tls, &mut tls_peer)?;
+                    drop((tls, tls_peer));
+                    let (mut stream, mut peer) = self.connection()?;
+                    converse(&mut stream, &mut peer)?;
+                    let state = Case::Tcp { stream };
+                    samples.push(self.hand_over(state, via, Some(&mut peer))?);
+                }
+            }
+            Job::Tls => {
+                for via in Via::both(round) {
+                    let (mut stream, mut peer) = self.tls_connection()?;
+                    // Also reads the server's session tickets, which follow
+                    // the handshake: the session is settled when it crosses.
+                    converse(&mut stream, &mut peer)?;
+                    let state = Case::Tls { stream };
+                    samples.push(self.hand_over(state, via, Some(&mut peer))?);
                 }
             }
             Job::Blob(size) => {
                 samples.encoded_bytes = size as u64;
                 for via in Via::both(round) {
                     let data = pattern(size);
-                    samples.push(self.hand_over(Case::Blob { data }, via)?);
+                    samples.push(self.hand_over(Case::Blob { data }, via, None)?);
                 }
             }
             Job::Large => {
@@ -884,13 +1015,13 @@ impl Harness {
                     if i == 0 {
                         samples.postcard.push(postcard_round_trip(&map)?);
                     }
-                    samples.push(self.hand_over(Case::Map { map }, via)?);
+                    samples.push(self.hand_over(Case::Map { map }, via, None)?);
                 }
             }
             Job::Fds(n) => {
                 for via in Via::both(round) {
                     let state = fds_state(n, &self.exe)?;
-                    samples.push(self.hand_over(state, via)?);
+                    samples.push(self.hand_over(state, via, None)?);
                 }
             }
         }
@@ -903,11 +1034,17 @@ impl Harness {
     }
 
     /// One mitosis handover from this process to a new copy of this
-    /// binary.
-    fn hand_over(&mut self, state: Case, via: Via) -> Result<Handed> {
+    /// binary. `peer` is the harness's end of a handed-over connection: it
+    /// answers the new process's ping once the clocks have stopped, and
+    /// stays open until the new process has been reaped.
+    fn hand_over(&mut self, state: Case, via: Via, peer: Option<&mut dyn Peer>) -> Result<Handed> {
         let seq = self.next_seq();
         let expected = state.check();
         let old = old_side(state, &child_options(&self.report_name, seq), via)?;
+        // The new process pings before it reports, so answer first.
+        if let Some(peer) = peer {
+            pong(peer).map_err(|error| format!("the new process's round trip: {error}"))?;
+        }
         let report = self.report_of(seq, old.pid)?;
         // The new process is our child: reap it.
         waitpid(
@@ -927,6 +1064,40 @@ impl Harness {
             hwm_new: report.hwm,
             hwm_old: None,
         })
+    }
+
+    /// A connected TCP stream, and the harness's end of it (which fails a
+    /// read that waits longer than [`TIMEOUT`] rather than hang the run).
+    fn connection(&mut self) -> Result<(TcpStream, TcpStream)> {
+        let stream = TcpStream::connect(self.peer.local_addr()?)?;
+        let (peer, _) = self.peer.accept()?;
+        peer.set_read_timeout(Some(TIMEOUT))?;
+        Ok((stream, peer))
+    }
+
+    /// A TLS 1.3 connection over [`connection`](Self::connection): the
+    /// client, and the harness's server end. The handshake runs on a
+    /// thread that has ended when this returns, as the old side's `settle`
+    /// wants.
+    fn tls_connection(&mut self) -> Result<(TlsStream<TcpStream>, TlsStream<TcpStream>)> {
+        let configs = match &self.tls {
+            Some(configs) => configs.clone(),
+            None => self.tls.insert(TlsConfigs::new()?).clone(),
+        };
+        let (socket, peer_socket) = self.connection()?;
+        let server = configs.server;
+        let accepting = std::thread::spawn(move || TlsStream::accept(server, peer_socket));
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let client = TlsStream::connect(configs.client, name, socket);
+        let server = accepting
+            .join()
+            .map_err(|_| "the TLS server's thread panicked")?;
+        let (client, server) = (client?, server?);
+        if client.protocol_version() != rustls::ProtocolVersion::TLSv1_3 {
+            return Err(format!("negotiated {:?}, not TLS 1.3", client.protocol_version()).into());
+        }
+        self.tls_suite = Some(format!("{:?}", client.cipher_suite()));
+        Ok((client, server))
     }
 
     /// One handover of a `Vec<u8>` of `bytes` whose old side is `bench
@@ -1001,6 +1172,39 @@ impl Harness {
             return Err(format!("report {got_seq} came for handover {seq}").into());
         }
         Ok(Report { init, check, hwm })
+    }
+}
+
+/// The TLS case's client and server configurations: a self-signed
+/// certificate for `localhost` that the client trusts, TLS 1.3 only, and
+/// the process-default provider (ring), whose default suite order puts
+/// AES-256-GCM first.
+#[derive(Clone)]
+struct TlsConfigs {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TlsConfigs {
+    fn new() -> Result<TlsConfigs> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+        let cert = CertificateDer::from(certified.cert.der().to_vec());
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+        let tls13 = &[&rustls::version::TLS13];
+        let server = rustls::ServerConfig::builder_with_protocol_versions(tls13)
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert)?;
+        let client = rustls::ClientConfig::builder_with_protocol_versions(tls13)
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsConfigs {
+            client: Arc::new(client),
+            server: Arc::new(server),
+        })
     }
 }
 
@@ -1399,7 +1603,15 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        for name in ["large", "memory-floor", "map", "small", "fds-10000"] {
+        for name in [
+            "large",
+            "memory-floor",
+            "map",
+            "small",
+            "tcp",
+            "tls",
+            "fds-10000",
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} missing");
         }
         let large: Vec<Job> = Job::all().into_iter().filter(|j| j.is_large()).collect();
@@ -1435,6 +1647,9 @@ mod tests {
         };
         // 0.4 ms against a 2 ms floor: 0.2×, met.
         put(Job::Small, &handovers(4 * MS / 10));
+        // TLS 0.5 ms against TCP 0.2 ms: 2.50×.
+        put(Job::Tcp, &handovers(2 * MS / 10));
+        put(Job::Tls, &handovers(5 * MS / 10));
         for size in BLOB_SIZES {
             put(Job::Blob(size), &|s| {
                 handovers(MS + size as u64 / MIB)(s);
@@ -1488,6 +1703,7 @@ mod tests {
                 map: Samples::default(),
                 description_bytes: Some(186),
             },
+            tls_suite: Some("TLS13_AES_256_GCM_SHA384".into()),
         }
     }
 
@@ -1529,6 +1745,7 @@ mod tests {
             "## How each figure is measured",
             "## The THP-off variant",
             "## Schema fingerprint",
+            "## One connection: TLS against plain TCP",
         ] {
             assert!(text.contains(heading), "{heading} missing");
         }
@@ -1538,6 +1755,30 @@ mod tests {
         // The 10,000-fd row: the pause 6 ms above the 0-fd one.
         assert!(text.contains("| 10000 | 3 | 6.100 ms |"), "{text}");
         assert!(text.contains("+6.000 ms"));
+        // The connections: both rows, and the ratio of their p50s.
+        assert!(
+            text.contains("| one `TcpStream` | 3 | 0.200 ms |"),
+            "{text}"
+        );
+        assert!(text.contains("| one `TlsStream<TcpStream>`, TLS 1.3 | 3 | 0.500 ms |"));
+        assert!(text.contains("| TLS / TCP, p50 | — | 2.50× |"), "{text}");
+        assert!(text.contains("is 2.50× a plain TCP connection's at p50** (0.500 ms against"));
+        assert!(text.contains("TLS13_AES_256_GCM_SHA384"));
+    }
+
+    /// A run without the connection cases says nothing of them; with one
+    /// of the two, it has its row and no ratio.
+    #[test]
+    fn the_connections_section_shows_what_ran() {
+        let mut run = made_up_run();
+        run.samples.remove(&Job::Tcp);
+        let text = report::markdown(&run, "bench --test");
+        assert!(text.contains("## One connection"));
+        assert!(text.contains("| one `TlsStream<TcpStream>`, TLS 1.3 | 3 |"));
+        assert!(!text.contains("TLS / TCP") && !text.contains("× a plain TCP"));
+        run.samples.remove(&Job::Tls);
+        let text = report::markdown(&run, "bench --test");
+        assert!(!text.contains("One connection"), "{text}");
     }
 
     #[test]

@@ -653,6 +653,8 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     }
     out.push_str(&table.text);
 
+    out.push_str(&connections(run));
+
     out.push_str(METHOD);
 
     let _ = writeln!(out, "\n## Schema fingerprint\n");
@@ -686,6 +688,99 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         table.row([name.to_string(), us(|s| s.p50), us(|s| s.p99)]);
     }
     out.push_str(&table.text);
+    out
+}
+
+/// The section on one connection, TLS against plain TCP; empty when
+/// neither case ran. It says how it was measured itself, so that it can
+/// stand on its own.
+fn connections(run: &Run) -> String {
+    if run.get(Job::Tcp).is_none() && run.get(Job::Tls).is_none() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "\n## One connection: TLS against plain TCP\n");
+    let suite = run.tls_suite.as_deref().unwrap_or("its suite");
+    let _ = writeln!(
+        out,
+        "The whole state is one connection to a peer in the harness: a connected \
+         `TcpStream`, or a client `TlsStream<TcpStream>` with an established TLS 1.3 session \
+         ({suite}, rustls's ring provider). The TLS stream crosses as its socket, its session \
+         (the version and suite, the sequence numbers, and any bytes it buffers: here none), and its traffic \
+         secrets, which take a pipe of their own on the fd channel: two fds where the TCP \
+         stream is one. Each connection makes a one-byte round trip before the handover, \
+         which also consumes the session tickets that follow the TLS handshake; the new \
+         process reads the clock as `init` returns, then makes another round trip over the \
+         connection it took (outside every clock) before it reports, so each handover here \
+         is of a connection that still works. The peer stays connected throughout. The \
+         two cases run in the same rounds, in rotating order, each round a prepared and a \
+         `split` handover like every mitosis case; neither making the connection nor the \
+         TLS handshake is timed. The TCP case makes a TLS connection too, and closes it \
+         before its own: a handshake just before a handover slows it (the spawn, and with \
+         it `prepare` → ready, by most), so both cases do the same work and differ only in \
+         what crosses.\n"
+    );
+    let mut table = Table::new(&[
+        "connection",
+        "rounds",
+        "pause p50",
+        "p99",
+        "`hand_over` → `Done` p50",
+        "p99",
+        "`split` → `Done` p50",
+        "p99",
+        "`split` → `init` p50",
+        "p99",
+        "`prepare` → ready p50",
+        "p99",
+    ]);
+    let figures = |job| {
+        [
+            run.pause(job),
+            run.pause_done(job),
+            run.done(job),
+            run.init(job),
+            run.ready(job),
+        ]
+    };
+    for (label, job) in [
+        ("one `TcpStream`", Job::Tcp),
+        ("one `TlsStream<TcpStream>`, TLS 1.3", Job::Tls),
+    ] {
+        if run.get(job).is_none() {
+            continue;
+        }
+        let mut row = vec![label.to_string(), n(run.pause(job))];
+        for stats in figures(job) {
+            row.extend([p50(stats), p99(stats)]);
+        }
+        table.row(row);
+    }
+    if run.get(Job::Tcp).is_some() && run.get(Job::Tls).is_some() {
+        let mut row = vec!["TLS / TCP, p50".to_string(), "—".into()];
+        for (tls, tcp) in figures(Job::Tls).into_iter().zip(figures(Job::Tcp)) {
+            let ratio = match (tls, tcp) {
+                (Some(tls), Some(tcp)) => format!("{:.2}×", secs(tls) / secs(tcp)),
+                _ => "—".into(),
+            };
+            row.extend([ratio, "—".into()]);
+        }
+        table.row(row);
+    }
+    out.push_str(&table.text);
+    if let (Some(tls), Some(tcp)) = (run.pause(Job::Tls), run.pause(Job::Tcp)) {
+        let _ = writeln!(
+            out,
+            "\n**The pause of a TLS connection's handover is {:.2}× a plain TCP \
+             connection's at p50** ({} against {}, {}; p99 {} against {}).",
+            secs(tls) / secs(tcp),
+            ms(tls.p50),
+            ms(tcp.p50),
+            delta(tls, tcp),
+            ms(tls.p99),
+            ms(tcp.p99)
+        );
+    }
     out
 }
 
