@@ -18,8 +18,11 @@
 //!
 //! Nothing else in the crate names a variable.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -288,6 +291,40 @@ pub(crate) fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count() == 1)
         .unwrap_or(false)
+}
+
+/// The path this process was started from, as it was given to `execve`,
+/// made absolute against the working directory it had when first asked.
+///
+/// Not `/proc/self/exe` or `std::env::current_exe()`: after a rebuild those
+/// name the old, deleted file (with a ` (deleted)` suffix), and through a
+/// symlink they name its target, so a `current -> release-N` switch would be
+/// missed. The `execve` path names whatever is at that path now.
+pub(crate) fn start_path() -> &'static Path {
+    static START: OnceLock<PathBuf> = OnceLock::new();
+    START.get_or_init(|| {
+        let execfn = Path::new(OsStr::from_bytes(rustix::param::linux_execfn().to_bytes()));
+        if execfn.as_os_str().is_empty() {
+            return exe_without_deleted_suffix();
+        }
+        if execfn.is_absolute() {
+            return execfn.to_path_buf();
+        }
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(execfn),
+            Err(_) => exe_without_deleted_suffix(),
+        }
+    })
+}
+
+/// The fallback when the `execve` path is unknown: `/proc/self/exe` without
+/// the ` (deleted)` suffix the kernel adds once the file is replaced.
+fn exe_without_deleted_suffix() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+        Some(path) => PathBuf::from(OsStr::from_bytes(path)),
+        None => exe,
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use crate::args;
 use crate::env;
+use crate::env::start_path;
 use crate::error::Error;
 use crate::fd_channel;
 use crate::handover::Handover;
-use crate::old::start_path;
 use crate::supervisor;
 use crate::wire::Reason;
 use take_over::Session;

@@ -141,7 +141,7 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
             break 'accept Err(Error::PeerGone { step: STEP });
         }
         if ready[DROPPED] {
-            break 'accept Err(super::hand_over::abandoned(STEP));
+            break 'accept Err(abandoned(STEP));
         }
         if ready[CHANNEL] {
             match &fd_channel {
@@ -260,4 +260,13 @@ fn learn_arrival(
     let before = pending.len();
     pending.retain(|conn| conn.stream.peer_addr().ok() == Some(child));
     Ok((before - pending.len()) as u64)
+}
+
+/// What ends a preparation whose `Upgrade` the program dropped; only
+/// logged, since nobody is left to receive it.
+pub(super) fn abandoned(step: Step) -> Error {
+    Error::Aborted {
+        step,
+        reason: "the program dropped its mitosis::Upgrade before handing over".into(),
+    }
 }

@@ -10,12 +10,13 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
-use super::accept::{Doors, accept_child};
+use super::accept::{Doors, abandoned, accept_child};
+use super::frames::DataFrames;
 use super::priority;
-use super::spawn::{Launch, start_path, without_panics};
+use super::spawn::{Launch, without_panics};
 use super::{Outcome, SplitOptions};
-use crate::conn::{Conn, DataFrames, Deadline, Readable, timespec};
-use crate::env::Terms;
+use crate::conn::{Conn, Deadline, Readable, timespec};
+use crate::env::{Terms, start_path};
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener};
@@ -487,15 +488,6 @@ fn said_why(conn: &mut Conn, step: Step, gone: Error) -> Error {
             Err(_) => gone,
         },
         Err(_) => gone,
-    }
-}
-
-/// What ends a preparation whose `Upgrade` the program dropped; only
-/// logged, since nobody is left to receive it.
-pub(super) fn abandoned(step: Step) -> Error {
-    Error::Aborted {
-        step,
-        reason: "the program dropped its mitosis::Upgrade before handing over".into(),
     }
 }
 

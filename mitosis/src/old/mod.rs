@@ -8,6 +8,7 @@
 //! `accept` (step 2's wait for the new process among strangers).
 
 mod accept;
+mod frames;
 mod hand_over;
 mod options;
 mod priority;
@@ -22,7 +23,6 @@ use std::thread;
 use std::time::Duration;
 
 pub use options::SplitOptions;
-pub(crate) use spawn::start_path;
 
 use rustix::process::{Signal, pidfd_send_signal};
 
@@ -282,7 +282,7 @@ impl<S: Handover> Worker<S> {
             }
         };
         let Some(state) = state else {
-            let error = parent.give_up(hand_over::abandoned(Step::Ready));
+            let error = parent.give_up(accept::abandoned(Step::Ready));
             log::info!("mitosis: stopped pid {pid}: {error}");
             return;
         };

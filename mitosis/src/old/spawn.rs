@@ -1,14 +1,12 @@
 //! Starting the new binary (PROTOCOL.md, step 1).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::OnceLock;
 
 use rustix::io::{FdFlags, fcntl_setfd};
 
@@ -88,40 +86,6 @@ pub(crate) fn without_panics<T>(run: impl FnOnce() -> Result<T, Error>) -> Resul
             .unwrap_or_else(|| "(not a string)".into());
         Err(Error::EncodePanicked { message })
     })
-}
-
-/// The path this process was started from, as it was given to `execve`,
-/// made absolute against the working directory it had when first asked.
-///
-/// Not `/proc/self/exe` or `std::env::current_exe()`: after a rebuild those
-/// name the old, deleted file (with a ` (deleted)` suffix), and through a
-/// symlink they name its target, so a `current -> release-N` switch would be
-/// missed. The `execve` path names whatever is at that path now.
-pub(crate) fn start_path() -> &'static Path {
-    static START: OnceLock<PathBuf> = OnceLock::new();
-    START.get_or_init(|| {
-        let execfn = Path::new(OsStr::from_bytes(rustix::param::linux_execfn().to_bytes()));
-        if execfn.as_os_str().is_empty() {
-            return exe_without_deleted_suffix();
-        }
-        if execfn.is_absolute() {
-            return execfn.to_path_buf();
-        }
-        match std::env::current_dir() {
-            Ok(cwd) => cwd.join(execfn),
-            Err(_) => exe_without_deleted_suffix(),
-        }
-    })
-}
-
-/// The fallback when the `execve` path is unknown: `/proc/self/exe` without
-/// the ` (deleted)` suffix the kernel adds once the file is replaced.
-fn exe_without_deleted_suffix() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
-        Some(path) => PathBuf::from(OsStr::from_bytes(path)),
-        None => exe,
-    }
 }
 
 /// What the new process is started with.

@@ -29,8 +29,8 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAd
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::env;
+use crate::env::start_path;
 use crate::error::Error;
-use crate::old::start_path;
 
 /// The signals a supervisor or an operator sends the service, forwarded to
 /// the generation that serves. Not SIGCHLD (the keeper's own), nor the

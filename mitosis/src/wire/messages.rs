@@ -1,7 +1,7 @@
 //! One type per message, in PROTOCOL.md's order: the two preambles (step 3),
 //! then the frames. Each frame type knows its kind and lays out its own
 //! payload; DATA and BYTES carry raw chunks of the state, with no layout of
-//! their own, so they have no type here (`conn::DataFrames` writes them).
+//! their own, so they have no type here (`old::frames::DataFrames` writes them).
 
 use super::{Fields, Kind, MAGIC, Payload, Reason, TOKEN_LEN};
 use crate::error::{Error, Step};
