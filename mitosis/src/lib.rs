@@ -131,6 +131,9 @@ pub mod supervisor;
 // Connections that carry a session of their own across: TLS.
 #[cfg(feature = "tls")]
 pub mod tls;
+// tokio's types in a state, and awaited upgrades.
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -405,6 +405,7 @@ impl<'a> Encoder<'a> {
 
     /// Whether this encoding writes the state, rather than only finding its
     /// fds (before the spawn), so that an impl logs what it hands over once.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn writes_state(&self) -> bool {
         !self.fds_only
     }

@@ -1,0 +1,9 @@
+//! tokio: its sockets and buffered streams in a state, and upgrades,
+//! readiness and triggers that are awaited (the `tokio` feature).
+//!
+//! SKELETON: filled in by the files below.
+
+mod codec;
+mod io;
+mod net;
+mod upgrade;
