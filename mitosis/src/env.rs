@@ -279,6 +279,11 @@ impl Terms {
 }
 
 fn remove(var: &str) {
+    // Reading is safe with threads; only a variable that is there needs
+    // removing, and only then is a threaded process worth a warning.
+    if std::env::var_os(var).is_none() {
+        return;
+    }
     if !single_threaded() {
         log::warn!(
             "mitosis: init was called after other threads started, so {var} stays in the \
