@@ -52,7 +52,8 @@ fn capacity_for(buffered: usize) -> usize {
 /// mitosis's background reactor (this works inside a current-thread
 /// runtime, whose only thread is the one decoding), then swaps the real
 /// stream in. The new reader's capacity is tokio's default, or the number
-/// of unread bytes when that is more (see the [module docs](self)).
+/// of unread bytes when that is more: tokio's buffered types do not tell
+/// their capacity, so one set with `with_capacity` is not kept.
 ///
 /// `R` is tokio's `TcpStream` or `UnixStream`, or tokio's `BufWriter` over
 /// one of them: `BufReader<BufWriter<S>>` stands for tokio's `BufStream`,

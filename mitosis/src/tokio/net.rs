@@ -8,7 +8,7 @@
 //! Decoding makes the fd non-blocking (tokio ≥ 1.44 panics in debug builds
 //! on a blocking socket in `from_std`) and registers it with a reactor: the
 //! current runtime's when there is one, otherwise mitosis's background
-//! reactor (see [`crate::tokio`]).
+//! reactor (see the `Handover` impls' docs).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -57,8 +57,15 @@ macro_rules! sockets {
         #[doc = concat!(
             "A tokio `", $name, "` crosses as its fd, with the same fingerprint as std's `",
             $name, "`.\n\n",
-            "Decoding registers it with the current tokio runtime's reactor, or with mitosis's \
-             background reactor when no runtime is current (see [`crate::tokio`]).\n\n",
+            "Decoding makes the fd non-blocking and registers it with the current tokio \
+             runtime's reactor. With no runtime current (a state decoded before the runtime \
+             is built), it goes to mitosis's background reactor instead: a current-thread \
+             runtime that mitosis starts once, on a thread of its own named `mitosis-reactor`, \
+             and that runs until the process exits. The socket then works in the program's \
+             runtime as usual, but each readiness event reaches its task through that thread: \
+             one more thread, and a cross-thread wake-up per event. Decode inside the runtime \
+             where the state will be used when you can. A current runtime built without \
+             `enable_io` is an [`Error::Resume`](crate::Error::Resume), not a panic.\n\n",
             "```\n",
             "fn needs_handover<T: mitosis::Handover>() {}\n",
             "needs_handover::<", stringify!($tokio), ">();\n",
