@@ -75,7 +75,7 @@ where
 }
 
 /// Refuses more unread bytes than [`BufReader`]'s `decode` can put back.
-fn check_unread(unread: usize, step: Step) -> Result<(), Error> {
+pub(crate) fn check_unread(unread: usize, step: Step) -> Result<(), Error> {
     if unread > MAX_UNREAD_BYTES {
         return Err(Error::UnreadBytes {
             step,
@@ -88,7 +88,7 @@ fn check_unread(unread: usize, step: Step) -> Result<(), Error> {
 
 /// Writes all of `bytes` to the socket `fd` with `MSG_NOSIGNAL`, so that a
 /// hung-up peer is an `EPIPE` error, never SIGPIPE.
-fn send_all(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn send_all(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         match rustix::net::send(fd.as_fd(), bytes, rustix::net::SendFlags::NOSIGNAL) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -102,7 +102,7 @@ fn send_all(fd: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
 
 /// What a buffered reader or writer hands over: its capacity, the bytes in
 /// its buffer, and what it wraps.
-fn encode_buffered<'a, T: Handover>(
+pub(crate) fn encode_buffered<'a, T: Handover>(
     capacity: usize,
     buffered: &[u8],
     inner: &'a T,
@@ -115,7 +115,7 @@ fn encode_buffered<'a, T: Handover>(
 
 /// What [`encode_buffered`] writes: the capacity, the buffered bytes, and
 /// the inner value.
-fn buffered_shape(name: &str, inner: Shape) -> Result<Shape, Error> {
+pub(crate) fn buffered_shape(name: &str, inner: Shape) -> Result<Shape, Error> {
     Ok(Shape::Struct {
         name: name.into(),
         fields: vec![
@@ -139,7 +139,7 @@ pub(super) const MAX_BUFFER_CAPACITIES: u64 = crate::env::MAX_STATE_BYTES;
 /// Reads what [`encode_buffered`] wrote, refusing a capacity that cannot
 /// hold the buffered bytes, is beyond any sensible buffer (1 GiB), or would
 /// bring the state's buffers together past `MAX_BUFFER_CAPACITIES`.
-fn decode_buffered<T: Handover>(
+pub(crate) fn decode_buffered<T: Handover>(
     input: &mut Decoder<'_>,
     what: &str,
 ) -> Result<(usize, Vec<u8>, T), Error> {

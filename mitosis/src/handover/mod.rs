@@ -10,7 +10,8 @@
 //! [`Encoder`] and [`Decoder`] are the two ends; `impls` and `buffered` hold
 //! the implementations for std's types.
 
-mod buffered;
+// `pub(crate)`: the tokio feature's buffered types share its encoding and limits.
+pub(crate) mod buffered;
 mod decoder;
 mod encoder;
 mod impls;

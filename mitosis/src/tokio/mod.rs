@@ -6,4 +6,9 @@
 mod codec;
 mod io;
 mod net;
+mod reactor;
+#[cfg(test)]
+mod tests;
 mod upgrade;
+
+pub use net::StandIn;
