@@ -31,8 +31,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Step};
-use crate::{Outcome, Split, Upgrade};
 use crate::supervisor::Trigger;
+use crate::{Outcome, Split, Upgrade};
 
 /// Registers a duplicate of `fd` with the current runtime's reactor, for
 /// readability.
@@ -347,3 +347,7 @@ impl<S> std::fmt::Debug for SplitFuture<S> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+#[path = "upgrade_tests.rs"]
+mod tests;
