@@ -119,7 +119,9 @@ fn a_failed_handover_gives_every_connection_back_to_a_new_task() {
         .collect();
     assert!(
         refusals.len() as u64 == ATTEMPTS
-            && refusals.iter().all(|line| line.contains("transfer timeout")),
+            && refusals
+                .iter()
+                .all(|line| line.contains("transfer timeout")),
         "{context}"
     );
     assert!(stdout.contains(" failures=0 "), "{context}");

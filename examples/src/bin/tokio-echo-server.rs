@@ -371,12 +371,17 @@ async fn serve(mut state: State, options: &Options) -> Result<(), Box<dyn Error>
                     let id = state.next_client_id;
                     state.next_client_id += 1;
                     match set_up(&stream) {
-                        Ok(()) => tasks.spawn(Client {
-                            id,
-                            conn: Framed::new(stream, Lines),
-                            wants_upgrade: false,
-                            peer_closed: false,
-                        }),
+                        Ok(()) => {
+                            let mut conn = Framed::new(stream, Lines);
+                            // It crosses with the `Framed`.
+                            conn.set_backpressure_boundary(MAX_UNWRITTEN);
+                            tasks.spawn(Client {
+                                id,
+                                conn,
+                                wants_upgrade: false,
+                                peer_closed: false,
+                            });
+                        }
                         Err(error) => log::error!("setting up an accepted connection: {error}"),
                     }
                 }
@@ -448,11 +453,7 @@ impl Tasks {
     }
 
     fn spawn(&self, client: Client) {
-        tokio::spawn(client.serve(
-            self.stop.clone(),
-            self.hand_back.clone(),
-            self.asks.clone(),
-        ));
+        tokio::spawn(client.serve(self.stop.clone(), self.hand_back.clone(), self.asks.clone()));
     }
 
     /// Stops every task, and returns their connections.
@@ -490,9 +491,6 @@ impl Client {
         hand_back: mpsc::UnboundedSender<Client>,
         asks: mpsc::UnboundedSender<Ask>,
     ) {
-        // The boundary is the task's setting, not the connection's: it
-        // does not cross with the `Framed`.
-        self.conn.set_backpressure_boundary(MAX_UNWRITTEN);
         // An `UPGRADE` that crossed unanswered is asked again here.
         let mut failed = self.wants_upgrade.then(|| self.ask(&asks));
         loop {
@@ -556,7 +554,9 @@ impl Client {
     fn answer_upgrade(&mut self, line: &str) {
         // Straight into the write buffer: the answer is owed whatever the
         // backlog of replies.
-        self.conn.write_buffer_mut().extend_from_slice(line.as_bytes());
+        self.conn
+            .write_buffer_mut()
+            .extend_from_slice(line.as_bytes());
         self.wants_upgrade = false;
     }
 }
