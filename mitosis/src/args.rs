@@ -1,22 +1,36 @@
-//! The `--mitosis=<port>` flag: finding it, and hiding it from the program's
-//! own argument parser.
+//! The `--mitosis=<port>:<signals>:<fd channel>` flag: finding it, and
+//! hiding it from the program's own argument parser.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 use crate::error::Error;
 
 /// The flag's name on the command line.
 pub(crate) const FLAG: &str = "--mitosis";
 
-/// Where the flag sits in an argument list, and the port it names.
+/// Where the flag sits in an argument list, and what it says.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Found {
     pub(crate) port: u16,
+    /// What a new process needs besides the port, when the old process
+    /// put it in the flag (`--mitosis=PORT:SIGNALS:PATH`, PROTOCOL.md,
+    /// step 1) rather than in the environment, where builds before it put
+    /// it: `None` for the bare `--mitosis=PORT`.
+    pub(crate) rest: Option<Rest>,
     /// The index of the flag, and how many arguments it spans (1 for
     /// `--mitosis=N`, 2 for `--mitosis N`).
     pub(crate) at: usize,
     pub(crate) span: usize,
+}
+
+/// The rest of the flag: the signals that start upgrades in the old
+/// process, and the fd channel's path.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Rest {
+    pub(crate) trigger_signals: Vec<i32>,
+    pub(crate) fd_socket: PathBuf,
 }
 
 /// Finds the flag in `args` (without the program name). Arguments after a
@@ -32,16 +46,72 @@ pub(crate) fn find(args: &[OsString]) -> Result<Option<Found>, Error> {
                 arg: FLAG.into(),
                 reason: "the port is missing",
             })?;
-            let port = parse_port(value, || format!("{FLAG} {}", value.to_string_lossy()))?;
-            return Ok(Some(Found { port, at, span: 2 }));
+            let (port, rest) =
+                parse_value(value, || format!("{FLAG} {}", value.to_string_lossy()))?;
+            return Ok(Some(Found {
+                port,
+                rest,
+                at,
+                span: 2,
+            }));
         }
         if let Some(value) = bytes.strip_prefix(b"--mitosis=") {
             let value = OsStr::from_bytes(value);
-            let port = parse_port(value, || arg.to_string_lossy().into_owned())?;
-            return Ok(Some(Found { port, at, span: 1 }));
+            let (port, rest) = parse_value(value, || arg.to_string_lossy().into_owned())?;
+            return Ok(Some(Found {
+                port,
+                rest,
+                at,
+                span: 1,
+            }));
         }
     }
     Ok(None)
+}
+
+/// The flag's value: `PORT`, or `PORT:SIGNALS:PATH` with SIGNALS a
+/// comma-separated list of signal numbers (maybe empty) and PATH the rest,
+/// whatever bytes it holds.
+fn parse_value(value: &OsStr, arg: impl Fn() -> String) -> Result<(u16, Option<Rest>), Error> {
+    let bytes = value.as_bytes();
+    let Some(colon) = bytes.iter().position(|&b| b == b':') else {
+        return Ok((parse_port(value, arg)?, None));
+    };
+    let port = parse_port(OsStr::from_bytes(&bytes[..colon]), &arg)?;
+    let rest = &bytes[colon + 1..];
+    let bad = |reason| Error::BadFlag { arg: arg(), reason };
+    let colon = rest
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(|| bad("the fd channel's path is missing"))?;
+    let signals = std::str::from_utf8(&rest[..colon])
+        .ok()
+        .and_then(|list| {
+            list.split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| n.parse().ok())
+                .collect::<Option<Vec<i32>>>()
+        })
+        .ok_or_else(|| bad("the signals are not numbers"))?;
+    let path = &rest[colon + 1..];
+    if path.is_empty() {
+        return Err(bad("the fd channel's path is missing"));
+    }
+    Ok((
+        port,
+        Some(Rest {
+            trigger_signals: signals,
+            fd_socket: PathBuf::from(OsStr::from_bytes(path)),
+        }),
+    ))
+}
+
+/// The flag's value as the old process writes it.
+pub(crate) fn value(port: u16, trigger_signals: &[i32], fd_socket: &std::path::Path) -> OsString {
+    let signals: Vec<String> = trigger_signals.iter().map(i32::to_string).collect();
+    let mut value = OsString::from(format!("{FLAG}={port}:{}:", signals.join(",")));
+    value.push(fd_socket);
+    value
 }
 
 fn parse_port(value: &OsStr, arg: impl Fn() -> String) -> Result<u16, Error> {
@@ -159,6 +229,14 @@ impl clap::FromArgMatches for Flag {
     }
 }
 
+/// The port in the flag's value, for clap: mitosis reads the rest itself.
+#[cfg(feature = "clap")]
+fn flag_port(value: &str) -> Result<u16, String> {
+    parse_value(OsStr::new(value), || format!("{FLAG}={value}"))
+        .map(|(port, _)| port)
+        .map_err(|error| error.to_string())
+}
+
 #[cfg(feature = "clap")]
 impl clap::Args for Flag {
     fn augment_args(cmd: clap::Command) -> clap::Command {
@@ -166,7 +244,7 @@ impl clap::Args for Flag {
             clap::Arg::new(FLAG_ID)
                 .long(FLAG_ID)
                 .value_name("PORT")
-                .value_parser(clap::value_parser!(u16).range(1..))
+                .value_parser(flag_port)
                 .num_args(1)
                 .hide(true)
                 .help("Set by mitosis::split: the port of the process handing over"),
@@ -192,6 +270,7 @@ mod tests {
             find(&os(&["-v", "--mitosis=4000"])).unwrap(),
             Some(Found {
                 port: 4000,
+                rest: None,
                 at: 1,
                 span: 1
             })
@@ -200,11 +279,41 @@ mod tests {
             find(&os(&["--mitosis", "65535", "x"])).unwrap(),
             Some(Found {
                 port: 65535,
+                rest: None,
                 at: 0,
                 span: 2
             })
         );
         assert_eq!(find(&os(&["a", "b"])).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_the_signals_and_the_fd_channel_from_the_flag() {
+        let value = value(
+            4000,
+            &[12, 10],
+            std::path::Path::new("/run/user/1/a:b,c/fd"),
+        );
+        let found = find(&[value]).unwrap().unwrap();
+        assert_eq!(found.port, 4000);
+        assert_eq!(
+            found.rest,
+            Some(Rest {
+                trigger_signals: vec![12, 10],
+                fd_socket: PathBuf::from("/run/user/1/a:b,c/fd"),
+            })
+        );
+        let found = find(&os(&["--mitosis=7:::x"])).unwrap().unwrap();
+        assert_eq!(found.rest.unwrap().fd_socket, PathBuf::from(":x"));
+        for bad in [
+            "--mitosis=7:",
+            "--mitosis=7:1,2",
+            "--mitosis=7:x:/p",
+            "--mitosis=7::",
+        ] {
+            let err = find(&os(&[bad])).unwrap_err();
+            assert!(matches!(err, Error::BadFlag { .. }), "{bad:?} gave {err:?}");
+        }
     }
 
     #[test]

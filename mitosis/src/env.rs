@@ -99,20 +99,24 @@ const LISTEN_PID_VAR: &str = "LISTEN_PID";
 const LISTEN_FDS_VAR: &str = "LISTEN_FDS";
 const LISTEN_FDNAMES_VAR: &str = "LISTEN_FDNAMES";
 
-/// Puts the fd channel's path, and the signals that start upgrades, in
-/// `command`'s environment.
-pub(crate) fn apply(command: &mut Command, fd_socket: &Path, trigger_signals: &[i32]) {
-    command.env(FD_SOCKET_VAR, fd_socket);
-    if trigger_signals.is_empty() {
-        command.env_remove(TRIGGER_SIGNALS_VAR);
-    } else {
-        let list: Vec<String> = trigger_signals.iter().map(i32::to_string).collect();
-        command.env(TRIGGER_SIGNALS_VAR, list.join(","));
+/// Clears mitosis's variables from `command`'s environment, in case this
+/// process inherited them and could not remove them (it had threads):
+/// those of an older build's old process, which carried in the environment
+/// what the flag carries now, and the keeper's, which only concern the
+/// first generation.
+pub(crate) fn apply(command: &mut Command) {
+    for var in [FD_SOCKET_VAR, TRIGGER_SIGNALS_VAR, KEEPER_VAR, KEPT_VAR] {
+        command.env_remove(var);
     }
 }
 
-/// Reads and removes the signals that started upgrades in the old process.
-pub(crate) fn take_trigger_signals() -> Vec<i32> {
+/// The signals that started upgrades in the old process: from the flag, or,
+/// from an old process of an earlier build, from the environment, which
+/// is then cleared.
+pub(crate) fn take_trigger_signals(from_flag: Option<&[i32]>) -> Vec<i32> {
+    if let Some(signals) = from_flag {
+        return signals.to_vec();
+    }
     let list = std::env::var(TRIGGER_SIGNALS_VAR).unwrap_or_default();
     remove(TRIGGER_SIGNALS_VAR);
     list.split(',').filter_map(|n| n.parse().ok()).collect()
@@ -227,7 +231,10 @@ pub(crate) fn take_listen_fds(pids: &[u32]) -> Option<(u32, Vec<String>)> {
 
 /// Reads the fd channel's path and removes it from the environment, so that
 /// it reaches no process this one starts.
-pub(crate) fn take() -> Result<PathBuf, Error> {
+pub(crate) fn take(from_flag: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(fd_socket) = from_flag {
+        return Ok(fd_socket.to_path_buf());
+    }
     let fd_socket = std::env::var_os(FD_SOCKET_VAR);
     remove(FD_SOCKET_VAR);
     fd_socket

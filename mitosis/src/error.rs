@@ -355,8 +355,10 @@ impl fmt::Display for Error {
         match self {
             Error::BadFlag { arg, reason } => write!(
                 f,
-                "bad mitosis flag `{arg}`: {reason}; the flag is `--mitosis=<port>` with a port \
-                 from 1 to 65535, and only mitosis::split should pass it"
+                "bad mitosis flag `{arg}`: {reason}; the flag is \
+                 `--mitosis=<port>:<signals>:<fd channel>` (an older build passes \
+                 `--mitosis=<port>` and the rest in the environment), with a port from 1 to \
+                 65535, and only mitosis::split should pass it"
             ),
             Error::MissingEnvironment { var } => write!(
                 f,

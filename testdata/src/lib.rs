@@ -1101,9 +1101,15 @@ pub mod wire {
         // reads them, with the flag.
         let cli = crate::Cli::parse();
         let port = cli.mitosis.port.ok_or("no --mitosis flag")?;
-        let fd_socket =
-            std::env::var_os("MITOSIS_FD_SOCKET").ok_or("MITOSIS_FD_SOCKET is not set")?;
-        let (channel, secret) = connect_and_read_key(fd_socket.as_ref())?;
+        // The fd channel's path ends the flag: --mitosis=PORT:SIGNALS:PATH.
+        let fd_socket = std::env::args_os()
+            .find_map(|arg| {
+                let value = arg.as_encoded_bytes().strip_prefix(b"--mitosis=")?.to_vec();
+                let path = value.splitn(3, |&b| b == b':').nth(2)?.to_vec();
+                Some(std::path::PathBuf::from(String::from_utf8(path).ok()?))
+            })
+            .ok_or("no fd channel's path in the --mitosis flag")?;
+        let (channel, secret) = connect_and_read_key(&fd_socket)?;
         let conn = std::net::TcpStream::connect(("127.0.0.1", port))
             .map_err(|e| format!("connect: {e}"))?;
         conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))

@@ -146,6 +146,14 @@ fn malformed_flag_is_a_clear_error() {
             &["--mitosis=4000"],
             "started with --mitosis but the environment variable MITOSIS_FD_SOCKET is missing",
         ),
+        (
+            &["--mitosis=4000:x:/run/fd"],
+            "bad mitosis flag `--mitosis=4000:x:/run/fd`: the signals are not numbers",
+        ),
+        (
+            &["--mitosis=4000:12"],
+            "bad mitosis flag `--mitosis=4000:12`: the fd channel's path is missing",
+        ),
     ];
     for (args, expected) in cases {
         let output = std::process::Command::new(TESTDATA)

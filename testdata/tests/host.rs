@@ -343,14 +343,15 @@ fn an_unwritable_runtime_dir_falls_back_to_the_temp_dir() {
         "the split succeeds through the temp dir: {ready:?}"
     );
     let new: u32 = field(&ready, "pid").parse().unwrap();
-    // The new process was started with the fd channel's path in its
-    // environment; the kernel keeps the environment it was started with.
-    let environ = fs::read(format!("/proc/{new}/environ")).unwrap();
-    let fd_socket = environ
+    // The new process was started with the fd channel's path at the end
+    // of its flag, `--mitosis=PORT:SIGNALS:PATH`.
+    let cmdline = fs::read(format!("/proc/{new}/cmdline")).unwrap();
+    let fd_socket = cmdline
         .split(|&b| b == 0)
-        .find_map(|var| var.strip_prefix(b"MITOSIS_FD_SOCKET="))
+        .find_map(|arg| arg.strip_prefix(b"--mitosis="))
+        .and_then(|value| value.splitn(3, |&b| b == b':').nth(2))
         .map(|path| PathBuf::from(String::from_utf8_lossy(path).into_owned()))
-        .expect("MITOSIS_FD_SOCKET in the new process's initial environment");
+        .expect("the fd channel's path in the new process's --mitosis flag");
     assert!(
         fd_socket.starts_with(tmp.path()),
         "the fd channel was in TMPDIR {}: {}",

@@ -107,8 +107,9 @@ pub fn arrive<S: Handover>() -> Result<Option<Arrival<S>>, Error> {
         supervisor::first_start()?;
         return Ok(None);
     };
-    supervisor::arriving();
-    let fd_socket = env::take()?;
+    let rest = flag.rest.as_ref();
+    supervisor::arriving(rest.map(|rest| &rest.trigger_signals[..]));
+    let fd_socket = env::take(rest.map(|rest| rest.fd_socket.as_path()))?;
     log::debug!(
         "mitosis: taking over from the process on port {}",
         flag.port

@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 
 use rustix::io::{FdFlags, fcntl_setfd};
 
-use crate::args::{self, FLAG};
+use crate::args;
 use crate::env;
 use crate::error::{Error, Step};
 use crate::handover::{Encoder, Handover};
@@ -97,9 +97,8 @@ pub(crate) struct Launch<'o> {
 }
 
 impl Launch<'_> {
-    /// Starts the binary with `--mitosis=<port>` first, so that it comes
-    /// before any `--` in the original arguments, and the fd channel's path
-    /// in its environment.
+    /// Starts the binary with `--mitosis=<port>:<signals>:<fd channel>`
+    /// first, so that it comes before any `--` in the original arguments.
     pub(crate) fn spawn(&self, port: u16, fd_socket: &Path) -> std::io::Result<Child> {
         let mut original = std::env::args_os();
         let arg0 = original.next();
@@ -111,21 +110,17 @@ impl Launch<'_> {
         if let Some(arg0) = arg0 {
             command.arg0(arg0);
         }
-        command
-            .arg(format!("{FLAG}={port}"))
-            .args(args)
-            .args(self.extra_args);
+        // Everything the new process needs rides the flag, which its own
+        // children never see; the environment would pass it on to them.
+        let flag = args::value(port, &crate::supervisor::trigger_signals(), fd_socket);
+        command.arg(flag).args(args).args(self.extra_args);
         for (key, value) in self.env {
             match value {
                 Some(value) => command.env(key, value),
                 None => command.env_remove(key),
             };
         }
-        env::apply(
-            &mut command,
-            fd_socket,
-            &crate::supervisor::trigger_signals(),
-        );
+        env::apply(&mut command);
         command.spawn()
     }
 }

@@ -69,9 +69,9 @@ pub fn ready() -> Result<(), Error> {
 /// What the new process does first, before it connects: leave the old
 /// process's terminal session, and ignore the signals that start upgrades
 /// until the program sets up its own trigger.
-pub(crate) fn arriving() {
+pub(crate) fn arriving(trigger_signals: Option<&[i32]>) {
     terminal_session_of_its_own();
-    trigger::ignore_until_claimed(&env::take_trigger_signals());
+    trigger::ignore_until_claimed(&env::take_trigger_signals(trigger_signals));
 }
 
 /// What a process does at first start, when no upgrade started it: become

@@ -706,9 +706,12 @@ pub fn mitosis_port_of(pid: u32) -> u16 {
     cmdline
         .split(|&b| b == 0)
         .find_map(|arg| {
+            // --mitosis=PORT:SIGNALS:PATH
             std::str::from_utf8(arg)
                 .ok()?
                 .strip_prefix("--mitosis=")?
+                .split(':')
+                .next()?
                 .parse()
                 .ok()
         })
