@@ -98,6 +98,9 @@
 //!   parsers. Without it, parse [`args`] instead.
 //! - `tls`: `tls::TlsStream`, a TLS connection (client or server, on
 //!   rustls) whose session crosses a handover with it.
+//! - `tokio`: tokio's sockets and buffered streams and tokio-util's framed
+//!   ones in a state, and upgrades, readiness and triggers that are awaited
+//!   (`mitosis::tokio`).
 //!
 //! # Logging
 //!

@@ -19,6 +19,31 @@
 //! still in the program's hands. Awaiting the hand-over is the pause; await
 //! it to the end ([`SplitFuture`] says why).
 //!
+//! # tokio's types in a state
+//!
+//! `tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream,
+//! UdpSocket, UnixDatagram}`, `tokio::io::{BufReader, BufWriter}` over
+//! them (with the bytes in their buffers), and `tokio_util::codec::{Framed,
+//! FramedRead, FramedWrite}` (with their read and write buffers, and their
+//! codec, which must be `Handover` itself: derive it for a codec of your
+//! own; `LinesCodec` and `BytesCodec` are) go into a derived state like
+//! std's types, and encode exactly as std's do, so a field may change from
+//! one to the other between builds. `BufStream` cannot: it lends out neither
+//! its buffers nor their sizes; hold the `BufReader<BufWriter<S>>` it wraps
+//! and convert with `BufStream::from`.
+//!
+//! Decoding registers each socket with the reactor of the runtime that is
+//! current, so [`init`](crate::init) works inside `#[tokio::main]`, in
+//! either flavour, and nothing of mitosis's is left in the environment
+//! for the processes the program starts. Called before any runtime exists,
+//! it registers them with a small background reactor of mitosis's own (a
+//! thread, started once, and a cross-thread wake-up per readiness event):
+//! it works, but calling `init` inside the runtime costs nothing. That
+//! reactor also puts the unread bytes of a tokio `BufReader` or a
+//! `FramedRead` back while the state is decoded, since reading them needs a
+//! reactor that runs while the program's own threads are busy decoding.
+//! (`Framed` and `BufWriter` need none.)
+//!
 //! # Quick start
 //!
 //! A server that serves until `SIGUSR2`, keeps serving while the new build
