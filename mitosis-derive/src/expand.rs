@@ -507,7 +507,9 @@ fn encode_fields(krate: &Path, fields: &[Field<'_>], bindings: &[TokenStream]) -
             if let Some((_, module)) = &field.attrs.with {
                 quote!(#module::encode(#binding, __out)?;)
             } else if field.attrs.fd.is_some() {
-                quote!(__out.fd(::std::os::fd::AsFd::as_fd(#binding))?;)
+                // Spanned on the type, which is what a failed bound is about.
+                let ty = field.ty;
+                quote_spanned!(ty.span()=> #krate::__private::encode_fd::<#ty>(#binding, __out)?;)
             } else {
                 quote!((&#krate::__private::Field(#binding)).encode_field(__out)?;)
             }
@@ -535,7 +537,7 @@ fn decode_value(krate: &Path, field: &Field<'_>) -> TokenStream {
     if let Some((_, module)) = &field.attrs.with {
         quote!(#module::decode(__input)?)
     } else if field.attrs.fd.is_some() {
-        quote!(<#ty as ::core::convert::From<::std::os::fd::OwnedFd>>::from(__input.fd()?))
+        quote_spanned!(ty.span()=> #krate::__private::decode_fd::<#ty>(__input)?)
     } else {
         quote!((&#krate::__private::Slot::<#ty>::new()).decode_field(__input)?)
     }

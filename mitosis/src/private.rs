@@ -204,7 +204,10 @@ impl<T> ShapeUnsupported for &Slot<T> {
                `Serialize + Deserialize`",
     label = "this field's type cannot be handed over",
     note = "derive `Handover` for it, or serde's `Serialize` and `Deserialize`; or mark the \
-            field `#[handover(with = \"module\")]`, `#[handover(fd)]` or `#[handover(skip)]`"
+            field `#[handover(with = \"module\")]`, `#[handover(fd)]` or `#[handover(skip)]`",
+    note = "tokio's and tokio-util's sockets and streams are `Handover` with mitosis's `tokio` \
+            feature; a rustls connection crosses as a `mitosis::tls::TlsStream`, with its `tls` \
+            feature"
 )]
 pub trait HandedOver {}
 
@@ -263,6 +266,29 @@ impl<T> DecodeUnsupported for &Slot<T> {
     fn decode_field(&mut self, _: &mut Decoder<'_>) -> Result<T, Error> {
         unreachable!("a field that cannot be handed over fails to compile")
     }
+}
+
+/// What `#[handover(fd)]` asks of a field's type. Every type that is
+/// `AsFd + From<OwnedFd>` is.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be handed over as a plain fd: `#[handover(fd)]` needs a type that \
+               is `AsFd` and `From<OwnedFd>`",
+    label = "this field's type is not `AsFd + From<OwnedFd>`",
+    note = "tokio's sockets are neither, but are `Handover` with mitosis's `tokio` feature: \
+            drop `#[handover(fd)]` and enable it"
+)]
+pub trait FdField: std::os::fd::AsFd + From<std::os::fd::OwnedFd> {}
+
+impl<T: std::os::fd::AsFd + From<std::os::fd::OwnedFd>> FdField for T {}
+
+/// Encodes a `#[handover(fd)]` field.
+pub fn encode_fd<'a, T: FdField>(value: &'a T, out: &mut Encoder<'a>) -> Result<(), Error> {
+    out.fd(value.as_fd())
+}
+
+/// Decodes a `#[handover(fd)]` field.
+pub fn decode_fd<T: FdField>(input: &mut Decoder<'_>) -> Result<T, Error> {
+    input.fd().map(T::from)
 }
 
 #[cfg(test)]

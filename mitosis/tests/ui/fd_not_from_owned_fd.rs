@@ -1,0 +1,7 @@
+#[derive(mitosis::Handover)]
+struct State {
+    #[handover(fd)]
+    conn: tokio::net::TcpStream,
+}
+
+fn main() {}
