@@ -1855,6 +1855,7 @@ mod tests {
             "memory-floor",
             "map",
             "small",
+            "tokio",
             "tcp",
             "tls",
             "fds-10000",
@@ -1894,6 +1895,8 @@ mod tests {
         };
         // 0.4 ms against a 2 ms floor: 0.2×, met.
         put(Job::Small, &handovers(4 * MS / 10));
+        // tokio 0.5 ms against sync 0.4 ms: 1.25×.
+        put(Job::Tokio, &handovers(5 * MS / 10));
         // TLS 0.5 ms against TCP 0.2 ms: 2.50×.
         put(Job::Tcp, &handovers(2 * MS / 10));
         put(Job::Tls, &handovers(5 * MS / 10));
@@ -1993,6 +1996,7 @@ mod tests {
             "## The THP-off variant",
             "## Schema fingerprint",
             "## One connection: TLS against plain TCP",
+            "## A tokio state: 1 KiB + 3 fds, tokio against sync",
         ] {
             assert!(text.contains(heading), "{heading} missing");
         }
@@ -2011,6 +2015,31 @@ mod tests {
         assert!(text.contains("| TLS / TCP, p50 | — | 2.50× |"), "{text}");
         assert!(text.contains("is 2.50× a plain TCP connection's at p50** (0.500 ms against"));
         assert!(text.contains("TLS13_AES_256_GCM_SHA384"));
+        // The tokio state: its row, the sync one's, and the ratios.
+        assert!(
+            text.contains("| 1 KiB + 3 fds, tokio types (multi-thread runtime) | 3 | 0.500 ms |"),
+            "{text}"
+        );
+        assert!(text.contains("| 1 KiB + 3 fds, std types (sync) | 3 | 0.400 ms |"));
+        assert!(
+            text.contains("| tokio / sync | — | 1.25× | 1.25× |"),
+            "{text}"
+        );
+        assert!(text.contains("is 1.25× the sync one's at p50** (0.500 ms against 0.400 ms"));
+    }
+
+    /// A run without the tokio case says nothing of it; without the sync
+    /// small case, it has the tokio row and no ratio.
+    #[test]
+    fn the_tokio_section_shows_what_ran() {
+        let mut run = made_up_run();
+        run.samples.remove(&Job::Small);
+        let text = report::markdown(&run, "bench --test");
+        assert!(text.contains("| 1 KiB + 3 fds, tokio types (multi-thread runtime) | 3 |"));
+        assert!(!text.contains("tokio / sync") && !text.contains("the sync one's"));
+        run.samples.remove(&Job::Tokio);
+        let text = report::markdown(&run, "bench --test");
+        assert!(!text.contains("A tokio state"), "{text}");
     }
 
     /// A run without the connection cases says nothing of them; with one
