@@ -1,7 +1,8 @@
 //! The harness end to end, as small as it goes: one round of a few cases,
 //! real processes and real handovers (both the prepared and the `split`
 //! one), the large case's old side in a process of its own with a 1 MiB
-//! state, a TCP and a TLS connection that each new process uses, and the
+//! state, a TCP and a TLS connection that each new process uses, the
+//! small state with tokio's sockets from a runtime to a runtime, and the
 //! report. It checks that every figure was measured, never
 //! what it came to.
 
@@ -16,6 +17,7 @@ fn one_round_of_each_kind_of_case_writes_a_report() {
         .args(["--rounds", "1", "--large-rounds", "1"])
         .args(["--large-bytes", "1048576"])
         .args(["--only", "floor", "--only", "shellflip", "--only", "small"])
+        .args(["--only", "tokio"])
         .args(["--only", "tcp", "--only", "tls"])
         .args([
             "--only",
@@ -46,6 +48,8 @@ fn one_round_of_each_kind_of_case_writes_a_report() {
         "one `TcpStream`",
         "one `TlsStream<TcpStream>`, TLS 1.3",
         "TLS / TCP, p50",
+        "1 KiB + 3 fds, tokio types (multi-thread runtime)",
+        "tokio / sync",
     ] {
         let line = text
             .lines()

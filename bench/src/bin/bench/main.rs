@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p mitosis-bench --bin bench -- [--rounds N] [--quick] [--out docs/] [--thp never]`
 //!
-//! `-- --only tcp --only tls` runs the two connection cases alone.
+//! `-- --only tcp --only tls` runs the two connection cases alone, and
+//! `-- --only small --only tokio` the small state against its tokio twin.
 //!
 //! In one run, with the cases' rounds interleaved so that machine noise
 //! spreads evenly over them, it measures:
@@ -25,6 +26,15 @@
 //!   round to round: one prepared (the pause), and one with `split`, timed
 //!   from `split()` to `Outcome::Done` here and to `init()` returning in the
 //!   new process;
+//! - **a tokio state**: the small state's shape (1 KiB, a listener, a
+//!   connected stream and a file) with tokio's `TcpListener` and
+//!   `TcpStream`, handed over from inside a multi-thread tokio runtime
+//!   (`upgrade.ready().await`, `upgrade.hand_over(state).await`) and
+//!   decoded by a new process inside one (`mitosis::init` in a runtime built
+//!   as `#[tokio::main]` builds it), side by side with the small case in the
+//!   same rounds, and the ratio of their pauses. The new process accepts a
+//!   connection on the listener it took and makes a one-byte round trip on
+//!   the stream (after its clock reading) before it reports;
 //! - **one connection**: handovers of a state that is one connected
 //!   `TcpStream`, and of one that is one `TlsStream<TcpStream>` (TLS 1.3,
 //!   to a peer in this process), side by side in the same rounds, and the
@@ -126,9 +136,10 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (for profiling and smoke tests): floor,
-    /// floor-fds-10000, shellflip-floor, shellflip, small, tcp, tls,
+    /// floor-fds-10000, shellflip-floor, shellflip, small, tokio, tcp, tls,
     /// blob-BYTES, large, memory-floor, map, fds-N. Repeatable: `--only tcp
-    /// --only tls` is the TLS comparison alone.
+    /// --only tls` is the TLS comparison alone, `--only small --only tokio`
+    /// the tokio one.
     #[arg(long, value_name = "CASE")]
     only: Vec<String>,
     /// The size of the large `Vec<u8>` case and of the memory floor. The
@@ -156,6 +167,11 @@ enum Internal {
     /// The new process of a handover: report to this abstract socket.
     #[command(hide = true)]
     Child { report: String, seq: u64 },
+    /// The new process of the tokio case's handover, which decodes its
+    /// state inside a multi-thread tokio runtime: report to this abstract
+    /// socket.
+    #[command(hide = true)]
+    TokioChild { report: String, seq: u64 },
     /// The old side of one large handover, in a process of its own so that
     /// its peak memory is its own: build a `Vec<u8>` of BYTES, hand it over
     /// to a `child <report> <seq>`, and print the clock readings, the
@@ -273,6 +289,71 @@ impl Case {
     }
 }
 
+/// The small state's shape with tokio's types: 1 KiB, a listener, a stream
+/// connected to the harness, and the same file. The fds are of the same
+/// kinds as [`Case::Small`]'s, so that the two differ only in the types
+/// around them. The file stays a `std::fs::File`: tokio's `fs::File` does
+/// not cross (mitosis's `tokio` feature covers its sockets and buffered
+/// streams), and a tokio program holds a file as std's.
+///
+/// A type of its own rather than a variant of [`Case`], so that the new
+/// process knows before `init` that it decodes inside a runtime, and so
+/// that `Case`'s schema figures stay those of the state type they were.
+#[derive(Handover)]
+#[handover(name = "mitosis_bench::TokioSmall", version = 1)]
+struct TokioSmall {
+    blob: Vec<u8>,
+    listener: tokio::net::TcpListener,
+    stream: tokio::net::TcpStream,
+    file: File,
+}
+
+/// [`TokioSmall`]'s parts before they are tokio's: made with std outside
+/// the runtime, turned into tokio's inside it.
+struct SmallParts {
+    blob: Vec<u8>,
+    listener: TcpListener,
+    stream: TcpStream,
+    file: File,
+}
+
+impl SmallParts {
+    /// Registers the sockets with the current runtime's reactor, as a
+    /// tokio program's own sockets are.
+    fn into_tokio(self) -> std::io::Result<TokioSmall> {
+        self.listener.set_nonblocking(true)?;
+        self.stream.set_nonblocking(true)?;
+        Ok(TokioSmall {
+            blob: self.blob,
+            listener: tokio::net::TcpListener::from_std(self.listener)?,
+            stream: tokio::net::TcpStream::from_std(self.stream)?,
+            file: self.file,
+        })
+    }
+}
+
+impl TokioSmall {
+    /// The new process's check, in its runtime: a connection accepted on
+    /// the listener (the harness connects once the handover is done), a
+    /// one-byte round trip on the stream, the file still open, and the
+    /// blob's checksum.
+    async fn take_over(&mut self) -> std::io::Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_accepted, _) = self.listener.accept().await?;
+        self.stream.write_all(&[PING]).await?;
+        let mut answer = [0];
+        self.stream.read_exact(&mut answer).await?;
+        if answer[0] != PONG {
+            return Err(std::io::Error::other(format!(
+                "the peer answered {:?}",
+                answer[0]
+            )));
+        }
+        self.file.metadata()?;
+        Ok(checksum(&self.blob))
+    }
+}
+
 /// What a connection's owner sends its peer, and what the peer answers.
 const PING: u8 = b'?';
 const PONG: u8 = b'!';
@@ -319,6 +400,14 @@ trait Peer: Read + Write {}
 impl<T: Read + Write> Peer for T {}
 
 fn main() -> ExitCode {
+    // The tokio case's new process decodes inside its runtime, which it
+    // builds before `init`, as `#[tokio::main]` does.
+    if mitosis::args()
+        .nth(1)
+        .is_some_and(|command| command == "tokio-child")
+    {
+        return tokio_new_process();
+    }
     // Before `init`: the TLS case's new process rebuilds the session's
     // cipher with the process-default provider. A handful of allocations,
     // and the new process is started and waiting before any pause begins.
@@ -351,7 +440,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     let result = match &cli.internal {
         Some(Internal::Floor { .. }) => Err("`floor` takes a port".into()),
-        Some(Internal::Child { .. }) => {
+        Some(Internal::Child { .. } | Internal::TokioChild { .. }) => {
             Err("`child` is for handed-over processes, which mitosis starts".into())
         }
         Some(Internal::Old {
@@ -385,13 +474,64 @@ fn new_process(mut state: Case) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Ok(Cli {
-        internal: Some(Internal::Child { report, seq }),
-        ..
-    }) = Cli::try_parse_from(mitosis::args())
-    else {
-        eprintln!("bench (new process): started without `child <report> <seq>`");
-        return ExitCode::FAILURE;
+    let code = report_to_harness(init_ns, check);
+    drop(state);
+    code
+}
+
+/// The tokio case's new process: a multi-thread runtime built as
+/// `#[tokio::main]` builds it, `mitosis::init` inside it, then the clock,
+/// then the check (in the runtime) and the report, like [`new_process`].
+/// The runtime lives until the process exits.
+fn tokio_new_process() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bench (new process): no tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let taken = runtime.block_on(async {
+        let mut state = match mitosis::init::<TokioSmall>() {
+            Ok(Some(state)) => state,
+            Ok(None) => return Err("`tokio-child` started without a handover".to_string()),
+            Err(error) => return Err(format!("the handover failed: {error}")),
+        };
+        let init_ns = monotonic_ns();
+        match state.take_over().await {
+            Ok(check) => Ok((state, init_ns, check)),
+            Err(error) => Err(format!("the handed-over sockets failed: {error}")),
+        }
+    });
+    let (state, init_ns, check) = match taken {
+        Ok(taken) => taken,
+        Err(error) => {
+            eprintln!("bench (new process): {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = report_to_harness(init_ns, check);
+    drop(state);
+    code
+}
+
+/// A new process's report: its clock reading as `init` returned, its
+/// check and its VmHWM, to the socket its command line names; then it
+/// waits until the harness hangs up, and exits (`std::process::exit`, so
+/// that a runtime's threads are not waited for).
+fn report_to_harness(init_ns: u64, check: u64) -> ExitCode {
+    let (report, seq) = match Cli::try_parse_from(mitosis::args()) {
+        Ok(Cli {
+            internal: Some(Internal::Child { report, seq } | Internal::TokioChild { report, seq }),
+            ..
+        }) => (report, seq),
+        _ => {
+            eprintln!("bench (new process): started without `child <report> <seq>`");
+            return ExitCode::FAILURE;
+        }
     };
     let reported = own_vm_hwm().and_then(|hwm| {
         let addr = UnixAddr::from_abstract_name(report.as_bytes())?;
@@ -404,7 +544,6 @@ fn new_process(mut state: Case) -> ExitCode {
         eprintln!("bench (new process): could not report: {error}");
         return ExitCode::FAILURE;
     }
-    drop(state);
     std::process::exit(0);
 }
 
@@ -457,6 +596,9 @@ enum Job {
     Shellflip,
     /// mitosis: 1 KiB + 3 fds.
     Small,
+    /// mitosis: 1 KiB + 3 fds with tokio's sockets, from a runtime to a
+    /// runtime.
+    Tokio,
     /// mitosis: one connected `TcpStream`.
     Tcp,
     /// mitosis: one `TlsStream<TcpStream>`, TLS 1.3.
@@ -484,6 +626,7 @@ impl Job {
             Job::FloorFds(n) => format!("floor-fds-{n}"),
             Job::Shellflip => "shellflip".into(),
             Job::Small => "small".into(),
+            Job::Tokio => "tokio".into(),
             Job::Tcp => "tcp".into(),
             Job::Tls => "tls".into(),
             Job::Blob(size) => format!("blob-{size}"),
@@ -506,6 +649,7 @@ impl Job {
             Job::ShellflipFloor,
             Job::Shellflip,
             Job::Small,
+            Job::Tokio,
             Job::Tcp,
             Job::Tls,
         ];
@@ -963,6 +1107,20 @@ impl Harness {
                     samples.push(self.hand_over(state, via, None)?);
                 }
             }
+            Job::Tokio => {
+                samples.encoded_bytes = SMALL_BLOB_BYTES as u64;
+                for via in Via::both(round) {
+                    let parts = SmallParts {
+                        blob: pattern(SMALL_BLOB_BYTES),
+                        listener: TcpListener::bind("127.0.0.1:0")?,
+                        stream: TcpStream::connect(self.peer.local_addr()?)?,
+                        file: File::open(&self.exe)?,
+                    };
+                    let (mut peer, _) = self.peer.accept()?;
+                    peer.set_read_timeout(Some(TIMEOUT))?;
+                    samples.push(self.hand_over_tokio(parts, via, &mut peer)?);
+                }
+            }
             Job::Tcp => {
                 for via in Via::both(round) {
                     // The TLS case's setup work too, on a connection of its
@@ -1053,6 +1211,43 @@ impl Harness {
         )?;
         // This process's copy of the state is freed on mitosis's handover
         // thread after Done; let it finish before the next round starts.
+        settle()?;
+        if report.check != expected {
+            return Err("the new process's state differs from the old one's".into());
+        }
+        Ok(Handed {
+            via,
+            old,
+            init: report.init,
+            hwm_new: report.hwm,
+            hwm_old: None,
+        })
+    }
+
+    /// The tokio case's handover: the old side in a tokio runtime of its
+    /// own ([`tokio_old_side`]), the new process in one too. Once the old
+    /// side is done, the harness connects to the handed-over listener and
+    /// answers the new process's ping on `peer`; it keeps both open until
+    /// the new process has been reaped.
+    fn hand_over_tokio(
+        &mut self,
+        parts: SmallParts,
+        via: Via,
+        peer: &mut TcpStream,
+    ) -> Result<Handed> {
+        let seq = self.next_seq();
+        let expected = checksum(&parts.blob);
+        let listening = parts.listener.local_addr()?;
+        let options = new_process_options("tokio-child", &self.report_name, seq);
+        let old = tokio_old_side(parts, &options, via)?;
+        let _client = TcpStream::connect(listening)
+            .map_err(|error| format!("the handed-over listener: {error}"))?;
+        pong(peer).map_err(|error| format!("the new process's round trip: {error}"))?;
+        let report = self.report_of(seq, old.pid)?;
+        waitpid(
+            Some(Pid::from_raw(old.pid as i32).ok_or("bad pid")?),
+            WaitOptions::empty(),
+        )?;
         settle()?;
         if report.check != expected {
             return Err("the new process's state differs from the old one's".into());
@@ -1208,15 +1403,21 @@ impl TlsConfigs {
     }
 }
 
-/// The options of every handover: the new process is `bench child`, and
-/// the timeouts are generous.
+/// The options of every handover but the tokio case's: the new process is
+/// `bench child`, and the timeouts are generous.
 fn child_options(report_name: &str, seq: u64) -> SplitOptions {
+    new_process_options("child", report_name, seq)
+}
+
+/// The options of a handover whose new process is `bench <command>`
+/// (`child`, or `tokio-child`).
+fn new_process_options(command: &str, report_name: &str, seq: u64) -> SplitOptions {
     let mut options = SplitOptions::new();
     options
         .start_timeout(TIMEOUT)
         .transfer_timeout(TIMEOUT)
         .args([
-            OsString::from("child"),
+            OsString::from(command),
             OsString::from(report_name),
             OsString::from(seq.to_string()),
         ]);
@@ -1242,6 +1443,52 @@ fn old_side(state: Case, options: &SplitOptions, via: Via) -> Result<OldSide> {
     let pid = split.pid();
     let outcome = split.wait();
     let done = monotonic_ns();
+    old_side_of(outcome, pid, start, handing, done, via)
+}
+
+/// The tokio case's old side, timed as [`old_side`] times it, but from
+/// inside a multi-thread tokio runtime (built as `#[tokio::main]` builds
+/// it, outside the clocks): the sockets are registered with its reactor,
+/// then `prepare()`, `ready().await`, `hand_over(state).await`, or
+/// `split(state).await`. The runtime is shut down before this returns, so
+/// that the next round starts, as every round does, with this process down
+/// to its main thread.
+fn tokio_old_side(parts: SmallParts, options: &SplitOptions, via: Via) -> Result<OldSide> {
+    settle()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let old = runtime.block_on(async {
+        let state = parts.into_tokio()?;
+        let start = monotonic_ns();
+        let (split, handing) = match via {
+            Via::Split => (options.split(state), start),
+            Via::Prepared => {
+                let mut upgrade = options.prepare(&state)?;
+                // Bounded by the start timeout, as `wait_ready` is.
+                upgrade.ready().await?;
+                let handing = monotonic_ns();
+                (upgrade.hand_over(state), handing)
+            }
+        };
+        let pid = split.pid();
+        let outcome = split.await;
+        let done = monotonic_ns();
+        old_side_of(outcome, pid, start, handing, done, via)
+    });
+    drop(runtime);
+    old
+}
+
+/// The old side's readings, once the outcome is known.
+fn old_side_of<S>(
+    outcome: Outcome<S>,
+    pid: Option<u32>,
+    start: u64,
+    handing: u64,
+    done: u64,
+    via: Via,
+) -> Result<OldSide> {
     match (outcome, pid) {
         (Outcome::Done { .. }, Some(pid)) => Ok(OldSide {
             pid,
@@ -1608,6 +1855,7 @@ mod tests {
             "memory-floor",
             "map",
             "small",
+            "tokio",
             "tcp",
             "tls",
             "fds-10000",
@@ -1647,6 +1895,8 @@ mod tests {
         };
         // 0.4 ms against a 2 ms floor: 0.2×, met.
         put(Job::Small, &handovers(4 * MS / 10));
+        // tokio 0.5 ms against sync 0.4 ms: 1.25×.
+        put(Job::Tokio, &handovers(5 * MS / 10));
         // TLS 0.5 ms against TCP 0.2 ms: 2.50×.
         put(Job::Tcp, &handovers(2 * MS / 10));
         put(Job::Tls, &handovers(5 * MS / 10));
@@ -1746,6 +1996,7 @@ mod tests {
             "## The THP-off variant",
             "## Schema fingerprint",
             "## One connection: TLS against plain TCP",
+            "## A tokio state: 1 KiB + 3 fds, tokio against sync",
         ] {
             assert!(text.contains(heading), "{heading} missing");
         }
@@ -1764,6 +2015,31 @@ mod tests {
         assert!(text.contains("| TLS / TCP, p50 | — | 2.50× |"), "{text}");
         assert!(text.contains("is 2.50× a plain TCP connection's at p50** (0.500 ms against"));
         assert!(text.contains("TLS13_AES_256_GCM_SHA384"));
+        // The tokio state: its row, the sync one's, and the ratios.
+        assert!(
+            text.contains("| 1 KiB + 3 fds, tokio types (multi-thread runtime) | 3 | 0.500 ms |"),
+            "{text}"
+        );
+        assert!(text.contains("| 1 KiB + 3 fds, std types (sync) | 3 | 0.400 ms |"));
+        assert!(
+            text.contains("| tokio / sync | — | 1.25× | 1.25× |"),
+            "{text}"
+        );
+        assert!(text.contains("is 1.25× the sync one's at p50** (0.500 ms against 0.400 ms"));
+    }
+
+    /// A run without the tokio case says nothing of it; without the sync
+    /// small case, it has the tokio row and no ratio.
+    #[test]
+    fn the_tokio_section_shows_what_ran() {
+        let mut run = made_up_run();
+        run.samples.remove(&Job::Small);
+        let text = report::markdown(&run, "bench --test");
+        assert!(text.contains("| 1 KiB + 3 fds, tokio types (multi-thread runtime) | 3 |"));
+        assert!(!text.contains("tokio / sync") && !text.contains("the sync one's"));
+        run.samples.remove(&Job::Tokio);
+        let text = report::markdown(&run, "bench --test");
+        assert!(!text.contains("A tokio state"), "{text}");
     }
 
     /// A run without the connection cases says nothing of them; with one

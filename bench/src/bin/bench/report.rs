@@ -653,6 +653,7 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
     }
     out.push_str(&table.text);
 
+    out.push_str(&tokio_state(run));
     out.push_str(&connections(run));
 
     out.push_str(METHOD);
@@ -688,6 +689,105 @@ pub(crate) fn markdown(run: &Run, command: &str) -> String {
         table.row([name.to_string(), us(|s| s.p50), us(|s| s.p99)]);
     }
     out.push_str(&table.text);
+    out
+}
+
+/// The section on the small state with tokio's types against std's; empty
+/// when the tokio case did not run. It says how it was measured itself, so
+/// that it can stand on its own.
+fn tokio_state(run: &Run) -> String {
+    if run.get(Job::Tokio).is_none() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## A tokio state: 1 KiB + 3 fds, tokio against sync\n"
+    );
+    let _ = writeln!(
+        out,
+        "The tokio state has the small state's shape, 1 KiB of bytes, a listener, a stream \
+         connected to the harness and a file (this binary), with `tokio::net::TcpListener` and \
+         `tokio::net::TcpStream` where the small state has std's (the file stays a \
+         `std::fs::File`: tokio's `fs::File` does not cross). The old side builds a \
+         multi-thread tokio runtime (as `#[tokio::main]` does; outside the clocks), registers \
+         the sockets with it, and inside it calls `prepare`, awaits `upgrade.ready()`, reads \
+         the clock and awaits `upgrade.hand_over(state)`, or awaits `split(state)`. The new \
+         process builds the same runtime before it calls `mitosis::init` inside it, so the \
+         sockets are registered with that runtime's reactor as they are decoded, inside the \
+         pause; it reads the clock as `init` returns, then (outside every clock) accepts a \
+         connection that the harness makes to the listener it took and makes a one-byte round \
+         trip on the stream before it reports. The sync row is the small case of the same \
+         run, in the same rounds, in rotating order; each round of either is a prepared and a \
+         `split` handover.\n"
+    );
+    let mut table = Table::new(&[
+        "state",
+        "rounds",
+        "pause p50",
+        "p99",
+        "`hand_over` → `Done` p50",
+        "p99",
+        "`split` → `Done` p50",
+        "p99",
+        "`split` → `init` p50",
+        "p99",
+        "`prepare` → ready p50",
+        "p99",
+    ]);
+    let figures = |job| {
+        [
+            run.pause(job),
+            run.pause_done(job),
+            run.done(job),
+            run.init(job),
+            run.ready(job),
+        ]
+    };
+    for (label, job) in [
+        ("1 KiB + 3 fds, std types (sync)", Job::Small),
+        (
+            "1 KiB + 3 fds, tokio types (multi-thread runtime)",
+            Job::Tokio,
+        ),
+    ] {
+        if run.get(job).is_none() {
+            continue;
+        }
+        let mut row = vec![label.to_string(), n(run.pause(job))];
+        for stats in figures(job) {
+            row.extend([p50(stats), p99(stats)]);
+        }
+        table.row(row);
+    }
+    if run.get(Job::Small).is_some() {
+        let mut row = vec!["tokio / sync".to_string(), "—".into()];
+        for (tokio, sync) in figures(Job::Tokio).into_iter().zip(figures(Job::Small)) {
+            match (tokio, sync) {
+                (Some(tokio), Some(sync)) => row.extend([
+                    format!("{:.2}×", secs(tokio) / secs(sync)),
+                    format!("{:.2}×", tokio.p99.as_secs_f64() / sync.p99.as_secs_f64()),
+                ]),
+                _ => row.extend(["—".into(), "—".into()]),
+            }
+        }
+        table.row(row);
+    }
+    out.push_str(&table.text);
+    if let (Some(tokio), Some(sync)) = (run.pause(Job::Tokio), run.pause(Job::Small)) {
+        let _ = writeln!(
+            out,
+            "\n**The pause of the tokio state's handover is {:.2}× the sync one's at p50** \
+             ({} against {}, {}; p99 {} against {}, {:.2}×).",
+            secs(tokio) / secs(sync),
+            ms(tokio.p50),
+            ms(sync.p50),
+            delta(tokio, sync),
+            ms(tokio.p99),
+            ms(sync.p99),
+            tokio.p99.as_secs_f64() / sync.p99.as_secs_f64()
+        );
+    }
     out
 }
 
