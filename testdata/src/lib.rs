@@ -79,6 +79,7 @@ pub mod evolve;
 pub mod nomigrate;
 pub mod schema2;
 pub mod shape;
+pub mod tokio_state;
 pub mod v2;
 pub mod v3;
 
