@@ -16,8 +16,8 @@ use std::process::Stdio;
 
 use env_support::{
     Client, KillOnDrop, Need, Process, Reply, can_run, chain_of, children_of, clean_command,
-    echo_server_copy, eventually, install, install_broken_build, lines_of, listening_port,
-    refuses_connections, relay, run_loadgen, scratch_dir, status_field,
+    eventually, install, install_broken_build, lines_of, listening_port, refuses_connections,
+    relay, run_loadgen, scratch_dir, status_field,
 };
 use rustix::process::Signal;
 
@@ -28,6 +28,18 @@ fn echo_server_as_pid_1_of_a_pid_namespace() {
     let test = "echo_server_as_pid_1_of_a_pid_namespace";
     if can_run(test, &[Need::Root, Need::PidNamespaces]) {
         upgrade_roll_back_signal_and_stop(Init::EchoServer);
+    }
+}
+
+/// The tokio echo server as PID 1: mitosis's `init` runs inside
+/// `#[tokio::main]`, so the keeper starts in a process whose runtime
+/// threads do not block the signals it forwards; a `kill` to PID 1 must
+/// still reach the serving generation.
+#[test]
+fn tokio_echo_server_as_pid_1_of_a_pid_namespace() {
+    let test = "tokio_echo_server_as_pid_1_of_a_pid_namespace";
+    if can_run(test, &[Need::Root, Need::PidNamespaces]) {
+        upgrade_roll_back_signal_and_stop(Init::TokioEchoServer);
     }
 }
 
@@ -49,6 +61,9 @@ enum Init {
     /// The echo server itself: mitosis sees it is PID 1 and stays as the
     /// keeper that holds that pid (`MITOSIS_KEEPER=auto`, the default).
     EchoServer,
+    /// `tokio-echo-server`, as [`Init::EchoServer`]: its threads start
+    /// before mitosis's `init`.
+    TokioEchoServer,
     /// `tini -- echo-server`, as `docker run --init` runs it: tini is PID 1
     /// and exits when its child does. The echo server is not PID 1, but
     /// mitosis sees that its parent is tini (`MITOSIS_KEEPER=auto`, the
@@ -58,7 +73,12 @@ enum Init {
 
 fn upgrade_roll_back_signal_and_stop(init: Init) {
     let dir = scratch_dir(&format!("container-{init:?}"));
-    let binary = echo_server_copy(&dir);
+    let build = match init {
+        Init::TokioEchoServer => env!("CARGO_BIN_EXE_tokio-echo-server"),
+        Init::EchoServer | Init::Tini => env_support::ECHO_SERVER,
+    };
+    let binary = dir.join("echo-server");
+    install(&binary, std::path::Path::new(build));
     let mut command = clean_command("unshare");
     // --kill-child: if the test dies, so does the namespace.
     command.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
@@ -90,7 +110,7 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
     // The process the runtime (or tini) watches, which must outlive every
     // upgrade: PID 1 itself, or tini's only child.
     let watched = match init {
-        Init::EchoServer => Process::expect(pid1.process.pid, "PID 1"),
+        Init::EchoServer | Init::TokioEchoServer => Process::expect(pid1.process.pid, "PID 1"),
         Init::Tini => {
             let children = children_of(pid1.process.pid);
             let [child] = children[..] else {
@@ -159,7 +179,7 @@ fn upgrade_roll_back_signal_and_stop(init: Init) {
         "{init:?}: broken build refused ({reason}); still serving: {}",
         pid1.describe()
     );
-    install(&binary, std::path::Path::new(env_support::ECHO_SERVER));
+    install(&binary, std::path::Path::new(build));
     let (old, new, generation) = kept.expect_upgrade();
     assert_eq!(
         (old, generation),

@@ -22,6 +22,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
@@ -50,9 +51,9 @@ const FORWARDED: [i32; 8] = [
 /// never returns, and the process exits with the program's status.
 pub(super) fn become_keeper() -> Result<(), Error> {
     if !env::single_threaded() {
-        log::warn!(
-            "mitosis: the keeper starts in a process with other threads, which may take \
-             signals meant for the service; call mitosis::init first thing in main"
+        log::debug!(
+            "mitosis: the keeper starts in a process with other threads; the signals they \
+             receive are passed on to the keeper's thread"
         );
     }
     let keeper = Keeper::start()?;
@@ -108,6 +109,7 @@ impl Keeper {
         }
         // SAFETY: signalfd returned a new fd that nothing else owns.
         let signals = unsafe { OwnedFd::from_raw_fd(raw) };
+        redirect_to_this_thread(&mask).map_err(failed("catch signals on other threads"))?;
 
         let mut args = std::env::args_os();
         let mut command = Command::new(start_path());
@@ -331,6 +333,50 @@ fn forwarded_and_children() -> libc::sigset_t {
             libc::sigaddset(mask.as_mut_ptr(), signal);
         }
         mask.assume_init()
+    }
+}
+
+/// The keeper's thread, which alone blocks the forwarded signals and reads
+/// them from its signalfd.
+static KEEPER_THREAD: AtomicU64 = AtomicU64::new(0);
+
+/// A process that started threads before `init` (every `#[tokio::main]`)
+/// has threads that do not block the forwarded signals, and the kernel
+/// delivers a signal sent to the process to any thread that does not block
+/// it: there, with no handler, PID 1 discards it, and so does anyone for
+/// SIGCHLD. A handler on every such signal passes it on to the keeper's
+/// thread, where it waits, blocked, for the signalfd. On this thread the
+/// handler never runs, since the signals are blocked here.
+fn redirect_to_this_thread(mask: &libc::sigset_t) -> std::io::Result<()> {
+    // SAFETY: pthread_self has no preconditions.
+    KEEPER_THREAD.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+    for signal in FORWARDED.into_iter().chain([libc::SIGCHLD]) {
+        // SAFETY: a zeroed sigaction is a valid starting point; the
+        // handler is an `extern "C" fn(c_int)` that only calls
+        // pthread_kill, which is async-signal-safe; `mask` is valid.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = pass_to_keeper as extern "C" fn(libc::c_int) as usize;
+            action.sa_mask = *mask;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The handler of [`redirect_to_this_thread`].
+extern "C" fn pass_to_keeper(signal: libc::c_int) {
+    // SAFETY: KEEPER_THREAD holds the keeper's thread, which lives as long
+    // as the process (it never returns); pthread_kill is async-signal-safe.
+    unsafe {
+        libc::pthread_kill(
+            KEEPER_THREAD.load(Ordering::SeqCst) as libc::pthread_t,
+            signal,
+        );
     }
 }
 
