@@ -721,59 +721,14 @@ fn tokio_state(run: &Run) -> String {
          run, in the same rounds, in rotating order; each round of either is a prepared and a \
          `split` handover.\n"
     );
-    let mut table = Table::new(&[
-        "state",
-        "rounds",
-        "pause p50",
-        "p99",
-        "`hand_over` → `Done` p50",
-        "p99",
-        "`split` → `Done` p50",
-        "p99",
-        "`split` → `init` p50",
-        "p99",
-        "`prepare` → ready p50",
-        "p99",
-    ]);
-    let figures = |job| {
-        [
-            run.pause(job),
-            run.pause_done(job),
-            run.done(job),
-            run.init(job),
-            run.ready(job),
-        ]
-    };
-    for (label, job) in [
+    let cases = [
         ("1 KiB + 3 fds, std types (sync)", Job::Small),
         (
             "1 KiB + 3 fds, tokio types (multi-thread runtime)",
             Job::Tokio,
         ),
-    ] {
-        if run.get(job).is_none() {
-            continue;
-        }
-        let mut row = vec![label.to_string(), n(run.pause(job))];
-        for stats in figures(job) {
-            row.extend([p50(stats), p99(stats)]);
-        }
-        table.row(row);
-    }
-    if run.get(Job::Small).is_some() {
-        let mut row = vec!["tokio / sync".to_string(), "—".into()];
-        for (tokio, sync) in figures(Job::Tokio).into_iter().zip(figures(Job::Small)) {
-            match (tokio, sync) {
-                (Some(tokio), Some(sync)) => row.extend([
-                    format!("{:.2}×", secs(tokio) / secs(sync)),
-                    format!("{:.2}×", tokio.p99.as_secs_f64() / sync.p99.as_secs_f64()),
-                ]),
-                _ => row.extend(["—".into(), "—".into()]),
-            }
-        }
-        table.row(row);
-    }
-    out.push_str(&table.text);
+    ];
+    out.push_str(&side_by_side(run, "state", cases, "tokio / sync", true));
     if let (Some(tokio), Some(sync)) = (run.pause(Job::Tokio), run.pause(Job::Small)) {
         let _ = writeln!(
             out,
@@ -820,8 +775,45 @@ fn connections(run: &Run) -> String {
          it `prepare` → ready, by most), so both cases do the same work and differ only in \
          what crosses.\n"
     );
-    let mut table = Table::new(&[
+    let cases = [
+        ("one `TcpStream`", Job::Tcp),
+        ("one `TlsStream<TcpStream>`, TLS 1.3", Job::Tls),
+    ];
+    out.push_str(&side_by_side(
+        run,
         "connection",
+        cases,
+        "TLS / TCP, p50",
+        false,
+    ));
+    if let (Some(tls), Some(tcp)) = (run.pause(Job::Tls), run.pause(Job::Tcp)) {
+        let _ = writeln!(
+            out,
+            "\n**The pause of a TLS connection's handover is {:.2}× a plain TCP \
+             connection's at p50** ({} against {}, {}; p99 {} against {}).",
+            secs(tls) / secs(tcp),
+            ms(tls.p50),
+            ms(tcp.p50),
+            delta(tls, tcp),
+            ms(tls.p99),
+            ms(tcp.p99)
+        );
+    }
+    out
+}
+
+/// The table of two cases measured in the same rounds: a row each (of
+/// those that ran), then, when both did, `ratio`: the second case's figures
+/// over the first's at p50, and at p99 too when `p99_ratio`.
+fn side_by_side(
+    run: &Run,
+    column: &str,
+    cases: [(&str, Job); 2],
+    ratio: &str,
+    p99_ratio: bool,
+) -> String {
+    let mut table = Table::new(&[
+        column,
         "rounds",
         "pause p50",
         "p99",
@@ -843,10 +835,7 @@ fn connections(run: &Run) -> String {
             run.ready(job),
         ]
     };
-    for (label, job) in [
-        ("one `TcpStream`", Job::Tcp),
-        ("one `TlsStream<TcpStream>`, TLS 1.3", Job::Tls),
-    ] {
+    for (label, job) in cases {
         if run.get(job).is_none() {
             continue;
         }
@@ -856,32 +845,28 @@ fn connections(run: &Run) -> String {
         }
         table.row(row);
     }
-    if run.get(Job::Tcp).is_some() && run.get(Job::Tls).is_some() {
-        let mut row = vec!["TLS / TCP, p50".to_string(), "—".into()];
-        for (tls, tcp) in figures(Job::Tls).into_iter().zip(figures(Job::Tcp)) {
-            let ratio = match (tls, tcp) {
-                (Some(tls), Some(tcp)) => format!("{:.2}×", secs(tls) / secs(tcp)),
-                _ => "—".into(),
-            };
-            row.extend([ratio, "—".into()]);
+    let [(_, base), (_, measured)] = cases;
+    if run.get(base).is_some() && run.get(measured).is_some() {
+        let mut row = vec![ratio.to_string(), "—".into()];
+        for (measured, base) in figures(measured).into_iter().zip(figures(base)) {
+            match (measured, base) {
+                (Some(measured), Some(base)) => row.extend([
+                    format!("{:.2}×", secs(measured) / secs(base)),
+                    if p99_ratio {
+                        format!(
+                            "{:.2}×",
+                            measured.p99.as_secs_f64() / base.p99.as_secs_f64()
+                        )
+                    } else {
+                        "—".into()
+                    },
+                ]),
+                _ => row.extend(["—".into(), "—".into()]),
+            }
         }
         table.row(row);
     }
-    out.push_str(&table.text);
-    if let (Some(tls), Some(tcp)) = (run.pause(Job::Tls), run.pause(Job::Tcp)) {
-        let _ = writeln!(
-            out,
-            "\n**The pause of a TLS connection's handover is {:.2}× a plain TCP \
-             connection's at p50** ({} against {}, {}; p99 {} against {}).",
-            secs(tls) / secs(tcp),
-            ms(tls.p50),
-            ms(tcp.p50),
-            delta(tls, tcp),
-            ms(tls.p99),
-            ms(tcp.p99)
-        );
-    }
-    out
+    table.text
 }
 
 const METHOD: &str = "
