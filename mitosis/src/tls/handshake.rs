@@ -21,7 +21,7 @@ use rustls::{ClientConfig, Connection, KeyLog, ServerConfig, Side};
 use zeroize::Zeroizing;
 
 use super::keys::{Keys, Suite};
-use super::record::Session;
+use super::record::{HEADER, MAX_CIPHERTEXT, Session};
 
 /// How long a handshake on a non-blocking socket may wait for the peer.
 pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,11 +206,11 @@ fn established<S: Read + Write + AsFd>(
 
 /// The length of the record at the start of `bytes`, if all of it is there.
 fn whole_record(bytes: &[u8]) -> io::Result<Option<usize>> {
-    if bytes.len() < 5 {
+    if bytes.len() < HEADER {
         return Ok(None);
     }
-    let len = 5 + usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
-    if len > 5 + super::record::MAX_FRAGMENT + 2048 {
+    let len = HEADER + usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+    if len > HEADER + MAX_CIPHERTEXT {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "the peer sent something other than TLS records",

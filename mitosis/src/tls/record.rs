@@ -23,9 +23,10 @@ pub(super) const MAX_FRAGMENT: usize = 16 * 1024;
 
 /// The largest ciphertext of one record: 2^14 + 2048 in TLS 1.2; TLS 1.3
 /// allows only 2^14 + 256.
-const MAX_CIPHERTEXT: usize = MAX_FRAGMENT + 2048;
+pub(super) const MAX_CIPHERTEXT: usize = MAX_FRAGMENT + 2048;
 
-const HEADER: usize = 5;
+/// A record's header: type, version and length.
+pub(super) const HEADER: usize = 5;
 
 /// The most plaintext sealed by one `write`: four full records.
 pub(super) const MAX_WRITE: usize = 4 * MAX_FRAGMENT;
