@@ -85,3 +85,29 @@ impl AsFd for Stop {
         self.events.as_fd()
     }
 }
+
+/// Takes a handed-over state: commits, or, as the echo servers' broken
+/// build of the tests and benchmarks (`--hang-after-receive`), receives
+/// the state and hangs instead of committing, which the old process
+/// survives.
+///
+/// ```no_run
+/// # #[derive(mitosis::Handover)] struct State { generation: u64 }
+/// # fn f() -> Result<(), mitosis::Error> {
+/// if let Some(arrival) = mitosis::arrive::<State>()? {
+///     let state = mitosis_examples::commit_or_hang(arrival, false)?;
+/// }
+/// # Ok(()) }
+/// ```
+pub fn commit_or_hang<S: mitosis::Handover>(
+    mut arrival: mitosis::Arrival<S>,
+    hang: bool,
+) -> Result<S, mitosis::Error> {
+    if hang {
+        arrival.receive()?;
+        loop {
+            std::thread::park();
+        }
+    }
+    arrival.commit()
+}

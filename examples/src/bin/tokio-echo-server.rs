@@ -243,19 +243,11 @@ fn listen(address: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Takes the state over; the broken build of the tests receives it and
-/// hangs instead of committing, which the old process survives.
-fn take_over(
-    mut arrival: mitosis::Arrival<State>,
-    options: &Options,
-) -> Result<State, Box<dyn Error>> {
-    if options.hang_after_receive {
-        arrival.receive()?;
-        loop {
-            std::thread::park();
-        }
-    }
-    Ok(resume(arrival.commit()?))
+/// Takes the state over (or, as the broken build of the tests and
+/// benchmarks, hangs before committing).
+fn take_over(arrival: mitosis::Arrival<State>, options: &Options) -> Result<State, Box<dyn Error>> {
+    let state = mitosis_examples::commit_or_hang(arrival, options.hang_after_receive)?;
+    Ok(resume(state))
 }
 
 /// The new generation reports to the client that asked for the upgrade,
