@@ -153,7 +153,21 @@ fn an_awaited_split_that_fails_gives_the_state_back() {
 #[test]
 fn a_split_that_could_not_start_resolves_without_the_blocking_pool() {
     let _serial = serial();
-    let _first = crate::prepare(&0u64).unwrap();
+    // A first upgrade that stays in flight: its new process waits and
+    // never connects (the test binary itself would exit at once, and the
+    // claim with it).
+    let waiting = std::env::temp_dir().join(format!("mitosis-wait-{}", std::process::id()));
+    std::fs::write(&waiting, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(
+        &waiting,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _first = crate::SplitOptions::new()
+        .binary(&waiting)
+        .prepare(&0u64)
+        .unwrap();
+    let _ = std::fs::remove_file(&waiting);
     // A second split while one is in flight fails at once.
     let runtime = Builder::new_current_thread()
         .enable_all()
