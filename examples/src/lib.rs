@@ -1,12 +1,15 @@
-//! Code shared by the example programs. The IRC bot lives here so that two
-//! binaries can build it: `ircbot`, and `ircbot-next`, the same bot
-//! reporting another version, which the tests rename over `ircbot` to stand
-//! for a rebuild.
+//! Code shared by the example programs. The IRC bot and the echo server
+//! live here so that two binaries can build each: `ircbot` and
+//! `echo-server`, and `ircbot-next` and `echo-server-next`, the same
+//! programs reporting another version, which the tests rename over the first
+//! ones to stand for a rebuild.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
+/// The line echo server that upgrades itself under load (`echo-server`).
+pub mod echo_server;
 pub mod ircbot;
 pub mod tls;
 
