@@ -14,7 +14,11 @@
 //! written yet) to a new process running the binary now on disk. The new
 //! process answers `UPGRADED <old_pid> <new_pid> <generation>` on the
 //! connection that asked; if the upgrade fails, the old process answers
-//! `UPGRADE-FAILED <reason>` there and carries on.
+//! `UPGRADE-FAILED <reason>` there and carries on. A line `VERSION` is
+//! answered with `VERSION <version>`, the build version of the process that
+//! answers it (the version given to [`run`](crate::echo_server::run)):
+//! requests behind an `UPGRADE` are answered by the new process, so a
+//! `VERSION` there names the new build.
 //!
 //! One thread, non-blocking sockets and `poll`. An upgrade is prepared while
 //! the server keeps serving every other connection (`mitosis::prepare`):
@@ -183,8 +187,6 @@ const BACKLOG: i32 = 4096;
 /// }
 /// ```
 pub fn run(version: &'static str) -> ExitCode {
-    // Not reported yet.
-    let _ = version;
     // Before mitosis: the TLS sessions handed over are rebuilt with the
     // process-wide crypto provider.
     crate::tls::install_crypto_provider();
@@ -207,7 +209,7 @@ pub fn run(version: &'static str) -> ExitCode {
         };
         state.map(|state| (state, tls))
     });
-    match started.and_then(|(state, tls)| serve(state, &options, tls.as_ref())) {
+    match started.and_then(|(state, tls)| serve(state, &options, tls.as_ref(), version)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error}");
@@ -289,11 +291,14 @@ fn resume(mut state: State) -> State {
     state
 }
 
-/// The loop. It returns `Ok` once a new process has taken over.
+/// The loop. It returns `Ok` once a new process has taken over. `version`
+/// is this build's, not part of the state: each generation answers
+/// `VERSION` with its own.
 fn serve(
     mut state: State,
     options: &Options,
     tls: Option<&Arc<rustls::ServerConfig>>,
+    version: &str,
 ) -> Result<(), Box<dyn Error>> {
     let mut upgrades = mitosis::SplitOptions::new();
     if let Some(ms) = options.start_timeout_ms {
@@ -321,7 +326,7 @@ fn serve(
         }
         // A new generation may hold whole requests that its predecessor
         // read, so it answers what it holds before it waits for more.
-        state.answer_requests();
+        state.answer_requests(version);
         state.clients.retain_mut(Client::flush_and_keep);
         if (state.upgrade_asked_by.is_some() || signalled) && upgrade.is_none() {
             signalled = false;
@@ -379,8 +384,9 @@ impl State {
 
     /// Answers every whole request read so far. An `UPGRADE` stops its
     /// connection there, so that the requests behind it are answered after
-    /// the upgrade, by whichever process then owns the connection.
-    fn answer_requests(&mut self) {
+    /// the upgrade, by whichever process then owns the connection. A
+    /// `VERSION` is answered with `version`, this build's.
+    fn answer_requests(&mut self, version: &str) {
         for client in &mut self.clients {
             if self.upgrade_asked_by == Some(client.id) {
                 // It waits for its upgrade's outcome.
@@ -389,7 +395,8 @@ impl State {
             let mut answered = 0;
             while let Some(end) = client.unread[answered..].iter().position(|&b| b == b'\n') {
                 let line = &client.unread[answered..answered + end + 1];
-                if line.trim_ascii_end() == b"UPGRADE" {
+                let request = line.trim_ascii_end();
+                if request == b"UPGRADE" {
                     // One upgrade at a time: a second one waits, and the new
                     // process reads it as its first request on this
                     // connection.
@@ -399,7 +406,13 @@ impl State {
                     }
                     break;
                 }
-                client.unwritten.extend_from_slice(line);
+                if request == b"VERSION" {
+                    client
+                        .unwritten
+                        .extend_from_slice(format!("VERSION {version}\n").as_bytes());
+                } else {
+                    client.unwritten.extend_from_slice(line);
+                }
                 answered += line.len();
             }
             client.unread.drain(..answered);
