@@ -117,6 +117,18 @@ pub enum Error {
     },
     /// Another split from this process has not produced its outcome yet.
     SplitInFlight,
+    /// An upgrade to the previous build was asked for, and this process
+    /// has none: it started fresh, or the build before it sent no handle
+    /// to its executable.
+    NoPreviousBinary,
+    /// The control socket (`mitosis::control`) could not be set up or
+    /// used.
+    Control {
+        /// What mitosis was doing, worded to complete "could not ...".
+        action: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The [`Upgrade`](crate::Upgrade) failed before, and its error was
     /// returned then.
     AlreadyFailed,
@@ -311,14 +323,15 @@ impl Error {
             | Error::UnreadBytes { step, .. } => Some(*step),
             Error::ProtocolVersion { .. } => Some(Step::Hello),
             Error::SchemaMismatch { .. } => Some(Step::Offer),
-            Error::Untraceable { .. } => Some(Step::Spawn),
+            Error::Untraceable { .. } | Error::NoPreviousBinary => Some(Step::Spawn),
             Error::Decode { .. } | Error::Resume { .. } => Some(Step::Commit),
             Error::Encode { .. } | Error::EncodePanicked { .. } => Some(Step::State),
             Error::BadFlag { .. }
             | Error::MissingEnvironment { .. }
             | Error::SplitInFlight
             | Error::AlreadyFailed
-            | Error::Supervisor { .. } => None,
+            | Error::Supervisor { .. }
+            | Error::Control { .. } => None,
         }
     }
 
@@ -373,6 +386,12 @@ impl fmt::Display for Error {
                 binary.display()
             ),
             Error::Supervisor { action, source } => write!(f, "could not {action}: {source}"),
+            Error::NoPreviousBinary => f.write_str(
+                "there is no previous build to go back to: this process started fresh, or was \
+                 started by a build whose mitosis keeps no handle to its executable; upgrade to \
+                 a binary path instead",
+            ),
+            Error::Control { action, reason } => write!(f, "could not {action}: {reason}"),
             Error::SplitInFlight => f.write_str(
                 "a split is already in progress in this process; wait for its outcome before \
                  splitting again",

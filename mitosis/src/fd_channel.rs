@@ -22,7 +22,7 @@ use std::time::Duration;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-    accept_with, bind, connect, listen, recv, recvmsg, send, sendmsg, socket_with, sockopt,
+    accept_with, bind, connect, listen, recv, recvmsg, sendmsg, socket_with, sockopt,
 };
 use rustix::process::Pid;
 
@@ -232,13 +232,18 @@ pub(crate) fn connect_to(path: &Path) -> io::Result<OwnedFd> {
     Ok(socket)
 }
 
-/// Step 2: sends KEY, the channel's first message, to the new process.
+/// Step 2: sends KEY, the channel's first message, to the new process,
+/// with this process's own executable as its `SCM_RIGHTS` fd when it could
+/// be opened: the new process's previous build. A build that reads KEY
+/// without room for an fd never sees it; the kernel closes it.
 pub(crate) fn send_key(
     channel: BorrowedFd<'_>,
     key: &Key,
+    executable: Option<BorrowedFd<'_>>,
     deadline: &Deadline,
 ) -> Result<(), Error> {
-    send_message(channel, "KEY", &key.encode(), deadline)
+    let fds: Vec<BorrowedFd<'_>> = executable.into_iter().collect();
+    send_message(channel, "KEY", &key.encode(), &fds, deadline)
 }
 
 /// Step 2: sends ARRIVAL, the port the new process's TCP connection comes
@@ -248,20 +253,32 @@ pub(crate) fn send_arrival(
     arrival: Arrival,
     deadline: &Deadline,
 ) -> Result<(), Error> {
-    send_message(channel, "ARRIVAL", &arrival.encode(), deadline)
+    send_message(channel, "ARRIVAL", &arrival.encode(), &[], deadline)
 }
 
-/// Sends one step-2 message whole, under the deadline.
+/// Sends one step-2 message whole, with `fds`, under the deadline.
 fn send_message(
     channel: BorrowedFd<'_>,
     name: &str,
     message: &[u8],
+    fds: &[BorrowedFd<'_>],
     deadline: &Deadline,
 ) -> Result<(), Error> {
     const STEP: Step = Step::Connect;
     set_timeout(channel, sockopt::Timeout::Send, deadline, STEP)?;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        let pushed = control.push(SendAncillaryMessage::ScmRights(fds));
+        debug_assert!(pushed, "control buffer sized for one fd");
+    }
     loop {
-        match send(channel, message, SendFlags::NOSIGNAL) {
+        match sendmsg(
+            channel,
+            &[io::IoSlice::new(message)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
             Ok(n) if n == message.len() => return Ok(()),
             Ok(n) => {
                 return Err(Error::protocol(
@@ -299,18 +316,26 @@ pub(crate) fn try_recv_arrival(channel: BorrowedFd<'_>) -> Result<Option<Arrival
 /// that stopped (SIGSTOP) between spawning and accepting.
 const KEY_WAIT: Duration = Duration::from_secs(10);
 
-/// Step 2: receives KEY, the old process's first message.
-pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<Key, Error> {
+/// Step 2: receives KEY, the old process's first message, and the old
+/// process's executable if it came with it (the previous build).
+pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<(Key, Option<OwnedFd>), Error> {
     const STEP: Step = Step::Connect;
     sockopt::set_socket_timeout(channel, sockopt::Timeout::Recv, Some(KEY_WAIT))
         .map_err(|e| Error::io(STEP)(e.into()))?;
     // One byte more than KEY, so that a longer message shows as a length
-    // mismatch; MSG_TRUNC says if it was longer still.
+    // mismatch; MSG_TRUNC says if it was longer still. Room for more fds
+    // than one, so that extra ones arrive and are closed.
     let mut key = [0u8; Key::LEN + 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
     let received = loop {
-        match recv(channel, &mut key, RecvFlags::TRUNC) {
-            Ok((_, 0)) => return Err(Error::PeerGone { step: STEP }),
-            Ok((_, len)) => break len,
+        match recvmsg(
+            channel,
+            &mut [io::IoSliceMut::new(&mut key)],
+            &mut control,
+            RecvFlags::TRUNC | RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(message) => break message,
             Err(rustix::io::Errno::INTR) => continue,
             Err(rustix::io::Errno::AGAIN) => {
                 return Err(Error::protocol(
@@ -324,7 +349,31 @@ pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<Key, Error> {
             Err(e) => return Err(Error::io(STEP)(e.into())),
         }
     };
-    Key::decode(&key[..received.min(key.len())])
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if received.bytes == 0 {
+        return Err(Error::PeerGone { step: STEP });
+    }
+    let key = Key::decode(&key[..received.bytes.min(key.len())])?;
+    // The executable is a convenience: without it (or with a truncated
+    // control message, when this process is out of fds) there is simply
+    // no previous build to go back to.
+    let executable = match (fds.len(), received.flags.contains(ReturnFlags::CTRUNC)) {
+        (1, false) => fds.pop(),
+        (0, false) => None,
+        (count, _) => {
+            log::warn!(
+                "mitosis: KEY came with {count} fds (truncated: {}); keeping no previous build",
+                received.flags.contains(ReturnFlags::CTRUNC)
+            );
+            None
+        }
+    };
+    Ok((key, executable))
 }
 
 /// Sends `fds` in batches of at most [`MAX_FDS_PER_MESSAGE`].

@@ -263,6 +263,14 @@ pub mod wire {
         /// BYTES_PIPED: the size of the buffer that follows through the
         /// pipe.
         BytesPiped(u64),
+        /// LINEAGE: the new process's generation and the binary path it
+        /// upgrades from.
+        Lineage {
+            /// The generation.
+            generation: u64,
+            /// The binary path.
+            binary: std::path::PathBuf,
+        },
         /// END.
         End {
             /// Stream bytes.
@@ -345,6 +353,7 @@ pub mod wire {
             }),
             Frame::BytesStart(size) => pair(real::BytesStart { size }),
             Frame::BytesPiped(size) => pair(real::BytesPiped { size }),
+            Frame::Lineage { generation, binary } => pair(real::Lineage { generation, binary }),
             Frame::End {
                 stream_bytes,
                 out_of_line_bytes,
@@ -371,7 +380,7 @@ pub mod wire {
     /// The step in which a receiver reads a `kind` frame.
     pub fn step_of(kind: Kind) -> Step {
         match kind {
-            Kind::Offer | Kind::State => Step::Offer,
+            Kind::Offer | Kind::State | Kind::Lineage => Step::Offer,
             Kind::Ready => Step::Ready,
             Kind::Reject
             | Kind::Data
@@ -407,6 +416,13 @@ pub mod wire {
             }
             Kind::BytesStart => Frame::BytesStart(real::BytesStart::decode(step, payload)?.size),
             Kind::BytesPiped => Frame::BytesPiped(real::BytesPiped::decode(step, payload)?.size),
+            Kind::Lineage => {
+                let lineage = real::Lineage::decode(step, payload)?;
+                Frame::Lineage {
+                    generation: lineage.generation,
+                    binary: lineage.binary,
+                }
+            }
             Kind::End => {
                 let end = real::End::decode(step, payload)?;
                 Frame::End {

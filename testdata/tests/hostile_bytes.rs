@@ -264,7 +264,7 @@ fn a_hello_proves_the_secret_only_when_complete() {
     let secret = [7; SECRET_LEN];
     let hello = wire::hello(&secret);
     assert_eq!(&hello[..8], MAGIC);
-    assert_eq!(wire::parse_hello(&secret, &hello), Ok(Some((1, 2))));
+    assert_eq!(wire::parse_hello(&secret, &hello), Ok(Some((1, 3))));
     for len in 0..HELLO_LEN {
         assert_eq!(wire::parse_hello(&secret, &hello[..len]), Ok(None), "{len}");
     }
@@ -327,7 +327,7 @@ fn check_welcome(secret: &[u8; SECRET_LEN], welcome: &[u8; WELCOME_LEN]) {
             assert!(detail.contains("did not prove the secret"), "{detail}");
         }
         (WelcomeVerdict::NoSharedVersion(range), Err(Error::ProtocolVersion { ours, theirs })) => {
-            assert_eq!((*ours, theirs), ((1, 2), range));
+            assert_eq!((*ours, theirs), ((1, 3), range));
         }
         (WelcomeVerdict::NeverOffered(v), Err(Error::Protocol { step, detail })) => {
             assert_eq!(*step, Step::Hello);

@@ -58,7 +58,7 @@ impl FakeParent {
         }
     }
 
-    /// Accepts the new process and checks its HELLO: magic, versions 1..=2,
+    /// Accepts the new process and checks its HELLO: magic, versions 1..=3,
     /// and the first half of the secret.
     fn accept_hello(&self) -> TcpStream {
         let mut conn = accept_timeout(&self.listener);
@@ -67,8 +67,8 @@ impl FakeParent {
         assert_eq!(&hello[..8], &wire::MAGIC, "HELLO magic");
         assert_eq!(
             (wire::u16_at(&hello, 8), wire::u16_at(&hello, 10)),
-            (1, 2),
-            "this build speaks protocol versions 1 and 2"
+            (1, 3),
+            "this build speaks protocol versions 1 to 3"
         );
         assert_eq!(
             &hello[12..],

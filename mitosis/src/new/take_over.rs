@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{
@@ -19,12 +20,14 @@ use crate::fault::{self, Point, Side};
 use crate::fd_channel;
 use crate::handover::Shapes;
 use crate::handover::{Decoder, Handover};
+use crate::lineage;
 use crate::pipe::PipeReceiver;
+use crate::report;
 use crate::schema::{self, Schema};
 use crate::wire::handshake;
 use crate::wire::{
-    self, Abort, Ack, Arrival, BytesPiped, BytesStart, Commit, End, Kind, Message, Offer, Ready,
-    Reason, Reject, Taken, Welcome,
+    self, Abort, Ack, Arrival, BytesPiped, BytesStart, Commit, End, Kind, Lineage, Message, Offer,
+    Ready, Reason, Reject, Taken, Welcome,
 };
 
 /// The new process's side of one handover, from the agreed schema on.
@@ -37,12 +40,18 @@ pub(super) struct Session {
     /// The schema the old process will send, one of `accepted`.
     sent: Schema,
     shapes: Option<Shapes>,
+    /// When this process arrived, sent READY, and saw the state's first
+    /// byte: the upgrade's timings, as status reports give them.
+    arrived: Instant,
+    ready: Option<Instant>,
+    paused: Option<Instant>,
 }
 
 /// Steps 2 to 4: connect, prove the secret both ways, and agree on the
 /// schema. The old process goes on serving meanwhile, and after this
 /// until [`Session::receive`].
 pub(super) fn arrive<S: Handover>(port: u16, fd_socket: &Path) -> Result<Session, Error> {
+    let arrived = Instant::now();
     fault::at(Side::New, Point::Spawned);
     // This process's own state shape, and every schema it accepts: traced
     // once, before anything is connected, and kept for decoding.
@@ -55,7 +64,8 @@ pub(super) fn arrive<S: Handover>(port: u16, fd_socket: &Path) -> Result<Session
     // over loopback. The fd channel stays open for step 7.
     let fd_channel: OwnedFd =
         fd_channel::connect_to(fd_socket).map_err(Error::io(Step::Connect))?;
-    let terms = Terms::from_key(fd_channel::recv_key(fd_channel.as_fd())?);
+    let (key, previous_build) = fd_channel::recv_key(fd_channel.as_fd())?;
+    let terms = Terms::from_key(key);
     // Each answer of the old process's comes at once, from its handover
     // thread; the transfer timeout bounds the wait for them.
     let deadline = Deadline::after(terms.timeout);
@@ -106,6 +116,12 @@ pub(super) fn arrive<S: Handover>(port: u16, fd_socket: &Path) -> Result<Session
             format!("the old process sent schema {sent}, which this process did not offer"),
         ));
     }
+    // Version 3: where this process comes from. Without it (an older old
+    // process), it upgrades later from the path it was started as.
+    if version >= wire::LINEAGE_VERSION {
+        let Lineage { generation, binary } = conn.recv(Step::Offer)?;
+        lineage::arrived(generation, binary, previous_build);
+    }
     log::debug!("mitosis: step 4: schema {sent} agreed, protocol version {version}");
     Ok(Session {
         conn,
@@ -114,6 +130,9 @@ pub(super) fn arrive<S: Handover>(port: u16, fd_socket: &Path) -> Result<Session
         version,
         sent,
         shapes: Some(shapes),
+        arrived,
+        ready: None,
+        paused: None,
     })
 }
 
@@ -140,11 +159,13 @@ impl Session {
         if self.version >= wire::READY_VERSION {
             conn.send(Step::Ready, &Ready)?;
         }
+        self.ready = Some(Instant::now());
         fault::at(Side::New, Point::Ready);
         // The old process hands over between two passes of its program's
         // loop; wait for that for as long as it lives. The transfer timeout
         // runs from the first byte.
         conn.wait_readable(Step::State, &[], None)?;
+        self.paused = Some(Instant::now());
         conn.set_deadline(Deadline::after(self.terms.timeout));
 
         // Step 6: the state's bytes, up to the END frame; large byte buffers
@@ -206,6 +227,15 @@ impl Session {
         }
         fault::at(Side::New, Point::Done);
         log::debug!("mitosis: step 9: took over");
+        let now = Instant::now();
+        let old_pid = sockopt::socket_peercred(&self.fd_channel)
+            .map(|peer| peer.pid.as_raw_nonzero().get() as u32)
+            .unwrap_or(0);
+        report::took_over(
+            old_pid,
+            self.ready.unwrap_or(now) - self.arrived,
+            now - self.paused.unwrap_or(now),
+        );
         Ok(())
     }
 

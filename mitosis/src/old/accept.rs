@@ -59,6 +59,8 @@ pub(crate) struct Doors<'p> {
     pub(crate) dropped: BorrowedFd<'p>,
     /// The secret, the timeout and the limits, for KEY.
     pub(crate) terms: &'p Terms,
+    /// This process's executable, sent with KEY.
+    pub(crate) executable: Option<BorrowedFd<'p>>,
     pub(crate) hello_timeout: Duration,
 }
 
@@ -147,7 +149,12 @@ pub(crate) fn accept_child(doors: &Doors<'_>, deadline: &Deadline) -> Result<Arr
             match &fd_channel {
                 None => {
                     if let Some(conn) = doors.fd_listener.accept_child(doors.child)? {
-                        fd_channel::send_key(conn.as_fd(), &doors.terms.key(), deadline)?;
+                        fd_channel::send_key(
+                            conn.as_fd(),
+                            &doors.terms.key(),
+                            doors.executable,
+                            deadline,
+                        )?;
                         fd_channel = Some(conn);
                     }
                 }

@@ -16,16 +16,17 @@ use super::priority;
 use super::spawn::{Launch, without_panics};
 use super::{Outcome, SplitOptions};
 use crate::conn::{Conn, Deadline, Readable, timespec};
-use crate::env::{Terms, start_path};
+use crate::env::Terms;
 use crate::error::{Error, Step};
 use crate::fault::{self, Point, Side};
 use crate::fd_channel::{self, FdListener};
 use crate::handover::Shapes;
 use crate::handover::{Encoder, Handover, StateSink};
+use crate::lineage;
 use crate::pipe::PipeSender;
 use crate::schema::{self, Schema, Shape};
 use crate::wire::handshake::{self, Secret};
-use crate::wire::{self, Ack, Commit, End, Message, Offer, Ready, Reason, Reject, Taken};
+use crate::wire::{self, Ack, Commit, End, Lineage, Message, Offer, Ready, Reason, Reject, Taken};
 
 /// The old process's side of one handover.
 pub(super) struct Parent {
@@ -52,6 +53,11 @@ pub(super) struct Parent {
     /// The new process starts at idle priority; the policy it gets back once
     /// it is ready.
     idle: Option<priority::IdleStart>,
+    /// What the new process learns in LINEAGE.
+    lineage: Lineage,
+    /// This process's own executable, for KEY: the new process's previous
+    /// build.
+    executable: Option<OwnedFd>,
 }
 
 impl Parent {
@@ -75,11 +81,24 @@ impl Parent {
         let secret = Secret::generate()
             .map_err(Error::io(STEP))
             .map_err(not_started)?;
+        // The previous build runs from this process's handle; the new
+        // process then upgrades from this process's path, as it would
+        // have.
+        let (binary, upgrades_from) = match (&options.binary, options.previous_binary) {
+            (_, true) => (
+                lineage::previous_path()
+                    .ok_or(Error::NoPreviousBinary)
+                    .map_err(not_started)?,
+                lineage::binary().to_path_buf(),
+            ),
+            (Some(binary), false) => (binary.clone(), binary.clone()),
+            (None, false) => (
+                lineage::binary().to_path_buf(),
+                lineage::binary().to_path_buf(),
+            ),
+        };
         let launch = Launch {
-            binary: options
-                .binary
-                .clone()
-                .unwrap_or_else(|| start_path().to_path_buf()),
+            binary,
             args: options.args.as_deref(),
             extra_args: &options.extra_args,
             env: &options.env,
@@ -130,6 +149,11 @@ impl Parent {
             version: 0,
             handed_over: Vec::new(),
             idle,
+            lineage: Lineage {
+                generation: lineage::generation() + 1,
+                binary: upgrades_from,
+            },
+            executable: lineage::own_executable(),
         })
     }
 
@@ -167,11 +191,12 @@ impl Parent {
                 child_exited: self.child_exited.as_fd(),
                 dropped,
                 terms: &self.terms,
+                executable: self.executable.as_ref().map(AsFd::as_fd),
                 hello_timeout: self.hello_timeout,
             },
             &self.deadline,
         )?;
-        drop((listener, fd_listener));
+        drop((listener, fd_listener, self.executable.take()));
         let versions = arrived.versions;
         self.fd_conn = Some(arrived.fd_channel);
         let conn = self
@@ -221,6 +246,9 @@ impl Parent {
                 schema: own.schema.clone(),
             },
         )?;
+        if version >= wire::LINEAGE_VERSION {
+            conn.send(Step::Offer, &self.lineage)?;
+        }
         drop(burst);
 
         // Step 5: the new process sets itself up, as slowly as it must,

@@ -28,6 +28,7 @@ use rustix::process::{Signal, pidfd_send_signal};
 
 use crate::error::{Error, Step};
 use crate::handover::Handover;
+use crate::report::{Listener, Tracker};
 use crate::supervisor;
 use hand_over::{Own, Parent};
 
@@ -70,7 +71,16 @@ fn prepare_and_hand_over<S: Handover + Send + 'static>(
     options: &SplitOptions,
     state: S,
 ) -> Split<S> {
-    match prepare_with(options, &state) {
+    prepare_and_hand_over_reporting(options, state, None)
+}
+
+/// `split`, telling `listener` how it ended; see [`prepare_with`].
+pub(crate) fn prepare_and_hand_over_reporting<S: Handover + Send + 'static>(
+    options: &SplitOptions,
+    state: S,
+    listener: Option<Listener>,
+) -> Split<S> {
+    match prepare_with(options, &state, listener) {
         Ok(upgrade) => upgrade.hand_over(state),
         Err(error) => Split::failed(state, error),
     }
@@ -133,10 +143,13 @@ pub fn prepare<S: Handover + Send + 'static>(state: &S) -> Result<Upgrade<S>, Er
 
 /// Prepares an upgrade with `options`: the worker thread first, then the
 /// new process. What fails before the new process is started fails here;
-/// what fails after arrives through the readiness check.
-pub(super) fn prepare_with<S: Handover + Send + 'static>(
+/// what fails after arrives through the readiness check. Once the new
+/// process is being started, `listener` hears how the upgrade ended,
+/// before the program does; an `Err` from here it never hears.
+pub(crate) fn prepare_with<S: Handover + Send + 'static>(
     options: &SplitOptions,
     state: &S,
+    listener: Option<Listener>,
 ) -> Result<Upgrade<S>, Error> {
     let in_flight = InFlight::claim().ok_or(Error::SplitInFlight)?;
     spawn::close_on_exec(state)?;
@@ -152,7 +165,7 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
         }),
         changed: Condvar::new(),
     });
-    let (job_sender, job) = mpsc::channel::<(Parent, InFlight, UnixStream)>();
+    let (job_sender, job) = mpsc::channel::<(Parent, InFlight, UnixStream, Tracker)>();
     let (outcome_sender, outcome) = mpsc::sync_channel(1);
     let transfer_timeout = options.transfer_timeout;
     let worker = {
@@ -160,7 +173,7 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
         thread::Builder::new()
             .name("mitosis-upgrade".into())
             .spawn(move || {
-                if let Ok((parent, in_flight, bell)) = job.recv() {
+                if let Ok((parent, in_flight, bell, tracker)) = job.recv() {
                     let worker = Worker {
                         shared,
                         bell,
@@ -168,19 +181,21 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
                         transfer_timeout,
                         outcome: outcome_sender,
                     };
-                    worker.run(parent, in_flight);
+                    worker.run(parent, in_flight, tracker);
                 }
             })
             .map_err(Error::io(Step::Spawn))?
     };
     drop(worker);
     let mut child = None;
+    let mut tracker = Tracker::new(options.binary_name(), listener);
     let pid = match Parent::start(options) {
         Ok(parent) => {
             let pid = parent.pid();
             child = parent.pidfd().try_clone_to_owned().ok();
+            tracker.started(Some(pid));
             job_sender
-                .send((parent, in_flight, worker_bell))
+                .send((parent, in_flight, worker_bell, tracker))
                 .unwrap_or_else(|_| unreachable!("the worker waits for its job"));
             Some(pid)
         }
@@ -189,7 +204,14 @@ pub(super) fn prepare_with<S: Handover + Send + 'static>(
         Err((error, pid)) => {
             drop(in_flight);
             log::warn!("mitosis: could not start the new process: {error}");
-            shared.lock().readiness = Readiness::Failed(error);
+            tracker.started(pid);
+            tracker.failed(&error);
+            // No handover thread will ever run: nothing is left to stop
+            // when the program drops the `Upgrade`.
+            let mut slot = shared.lock();
+            slot.readiness = Readiness::Failed(error);
+            slot.finished = true;
+            drop(slot);
             // The worker never gets this end: ring it, and close it.
             ring(&worker_bell);
             drop(worker_bell);
@@ -218,7 +240,7 @@ struct Worker<S> {
 }
 
 impl<S: Handover> Worker<S> {
-    fn run(self, mut parent: Parent, in_flight: InFlight) {
+    fn run(self, mut parent: Parent, in_flight: InFlight, mut tracker: Tracker) {
         let pid = parent.pid();
         let mut finished = Finished {
             shared: Arc::clone(&self.shared),
@@ -230,6 +252,7 @@ impl<S: Handover> Worker<S> {
             // failure: the program then holds exactly the fds it held.
             drop(parent);
             finished.in_flight = None;
+            tracker.failed(&error);
             let shared = Arc::clone(&self.shared);
             let mut slot = shared.lock();
             match slot.state.take() {
@@ -259,6 +282,7 @@ impl<S: Handover> Worker<S> {
             }
             return;
         }
+        tracker.ready();
         self.shared.lock().readiness = Readiness::Ready;
         self.shared.changed.notify_all();
         self.ring();
@@ -284,13 +308,22 @@ impl<S: Handover> Worker<S> {
         let Some(state) = state else {
             let error = parent.give_up(accept::abandoned(Step::Ready));
             log::info!("mitosis: stopped pid {pid}: {error}");
+            drop(finished);
+            tracker.failed(&error);
             return;
         };
+        tracker.handed_over();
         let (outcome, handed_over) = parent.hand_over(state, &self.own, self.transfer_timeout);
         if let (Outcome::Done { .. }, Some(in_flight)) = (&outcome, finished.in_flight.as_mut()) {
             in_flight.handed_over = true;
         }
         drop(finished);
+        // Whoever asked hears it before the program does: after `Done` the
+        // program may exit at once.
+        match &outcome {
+            Outcome::Done { .. } => tracker.done(),
+            Outcome::Failed { error, .. } => tracker.failed(error),
+        }
         self.deliver(outcome);
         // After Done: this process's copy of the handed-over state, whose
         // fds already point at /dev/null. Freeing a large state takes long
@@ -585,6 +618,11 @@ struct InFlight {
     handed_over: bool,
 }
 
+/// Whether an upgrade runs in this process now, however it was started.
+pub(crate) fn upgrade_in_flight() -> bool {
+    SPLIT_IN_FLIGHT.load(Ordering::Acquire)
+}
+
 impl InFlight {
     fn claim() -> Option<InFlight> {
         SPLIT_IN_FLIGHT
@@ -633,7 +671,7 @@ enum Delivery<S> {
 }
 
 impl<S> Split<S> {
-    fn failed(state: S, error: Error) -> Split<S> {
+    pub(crate) fn failed(state: S, error: Error) -> Split<S> {
         log::warn!("mitosis: split refused: {error}");
         Split {
             pid: None,

@@ -28,6 +28,7 @@ pub struct SplitOptions {
     pub(super) hello_timeout: Duration,
     pub(super) limits: Limits,
     pub(super) binary: Option<PathBuf>,
+    pub(super) previous_binary: bool,
     pub(super) args: Option<Vec<OsString>>,
     pub(super) extra_args: Vec<OsString>,
     pub(super) env: Vec<(OsString, Option<OsString>)>,
@@ -54,6 +55,7 @@ impl SplitOptions {
             hello_timeout: env::DEFAULT_HELLO_TIMEOUT,
             limits: Limits::default(),
             binary: None,
+            previous_binary: false,
             args: None,
             extra_args: Vec::new(),
             env: Vec::new(),
@@ -149,6 +151,25 @@ impl SplitOptions {
     /// ```
     pub fn binary(&mut self, path: impl Into<PathBuf>) -> &mut Self {
         self.binary = Some(path.into());
+        self.previous_binary = false;
+        self
+    }
+
+    /// Runs the build this process was upgraded from, to undo a bad
+    /// upgrade, even after its file on disk has been replaced or deleted:
+    /// every generation receives its predecessor's executable as an open
+    /// handle. The new process upgrades later from this process's path, as
+    /// it would have. A process that started fresh, or whose predecessor's
+    /// build of mitosis sent no handle, has no previous build: the upgrade
+    /// then fails with [`Error::NoPreviousBinary`](crate::Error::NoPreviousBinary).
+    ///
+    /// ```no_run
+    /// # let state = 0u64;
+    /// let outcome = mitosis::SplitOptions::new().previous_binary().split(state).wait();
+    /// ```
+    pub fn previous_binary(&mut self) -> &mut Self {
+        self.previous_binary = true;
+        self.binary = None;
         self
     }
 
@@ -219,6 +240,16 @@ impl SplitOptions {
         &self,
         state: &S,
     ) -> Result<Upgrade<S>, crate::Error> {
-        super::prepare_with(self, state)
+        super::prepare_with(self, state, None)
+    }
+
+    /// The binary an upgrade with these options runs, as reports name it.
+    pub(super) fn binary_name(&self) -> PathBuf {
+        match (&self.binary, self.previous_binary) {
+            (_, true) => crate::lineage::previous_name()
+                .unwrap_or_else(|| PathBuf::from("(the previous build)")),
+            (Some(binary), false) => binary.clone(),
+            (None, false) => crate::lineage::binary().to_path_buf(),
+        }
     }
 }

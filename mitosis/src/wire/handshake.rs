@@ -153,9 +153,10 @@ mod tests {
         // A build of an earlier mitosis speaks only version 1.
         assert_eq!(choose_version((1, 1)), Some(1));
         assert_eq!(choose_version((1, 2)), Some(2));
-        assert_eq!(choose_version((1, 7)), Some(2));
-        assert_eq!(choose_version((2, 3)), Some(2));
-        assert_eq!(choose_version((3, 4)), None);
+        assert_eq!(choose_version((1, 3)), Some(3));
+        assert_eq!(choose_version((1, 7)), Some(3));
+        assert_eq!(choose_version((2, 3)), Some(3));
+        assert_eq!(choose_version((4, 5)), None);
         assert_eq!(choose_version((0, 0)), None);
     }
 
@@ -171,8 +172,8 @@ mod tests {
         assert!(matches!(
             check_welcome(&secret, &welcome(&secret, 0)),
             Err(Error::ProtocolVersion {
-                ours: (1, 2),
-                theirs: (1, 2)
+                ours: (1, 3),
+                theirs: (1, 3)
             })
         ));
     }

@@ -247,6 +247,30 @@ impl Message for State {
     }
 }
 
+/// LINEAGE (old → new, step 4, protocol version 3), right behind STATE:
+/// the new process's generation, and the binary path later upgrades run
+/// (empty: the one it was started from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lineage {
+    pub(crate) generation: u64,
+    pub(crate) binary: std::path::PathBuf,
+}
+
+impl Message for Lineage {
+    const KIND: Kind = Kind::Lineage;
+
+    fn write(&self, out: &mut Payload) {
+        out.u64(self.generation).path(&self.binary);
+    }
+
+    fn read(fields: &mut Fields<'_>) -> Result<Self, Error> {
+        Ok(Lineage {
+            generation: fields.u64()?,
+            binary: fields.path()?,
+        })
+    }
+}
+
 /// REJECT (old → new, step 4 or 6): why the state will not come, the
 /// schema the old process holds, the old process's error, and (for a
 /// schema mismatch) a description of its state's shape.
@@ -433,6 +457,7 @@ empty_messages! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     fn round_trip<M: Message + PartialEq + std::fmt::Debug>(message: M) {
         let payload = message.encode();
@@ -468,6 +493,10 @@ mod tests {
             description: None,
         });
         round_trip(BytesStart { size: 1 << 40 });
+        round_trip(Lineage {
+            generation: 7,
+            binary: std::ffi::OsStr::from_bytes(b"/opt/bot/\xffbot").into(),
+        });
         round_trip(BytesPiped { size: 1 << 30 });
         round_trip(End {
             stream_bytes: 7,

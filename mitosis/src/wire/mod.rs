@@ -10,8 +10,8 @@ mod messages;
 mod shape;
 
 pub(crate) use messages::{
-    Abort, Ack, Arrival, BytesPiped, BytesStart, Commit, End, Hello, Key, Message, Offer, Pipe,
-    Ready, Reject, State, Taken, Welcome,
+    Abort, Ack, Arrival, BytesPiped, BytesStart, Commit, End, Hello, Key, Lineage, Message, Offer,
+    Pipe, Ready, Reject, State, Taken, Welcome,
 };
 
 use crate::error::{Error, Step};
@@ -24,8 +24,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"mitosis\0";
 /// the new process sets itself up while the old one still serves, and the
 /// pipe for large byte buffers (step 6). With a peer that speaks only 1
 /// there is no READY, the state follows STATE, and every byte crosses over
-/// TCP.
-pub(crate) const VERSIONS: (u16, u16) = (1, 2);
+/// TCP. 3 adds LINEAGE (step 4): the new process's generation and the
+/// binary path it upgrades from.
+pub(crate) const VERSIONS: (u16, u16) = (1, 3);
 
 /// The first version with READY.
 pub(crate) const READY_VERSION: u16 = 2;
@@ -33,6 +34,9 @@ pub(crate) const READY_VERSION: u16 = 2;
 /// The first version whose large byte buffers may come through a pipe
 /// (PIPE, BYTES_PIPED).
 pub(crate) const PIPE_VERSION: u16 = 2;
+
+/// The first version with LINEAGE.
+pub(crate) const LINEAGE_VERSION: u16 = 3;
 
 /// Length of the token each side proves the secret with.
 pub(crate) const TOKEN_LEN: usize = 32;
@@ -46,8 +50,8 @@ pub(crate) const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
 /// Largest payload of one DATA or BYTES frame.
 pub(crate) const MAX_DATA_PAYLOAD: u32 = 1024 * 1024;
 
-/// The frame kinds of protocol versions 1 and 2 (READY and BYTES_PIPED are
-/// version 2's).
+/// The frame kinds of protocol versions 1 to 3 (READY and BYTES_PIPED are
+/// version 2's, LINEAGE version 3's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -78,6 +82,9 @@ pub enum Kind {
     /// old → new: an out-of-line byte buffer of this many bytes follows
     /// through the pipe.
     BytesPiped = 13,
+    /// old → new: the new process's generation, and the binary path it
+    /// upgrades from.
+    Lineage = 14,
 }
 
 impl Kind {
@@ -96,6 +103,7 @@ impl Kind {
             11 => Kind::Taken,
             12 => Kind::Ready,
             13 => Kind::BytesPiped,
+            14 => Kind::Lineage,
             _ => return None,
         })
     }
@@ -115,6 +123,7 @@ impl Kind {
             Kind::Taken => "TAKEN",
             Kind::Ready => "READY",
             Kind::BytesPiped => "BYTES_PIPED",
+            Kind::Lineage => "LINEAGE",
         }
     }
 
@@ -247,6 +256,19 @@ impl Payload {
         self.u16(end as u16).bytes(&value.as_bytes()[..end])
     }
 
+    /// A path: u16 length, then its bytes, which need not be UTF-8. A
+    /// path longer than a string may be is not sent at all (length 0).
+    fn path(&mut self, value: &std::path::Path) -> &mut Self {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = value.as_os_str().as_bytes();
+        let bytes = if bytes.len() > MAX_STRING {
+            &[][..]
+        } else {
+            bytes
+        };
+        self.u16(bytes.len() as u16).bytes(bytes)
+    }
+
     /// A state's description: 0, or 1 and the description (`shape.rs`);
     /// 0 too for one past the description's bounds.
     fn description(&mut self, shape: Option<&Shape>) -> &mut Self {
@@ -332,6 +354,17 @@ impl<'p> Fields<'p> {
                 format!("{} frame holds invalid UTF-8", self.kind),
             )
         })
+    }
+
+    fn path(&mut self) -> Result<std::path::PathBuf, Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let len = self.u16()? as usize;
+        if self.rest.len() < len {
+            return Err(self.short());
+        }
+        let (path, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(std::ffi::OsStr::from_bytes(path).into())
     }
 
     fn description(&mut self) -> Result<Option<Shape>, Error> {

@@ -644,6 +644,22 @@ pub fn parse_fds(list: &str) -> Vec<(u32, String)> {
 }
 
 /// The targets of the fds above 2.
+/// A new generation's non-stdio fds, without the one read-only handle to
+/// the previous build's executable (installed as `<dir>/testdata`) that
+/// every generation started by an upgrade keeps; fails unless there is
+/// exactly one.
+pub fn non_stdio_but_previous_build(fds: &[(u32, String)]) -> Vec<String> {
+    let (handles, others): (Vec<String>, Vec<String>) = non_stdio(fds)
+        .into_iter()
+        .partition(|target| target.ends_with("/testdata"));
+    assert_eq!(
+        handles.len(),
+        1,
+        "one handle to the previous build, no more: {fds:?}"
+    );
+    others
+}
+
 pub fn non_stdio(fds: &[(u32, String)]) -> Vec<String> {
     let mut targets: Vec<String> = fds
         .iter()
