@@ -58,6 +58,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use mitosis::control::Control;
 use mitosis::tls::TlsStream;
 use mitosis::{Handover, Outcome};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -95,6 +96,15 @@ struct Options {
     /// The private key of `--tls-cert`, in PEM.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve a control socket here (in a directory only this user can
+    /// write), for `mitosisctl --socket PATH upgrade|previous|status`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Run again to upgrade: instead of serving, ask the server running
+    /// with this `--control` socket to upgrade to this binary; print the
+    /// outcome, and exit 0 when it is done, 1 when it failed.
+    #[arg(long, requires = "control")]
+    upgrade: bool,
 }
 
 /// The whole server. It crosses to the next generation at each upgrade.
@@ -102,9 +112,11 @@ struct Options {
 /// The sockets are non-blocking. That flag belongs to the open socket, not
 /// to the fd number, so it crosses with them.
 #[derive(Handover)]
-#[handover(name = "echo-server::State", version = 2)]
+#[handover(name = "echo-server::State", version = 3)]
 struct State {
     listener: TcpListener,
+    /// `--control`: operators' upgrades, and going back.
+    control: Option<Control>,
     clients: Vec<Client>,
     next_client_id: u64,
     /// 1 for the process started by hand, one more for each upgrade.
@@ -191,10 +203,15 @@ pub fn run(version: &'static str) -> ExitCode {
     // process-wide crypto provider.
     crate::tls::install_crypto_provider();
     crate::log_to_stderr("echo-server", log::LevelFilter::Warn);
-    // Before anything else: a process started by an upgrade connects to
-    // its predecessor here.
-    let arrival = mitosis::arrive::<State>();
+    // Run again with --upgrade, it only asks: it must not become a server
+    // (or, under a supervisor, a keeper) in `arrive`.
     let options = Options::parse_from(mitosis::args());
+    if options.upgrade {
+        return upgrade_the_running_server(&options);
+    }
+    // Then, before anything else: a process started by an upgrade
+    // connects to its predecessor here.
+    let arrival = mitosis::arrive::<State>();
     // A new generation that cannot read the certificate fails before it
     // commits, so the old one serves on.
     let tls = match (&options.tls_cert, &options.tls_key) {
@@ -218,7 +235,29 @@ pub fn run(version: &'static str) -> ExitCode {
     }
 }
 
+/// `--upgrade`: the server at `--control` becomes this build.
+fn upgrade_the_running_server(options: &Options) -> ExitCode {
+    let socket = options.control.as_deref().expect("clap requires --control");
+    match mitosis::control::upgrade_to_this_binary(socket) {
+        Ok(answer) if answer.succeeded() => {
+            print!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprint!("{answer}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("echo-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn start(options: &Options) -> Result<State, Box<dyn Error>> {
+    // First, so that a second server with the same socket stops before
+    // it listens.
+    let control = options.control.as_ref().map(Control::bind).transpose()?;
     let listener = match (
         mitosis::supervisor::activated::<TcpListener>("echo"),
         options.listen,
@@ -245,6 +284,7 @@ fn start(options: &Options) -> Result<State, Box<dyn Error>> {
     }
     Ok(State {
         listener,
+        control,
         clients: Vec::new(),
         next_client_id: 0,
         generation: 1,
@@ -335,6 +375,17 @@ fn serve(
                 Err(error) => state.upgrade_failed(&error),
             }
         }
+        // An operator's request (mitosisctl, run-again), which hears the
+        // outcome from mitosis. While an upgrade runs, mitosis refuses
+        // more.
+        if let Some(request) = state.control.as_mut().and_then(Control::request)
+            && upgrade.is_none()
+        {
+            match request.prepare(&upgrades, &state) {
+                Ok(prepared) => upgrade = Some(prepared),
+                Err(error) => state.upgrade_failed(&error),
+            }
+        }
         if let Some(prepared) = upgrade.as_mut() {
             match prepared.is_ready() {
                 Ok(false) => {}
@@ -359,7 +410,13 @@ fn serve(
         }
         let mut events = vec![upgrade_signal.as_fd(), stop_signal.as_fd()];
         events.extend(upgrade.as_ref().map(AsFd::as_fd));
-        state.wait_and_read(&events, tls)?;
+        // Out of the state while it is polled with the state's sockets.
+        let control = state.control.take();
+        events.extend(control.as_ref().map(AsFd::as_fd));
+        let waited = state.wait_and_read(&events, tls);
+        drop(events);
+        state.control = control;
+        waited?;
     }
 }
 

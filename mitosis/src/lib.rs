@@ -96,6 +96,9 @@
 //!
 //! - `clap` (on by default): [`Flag`], the hidden `--mitosis` flag for clap
 //!   parsers. Without it, parse [`args`] instead.
+//! - `control`: `control::Control`, a control socket through which
+//!   `mitosisctl`, systemd's `ExecReload=` or the program run again start
+//!   an upgrade (or go back to the previous build) and hear its outcome.
 //! - `tls`: `tls::TlsStream`, a TLS connection (client or server, on
 //!   rustls) whose session crosses a handover with it.
 //! - `tokio`: tokio's sockets and buffered streams and tokio-util's framed
@@ -123,7 +126,9 @@ mod conn;
 mod env;
 mod fault;
 mod fd_channel;
+mod lineage;
 mod pipe;
+mod report;
 mod wire;
 
 // The two sides, each a walk through PROTOCOL.md's steps.
@@ -131,6 +136,9 @@ mod args;
 mod new;
 mod old;
 pub mod supervisor;
+// Upgrades started, reported and undone from outside.
+#[cfg(feature = "control")]
+pub mod control;
 // Connections that carry a session of their own across: TLS.
 #[cfg(feature = "tls")]
 pub mod tls;
