@@ -39,6 +39,16 @@ pub enum Need {
     /// `unshare --pid --fork --mount-proc` works here (root alone is not
     /// enough inside some containers).
     PidNamespaces,
+    /// `mitosisctl`, which `cargo test --workspace` builds next to the
+    /// examples' binaries (it is the mitosis package's, with the `control`
+    /// feature the examples turn on).
+    Mitosisctl,
+}
+
+/// Where `cargo test --workspace` puts `mitosisctl`: next to the examples'
+/// binaries. A test that runs it says [`Need::Mitosisctl`].
+pub fn mitosisctl() -> PathBuf {
+    Path::new(ECHO_SERVER).with_file_name("mitosisctl")
 }
 
 /// Whether the test can run. Outside CI a missing need prints the reason
@@ -48,6 +58,13 @@ pub fn can_run(test: &str, needs: &[Need]) -> bool {
     for need in needs {
         let missing = match need {
             Need::Root => (!rustix::process::geteuid().is_root()).then(|| "not root".to_owned()),
+            Need::Mitosisctl => (!mitosisctl().is_file()).then(|| {
+                format!(
+                    "{} is not built: run the tests with `cargo test --workspace`, or first \
+                     `cargo build -p mitosis-handover --features control --bin mitosisctl`",
+                    mitosisctl().display()
+                )
+            }),
             Need::Program { name, package } => (!on_path(name))
                 .then(|| format!("{name} is not installed (apt-get install -y {package})")),
             Need::PidNamespaces => {
