@@ -1,6 +1,6 @@
 //! The client's side: one request, and the program's answer.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ pub fn send(socket: &Path, command: &Command) -> Result<Answer, Error> {
         ),
         reason,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|error| {
+    let stream = UnixStream::connect(socket).map_err(|error| {
         failed(match error.kind() {
             io::ErrorKind::NotFound => {
                 "no such socket: is the program running, with its control socket at this path?"
@@ -54,15 +54,16 @@ pub fn send(socket: &Path, command: &Command) -> Result<Answer, Error> {
     line.push(b'\n');
     // SIGPIPE cannot kill the caller: a Unix stream refuses to write to a
     // closed peer with EPIPE only under MSG_NOSIGNAL, which std's write
-    // does not pass, so the bytes go through send.
-    rustix::net::send(&stream, &line, rustix::net::SendFlags::NOSIGNAL)
-        .map_err(|error| failed(format!("sending the request: {error}")))?;
-    let _ = stream.flush();
-    let mut text = String::new();
-    (&mut stream)
-        .take(MAX_ANSWER)
-        .read_to_string(&mut text)
-        .map_err(|error| failed(format!("reading the answer: {error}")))?;
+    // does not pass, so the bytes go through send. A program that refuses
+    // the connection (another user's, say) answers and closes at once,
+    // maybe before the request went: its answer is still there to read.
+    let sent = rustix::net::send(&stream, &line, rustix::net::SendFlags::NOSIGNAL);
+    let text = read_answer(&stream).map_err(|error| {
+        failed(match sent {
+            Err(refused) => format!("sending the request: {refused}"),
+            Ok(_) => format!("reading the answer: {error}"),
+        })
+    })?;
     if text.is_empty() {
         return Err(failed(
             "the program closed the connection without answering: it exited, or an upgrade \
@@ -71,6 +72,25 @@ pub fn send(socket: &Path, command: &Command) -> Result<Answer, Error> {
         ));
     }
     text.parse().map_err(failed)
+}
+
+/// Reads the answer up to its closing empty line (at most [`MAX_ANSWER`]
+/// bytes), and no further: a program that closes the connection with the
+/// request unread (it refused the connection before reading it) resets
+/// it, and the reset comes after the answer.
+fn read_answer(mut stream: &UnixStream) -> io::Result<String> {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.ends_with(b"\n\n") && (answer.len() as u64) < MAX_ANSWER {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    String::from_utf8(answer)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the answer is not UTF-8"))
 }
 
 /// Run-again: asks the running copy of this program, through its control
