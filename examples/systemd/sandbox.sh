@@ -9,9 +9,10 @@
 #   examples/systemd/sandbox.sh log "$SB"               # systemd's own log
 #   examples/systemd/sandbox.sh stop "$SB"              # kill it all, clean up
 #
-# The units' ExecStart=/usr/local/bin/NAME becomes BIN_DIR/NAME, by default
-# the release build of this repository (target/release, or
-# $CARGO_TARGET_DIR/release), so there is nothing to install.
+# The units' ExecStart=/usr/local/bin/NAME (and ExecReload=, for mitosisctl)
+# becomes BIN_DIR/NAME, by default the release build of this repository
+# (target/release, or $CARGO_TARGET_DIR/release), so there is nothing to
+# install.
 #
 # Needs root (for namespaces and mounts), systemd (Debian 12 has 252),
 # util-linux (unshare, nsenter, script) and a cgroup2 hierarchy, at
@@ -66,6 +67,7 @@ start() {
   bin=$(realpath -e -- "$bin") || die "no such directory: ${1:-target/release}"
   case "$bin" in *[[:space:]]*) die "the binary directory may not contain spaces: $bin";; esac
   [ -x "$bin/echo-server" ] || echo "sandbox.sh: warning: no $bin/echo-server (cargo build --release -p mitosis-examples)" >&2
+  [ -x "$bin/mitosisctl" ] || echo "sandbox.sh: warning: no $bin/mitosisctl, for echo-server-control.service (cargo build --release -p mitosis-handover --features control --bin mitosisctl)" >&2
 
   local dir; dir=$(mktemp -d -t mitosis-sandbox.XXXXXX)
   mkdir "$dir/units" "$dir/run" "$dir/empty"
@@ -74,7 +76,7 @@ start() {
   # targets that their default dependencies, After= and WantedBy= name.
   local unit target
   for unit in "$HERE"/*.service "$HERE"/*.socket; do
-    sed "s|^ExecStart=/usr/local/bin/|ExecStart=$bin/|" "$unit" > "$dir/units/${unit##*/}"
+    sed "s|^\(Exec[A-Za-z]*=\)/usr/local/bin/|\1$bin/|" "$unit" > "$dir/units/${unit##*/}"
   done
   for target in default sysinit basic sockets timers paths slices shutdown multi-user network-online; do
     printf '[Unit]\nDescription=stand-in for %s.target\n' "$target" > "$dir/units/$target.target"

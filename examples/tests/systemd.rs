@@ -1,15 +1,17 @@
 //! The echo server and the IRC bot under a real systemd 252, with the unit
-//! files of `examples/systemd/` as shipped (only the binary's path, the port
-//! and the bot's options are the test's own). Each test boots its own
+//! files of `examples/systemd/` as shipped (only the binaries' paths, the
+//! port and the bot's options are the test's own). Each test boots its own
 //! systemd as PID 1 of a new namespace (see `systemd/namespace.rs`) and
 //! checks what `systemctl show` reports across upgrades: the unit stays
 //! `active`/`running`, and its main pid is the process that serves.
 //!
-//! They need root, systemd, util-linux and cgroup2 (and ngircd for the bot);
+//! They need root, systemd, util-linux and cgroup2 (and ngircd for the bot,
+//! and mitosisctl, which `cargo test --workspace` builds, for `ExecReload=`);
 //! without them they skip with a printed reason, except under `CI=true`,
 //! where they fail. `cargo test --test systemd -- --nocapture` shows every
 //! command they run inside the namespace and what it reported.
 
+mod env_support;
 mod irc_support;
 #[path = "systemd/namespace.rs"]
 mod namespace;
@@ -17,13 +19,14 @@ mod namespace;
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use mitosis::control::Answer;
 use namespace::{MainState, Systemd};
 
 const ECHO_SERVER: &str = env!("CARGO_BIN_EXE_echo-server");
@@ -36,6 +39,10 @@ const PATIENCE: Duration = Duration::from_secs(20);
 const ECHO_UNIT: &str = "echo-server.service";
 const ECHO_SOCKET: &str = "echo-server.socket";
 const BOT_UNIT: &str = "ircbot.service";
+/// The echo server upgraded by `ExecReload=mitosisctl`, and its control
+/// socket, in the unit's RuntimeDirectory=.
+const CONTROL_UNIT: &str = "echo-server-control.service";
+const CONTROL_SOCKET: &str = "/run/echo-server/control";
 
 /// Socket activation: a connection made while only the socket unit runs
 /// starts the server, which answers it; then 5 upgrades under load, by
@@ -322,6 +329,298 @@ fn echo_server_with_listen_is_ready_under_type_notify() {
     );
 }
 
+/// The shipped `echo-server-control.service`: `--control` in its
+/// RuntimeDirectory=, and `ExecReload=mitosisctl --socket … upgrade`. On
+/// systemd 252, without Type=notify-reload, `systemctl reload` then waits
+/// for the upgrade's outcome: it exits 0 only once the new process has taken
+/// over (MainPID is the new pid the moment it returns, the unit is
+/// active/running, and mitosisctl's `done` answer is logged), and exits
+/// non-zero for a broken build, whose failure mitosisctl logs, while the old
+/// process stays the main pid and serves on. A held connection is served
+/// throughout; with the good build back, the next reload succeeds.
+#[test]
+fn reload_through_mitosisctl_waits_for_the_upgrade_and_fails_for_a_broken_build() {
+    if !Systemd::available()
+        || !env_support::can_run(
+            "reload_through_mitosisctl_waits_for_the_upgrade_and_fails_for_a_broken_build",
+            &[env_support::Need::Mitosisctl],
+        )
+    {
+        return;
+    }
+    let binary = Installed::new("mitosisctl", ECHO_SERVER, "echo-server");
+    let mitosisctl = binary.beside(&env_support::mitosisctl(), "mitosisctl");
+    let port = free_port();
+    let systemd = Systemd::boot("mitosisctl", &control_units(&binary, &mitosisctl, port));
+    let unit = systemd.show(
+        CONTROL_UNIT,
+        &[
+            "Type",
+            "ExecReload",
+            "RuntimeDirectory",
+            "RuntimeDirectoryMode",
+        ],
+    );
+    assert_eq!(unit["Type"], "notify", "{unit:?}");
+    assert!(
+        unit["ExecReload"].contains(&format!(
+            "argv[]={} --socket {CONTROL_SOCKET} upgrade ;",
+            mitosisctl.display()
+        )),
+        "{unit:?}"
+    );
+    assert_eq!(
+        (
+            unit["RuntimeDirectory"].as_str(),
+            unit["RuntimeDirectoryMode"].as_str()
+        ),
+        ("echo-server", "0700"),
+        "{unit:?}"
+    );
+
+    // Returns once the server has said READY=1.
+    systemd.run(&["systemctl", "start", CONTROL_UNIT]);
+    let first = systemd.main_state(CONTROL_UNIT);
+    assert!(first.is_running(), "{first:?}; {}", systemd.context());
+    check_serves(&systemd, CONTROL_UNIT, &first, port);
+    // The socket, as the test sees the namespace's /run: 0600 in a 0700
+    // directory of root's, which systemd made.
+    let socket_dir = systemd.run_dir().join("echo-server");
+    let dir = fs::metadata(&socket_dir).unwrap();
+    let socket = fs::symlink_metadata(socket_dir.join("control")).unwrap();
+    assert_eq!(
+        (
+            dir.permissions().mode() & 0o7777,
+            dir.uid(),
+            socket.file_type().is_socket(),
+            socket.permissions().mode() & 0o7777
+        ),
+        (0o700, 0, true, 0o600)
+    );
+    let mut client = EchoClient::connect(port, "client");
+    client.echo();
+    let status = mitosisctl_status(&systemd, &mitosisctl);
+    assert_eq!(
+        (
+            status.field("pid"),
+            status.field("generation"),
+            status.field("last-upgrade")
+        ),
+        (
+            Some(first.main_pid.to_string().as_str()),
+            Some("1"),
+            Some("none")
+        ),
+        "{}",
+        systemd.context()
+    );
+    eprintln!("[mitosisctl] started: {first:?}; `mitosisctl status` agrees");
+
+    // (a) The good build: reload returns once the upgrade is done.
+    let stdout = systemd.run_dir().join("echo-server.out");
+    let printed_before = fs::read_to_string(&stdout).unwrap_or_default().len();
+    let logged_before = unit_log(&systemd).len();
+    let started = Instant::now();
+    let reload = systemd.run_printed(&["systemctl", "reload", CONTROL_UNIT]);
+    let took = started.elapsed();
+    assert!(
+        reload.status.success(),
+        "`systemctl reload` failed with {}; {}",
+        reload.status,
+        systemd.context()
+    );
+    // Read at once, without waiting: all of this was so when reload exited.
+    let upgraded = systemd.main_state(CONTROL_UNIT);
+    let answer = answer_logged(&stdout, printed_before, "done")
+        .unwrap_or_else(|| panic!("no `done` in {}; {}", stdout.display(), systemd.context()));
+    let shown = systemd.show(CONTROL_UNIT, &["ReloadResult", "ExecReload"]);
+    assert!(
+        upgraded.is_running() && upgraded.main_pid != first.main_pid,
+        "right after `systemctl reload`: {upgraded:?} (before: {first:?}); {}",
+        systemd.context()
+    );
+    assert_eq!(
+        (
+            answer.field("old-pid"),
+            answer.field("new-pid"),
+            answer.field("generation")
+        ),
+        (
+            Some(first.main_pid.to_string().as_str()),
+            Some(upgraded.main_pid.to_string().as_str()),
+            Some("2")
+        ),
+        "ExecReload's answer: {answer:?}; {}",
+        systemd.context()
+    );
+    assert_eq!(shown["ReloadResult"], "success", "{shown:?}");
+    assert!(
+        shown["ExecReload"].contains("code=exited ; status=0 }"),
+        "{shown:?}"
+    );
+    check_serves(&systemd, CONTROL_UNIT, &upgraded, port);
+    client.echo();
+    let status = mitosisctl_status(&systemd, &mitosisctl);
+    assert_eq!(
+        (
+            status.field("pid"),
+            status.field("generation"),
+            status.field("last-upgrade"),
+        ),
+        (
+            Some(upgraded.main_pid.to_string().as_str()),
+            Some("2"),
+            Some("done"),
+        ),
+        "{}",
+        systemd.context()
+    );
+    // systemd's side: it took the new main pid from the old process before
+    // ExecReload='s mitosisctl exited, which ended the reload.
+    let logged = reload_log(&systemd, logged_before);
+    let main_pid = format!(
+        "Got notification message from PID {} (MAINPID={})",
+        first.main_pid, upgraded.main_pid
+    );
+    let exited = "Control process exited, code=exited, status=0/SUCCESS";
+    assert!(
+        position(&logged, &main_pid) < position(&logged, exited),
+        "{logged:#?}"
+    );
+    check_gone(&systemd, first.main_pid);
+    eprintln!(
+        "[mitosisctl] `systemctl reload` took {took:?} and returned with MainPID {} -> {} \
+         already, {}/{}; ExecReload's mitosisctl logged {answer:?}",
+        first.main_pid, upgraded.main_pid, upgraded.active, upgraded.sub
+    );
+
+    // (b) A broken build: reload fails, and nothing else changes.
+    binary.replace_with_broken();
+    let stderr = systemd.run_dir().join("echo-server.err");
+    let printed_before = fs::read_to_string(&stderr).unwrap_or_default().len();
+    let logged_before = unit_log(&systemd).len();
+    let reload = systemd.run_printed(&["systemctl", "reload", CONTROL_UNIT]);
+    let kept = systemd.main_state(CONTROL_UNIT);
+    let shown = systemd.show(CONTROL_UNIT, &["ReloadResult", "ExecReload", "NRestarts"]);
+    assert_eq!(
+        reload.status.code(),
+        Some(1),
+        "`systemctl reload` with a broken build; {}",
+        systemd.context()
+    );
+    let said = String::from_utf8_lossy(&reload.stderr);
+    assert!(
+        said.starts_with(&format!("Job for {CONTROL_UNIT} failed.")),
+        "{said}"
+    );
+    assert_eq!(
+        kept,
+        upgraded,
+        "a failed reload changed the unit; {}",
+        systemd.context()
+    );
+    assert_eq!(
+        (shown["ReloadResult"].as_str(), shown["NRestarts"].as_str()),
+        ("exit-code", "0"),
+        "{shown:?}"
+    );
+    assert!(
+        shown["ExecReload"].contains("code=exited ; status=1 }"),
+        "{shown:?}"
+    );
+    // What an operator reads: systemctl status names the failed ExecReload=,
+    // and mitosisctl's answer, with the reason, is in the service's log.
+    let summary = systemd.run(&[
+        "systemctl",
+        "status",
+        "--no-pager",
+        "--lines=0",
+        CONTROL_UNIT,
+    ]);
+    assert!(
+        summary.contains("Active: active (running)")
+            && summary.lines().any(|line| line.contains("ExecReload=")
+                && line.contains("(code=exited, status=1/FAILURE)")),
+        "{summary}"
+    );
+    // The old process said READY=1 again before mitosisctl heard `failed`.
+    let logged = reload_log(&systemd, logged_before);
+    let ready = format!(
+        "Got notification message from PID {} (READY=1)",
+        upgraded.main_pid
+    );
+    let exited = "Control process exited, code=exited, status=1/FAILURE";
+    assert!(
+        position(&logged, &ready) < position(&logged, exited),
+        "{logged:#?}"
+    );
+    let failure = answer_logged(&stderr, printed_before, "failed")
+        .unwrap_or_else(|| panic!("no `failed` in {}; {}", stderr.display(), systemd.context()));
+    assert_eq!(
+        failure.field("old-pid"),
+        Some(upgraded.main_pid.to_string().as_str()),
+        "{failure:?}"
+    );
+    let reason = failure.field("error").unwrap_or_default();
+    assert!(reason.contains("exit"), "{failure:?}");
+    check_serves(&systemd, CONTROL_UNIT, &kept, port);
+    client.echo();
+    EchoClient::connect(port, "after the failure").echo();
+    let status = mitosisctl_status(&systemd, &mitosisctl);
+    assert_eq!(
+        (
+            status.field("pid"),
+            status.field("generation"),
+            status.field("last-upgrade"),
+            status.field("last-error"),
+            status.field("upgrading"),
+        ),
+        (
+            Some(kept.main_pid.to_string().as_str()),
+            Some("2"),
+            Some("failed"),
+            Some(reason),
+            Some("no"),
+        ),
+        "{}",
+        systemd.context()
+    );
+    eprintln!(
+        "[mitosisctl] with a broken build `systemctl reload` exited 1, the unit stays {kept:?}, \
+         and ExecReload's mitosisctl logged: {failure:?}"
+    );
+
+    // The good build back: the next reload succeeds.
+    binary.restore();
+    systemd.run(&["systemctl", "reload", CONTROL_UNIT]);
+    let last = systemd.main_state(CONTROL_UNIT);
+    assert!(
+        last.is_running() && last.main_pid != kept.main_pid,
+        "{last:?}; {}",
+        systemd.context()
+    );
+    let status = mitosisctl_status(&systemd, &mitosisctl);
+    assert_eq!(
+        (status.field("pid"), status.field("generation")),
+        (Some(last.main_pid.to_string().as_str()), Some("3")),
+        "{}",
+        systemd.context()
+    );
+    check_serves(&systemd, CONTROL_UNIT, &last, port);
+    client.echo();
+    eprintln!(
+        "[mitosisctl] with the good build back: MainPID {} -> {}",
+        kept.main_pid, last.main_pid
+    );
+
+    // Stopped, the server exits 0. (systemd would remove the socket's
+    // directory too, but refuses to on a disk file system: the test's /run
+    // is not a tmpfs.)
+    systemd.run(&["systemctl", "stop", CONTROL_UNIT]);
+    check_stopped_cleanly(&systemd, CONTROL_UNIT, "echo-server", last.main_pid);
+    client.expect_closed();
+}
+
 /// The IRC bot under systemd against a real ngircd, upgraded 3 times: by an
 /// admin's `!upgrade`, by `systemctl reload`, and by `!upgrade` again. After
 /// each, its main pid is the new process, the unit is active/running, and
@@ -457,6 +756,28 @@ fn echo_units(
     units
 }
 
+/// The shipped echo-server-control.service, listening on `port`, with the
+/// test's copies of the server and of mitosisctl.
+fn control_units(binary: &Installed, mitosisctl: &Path, port: u16) -> Vec<(&'static str, String)> {
+    let unit = shipped_unit(CONTROL_UNIT, binary);
+    let listen = "--listen 127.0.0.1:7701 ";
+    let reload = "\nExecReload=/usr/local/bin/mitosisctl ";
+    assert!(
+        unit.contains(listen) && unit.contains(reload),
+        "{CONTROL_UNIT} lost {listen:?} or {reload:?}"
+    );
+    let unit = unit
+        .replace(listen, &format!("--listen 127.0.0.1:{port} "))
+        .replace(reload, &format!("\nExecReload={} ", mitosisctl.display()));
+    vec![
+        (CONTROL_UNIT, unit),
+        (
+            "echo-server-control.service.d/test.conf",
+            test_drop_in("echo-server", None),
+        ),
+    ]
+}
+
 /// A unit of `examples/systemd/`, running the test's copy of the binary.
 fn shipped_unit(file: &str, binary: &Installed) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -528,6 +849,15 @@ impl Installed {
         fs::remove_file(&staged).ok();
         fs::hard_link(self.built, &staged).unwrap();
         fs::rename(&staged, &self.path).unwrap();
+    }
+
+    /// Another built program beside this one, as both would be in
+    /// /usr/local/bin: a hard link, which a rebuild does not change.
+    fn beside(&self, built: &Path, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::hard_link(built, &path)
+            .unwrap_or_else(|e| panic!("link {} at {}: {e}", built.display(), path.display()));
+        path
     }
 
     /// Renames a build that exits 1 at start over the installed one.
@@ -720,6 +1050,58 @@ fn check_stopped_cleanly(systemd: &Systemd, unit: &str, program: &str, pid: u32)
     let killed = systemd.console_lines_with(&format!("Killing process {pid} ({program})"));
     assert!(killed.is_empty(), "{killed:?}; {}", systemd.context());
     assert_eq!(systemd.unit_pids(unit), Vec::<u32>::new());
+}
+
+/// The lines of systemd's log about echo-server-control.service.
+fn unit_log(systemd: &Systemd) -> Vec<String> {
+    systemd.console_lines_with(&format!("{CONTROL_UNIT}: "))
+}
+
+/// [`unit_log`] after its first `from` lines, once it shows that the
+/// reload's ExecReload= process has exited (the console log is written a
+/// moment after systemd logs).
+fn reload_log(systemd: &Systemd, from: usize) -> Vec<String> {
+    systemd.poll(PATIENCE, "systemd to log the end of ExecReload=", || {
+        let logged = unit_log(systemd).get(from..)?.to_vec();
+        logged
+            .iter()
+            .any(|line| line.contains("Control process exited"))
+            .then_some(logged)
+    })
+}
+
+/// Where the first line containing `needle` is in `lines`.
+fn position(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("systemd did not log {needle:?}: {lines:#?}"))
+}
+
+/// `mitosisctl status`, run inside the namespace as root.
+fn mitosisctl_status(systemd: &Systemd, mitosisctl: &Path) -> Answer {
+    let mitosisctl = mitosisctl.display().to_string();
+    let printed = systemd.run(&[&mitosisctl, "--socket", CONTROL_SOCKET, "status"]);
+    printed
+        .parse()
+        .unwrap_or_else(|e| panic!("`mitosisctl status` printed {printed:?}: {e}"))
+}
+
+/// The answer starting with the line `verdict` that mitosisctl, run by
+/// ExecReload=, printed to the service's log file `path` after its first
+/// `from` bytes: that line and the `key: value` lines after it, up to the
+/// server's own next log line.
+fn answer_logged(path: &Path, from: usize, verdict: &str) -> Option<Answer> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut lines = text.get(from..)?.lines();
+    lines.find(|line| *line == verdict)?;
+    let is_field = |line: &&str| {
+        line.split_once(": ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
+    };
+    let fields: Vec<&str> = lines.take_while(is_field).collect();
+    format!("{verdict}\n{}", fields.join("\n")).parse().ok()
 }
 
 /// Waits until the namespace's process `pid` has exited.

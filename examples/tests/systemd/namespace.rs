@@ -312,16 +312,29 @@ impl Systemd {
             .expect("run nsenter")
     }
 
-    /// Runs a command inside the namespace, printing it and its output, and
-    /// panics if it fails. Returns its stdout.
-    pub fn run(&self, args: &[&str]) -> String {
+    /// Runs a command inside the namespace, printing it, its output and,
+    /// if it failed, its exit status; returns what it did. For a command
+    /// that is expected to fail.
+    pub fn run_printed(&self, args: &[&str]) -> Output {
         let output = self.command(args);
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr);
         eprintln!("[{}] $ {}", self.name, args.join(" "));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
         for line in stdout.lines().chain(stderr.lines()) {
             eprintln!("[{}]   {line}", self.name);
         }
+        if !output.status.success() {
+            eprintln!("[{}]   ({})", self.name, output.status);
+        }
+        output
+    }
+
+    /// Runs a command inside the namespace, printing it and its output, and
+    /// panics if it fails. Returns its stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let output = self.run_printed(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success(),
             "`{}` failed with {}: {stderr}; {}",

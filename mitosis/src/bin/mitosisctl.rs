@@ -14,11 +14,12 @@
 //! fails when it fails:
 //! `ExecReload=mitosisctl --socket /run/echo-server.control upgrade`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Arg, ArgGroup, FromArgMatches, Subcommand};
-use mitosis::control::{Command, Control, send};
+use mitosis::control::{Answer, Command, Control, send};
 
 fn main() -> ExitCode {
     let cli = Command::augment_subcommands(
@@ -65,11 +66,11 @@ fn main() -> ExitCode {
     };
     match socket.and_then(|socket| send(&socket, &command)) {
         Ok(answer) if answer.succeeded() => {
-            print!("{answer}");
+            print_whole(std::io::stdout(), &answer);
             ExitCode::SUCCESS
         }
         Ok(answer) => {
-            eprint!("{answer}");
+            print_whole(std::io::stderr(), &answer);
             ExitCode::FAILURE
         }
         Err(error) => {
@@ -77,4 +78,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the answer in one write: under ExecReload= it goes to the
+/// service's log, which the service's own processes write to as well, and
+/// `print!("{answer}")` would write it a piece at a time, between which
+/// their lines could land.
+fn print_whole(mut out: impl Write, answer: &Answer) {
+    let _ = out.write_all(answer.to_string().as_bytes());
+    let _ = out.flush();
 }
