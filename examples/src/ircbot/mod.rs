@@ -9,7 +9,10 @@
 //! ready does the bot hand over. The new process continues on the same
 //! connection: the server and everyone in the channels see no QUIT, PART or
 //! JOIN. If the new binary fails, the old process keeps (or gets back) its
-//! state and says so.
+//! state and says so. An admin's `!rollback` does the same with the build
+//! the bot was upgraded from ([`mitosis::SplitOptions::previous_binary`]),
+//! which the bot keeps open, so that it runs even once a deploy has
+//! replaced or deleted its file.
 //!
 //! Commands, in a channel (or in private):
 //! - `!status`: `status: pid=<pid> generation=<n> version=<v> lines=<N>`,
@@ -17,7 +20,14 @@
 //!   generations, this `!status` included;
 //! - `!upgrade` (admins only): `upgrading…`, then either
 //!   `upgraded old_pid=<pid> new_pid=<pid> generation=<n> version=<v>` from
-//!   the new process, or `upgrade failed: <reason>` from the old one.
+//!   the new process, or `upgrade failed: <reason>` from the old one;
+//! - `!rollback` (admins only): the same, back to the build the bot was
+//!   upgraded from: `going back to the previous build…`, then the same
+//!   `upgraded …` line from the new process (its `version` is the previous
+//!   build's), or `upgrade failed: <reason>` from the old one. A bot that
+//!   was never upgraded has no previous build, and says so that way. The
+//!   process it starts upgrades later, on `!upgrade`, from the path this
+//!   one did.
 //!
 //! With `--tls` the bot speaks TLS to the server, verifying its
 //! certificate against the system's trusted roots, or against the CA in
@@ -68,7 +78,8 @@ struct Options {
     /// A channel to join; repeat for more.
     #[arg(long = "channel", value_name = "#NAME")]
     channels: Vec<String>,
-    /// A nick allowed to `!upgrade` the bot; repeat for more.
+    /// A nick allowed to `!upgrade` and `!rollback` the bot; repeat for
+    /// more.
     #[arg(long = "admin", value_name = "NICK")]
     admins: Vec<String>,
     /// Connect with TLS, verifying the server's certificate against the
@@ -310,7 +321,7 @@ fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> 
             if upgrade.is_some() {
                 log::info!("SIGUSR2: an upgrade is already under way");
             } else {
-                upgrade = prepare_upgrade(&mut state, None)?;
+                upgrade = prepare_upgrade(&mut state, Build::Next, None)?;
             }
         }
         if !told_ready && state.registered && state.wanted.len() <= state.joined.len() {
@@ -389,11 +400,11 @@ fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> 
                         );
                         state.say(&reply_to, &status)?;
                     }
-                    Some(Command::Upgrade(reply_to)) if upgrade.is_some() => {
+                    Some(Command::Upgrade(_, reply_to)) if upgrade.is_some() => {
                         state.say(&reply_to, "an upgrade is already under way")?;
                     }
-                    Some(Command::Upgrade(reply_to)) => {
-                        upgrade = prepare_upgrade(&mut state, Some(reply_to))?;
+                    Some(Command::Upgrade(build, reply_to)) => {
+                        upgrade = prepare_upgrade(&mut state, build, Some(reply_to))?;
                     }
                     Some(Command::Refuse(reply_to, nick)) => {
                         let refusal = format!("sorry {nick}, only an admin may upgrade me");
@@ -409,9 +420,46 @@ fn serve(mut state: State, version: &'static str) -> Result<(), Box<dyn Error>> 
 
 enum Command {
     Status(String),
-    Upgrade(String),
-    /// An `!upgrade` from a nick that is not an admin.
+    /// `!upgrade` (to the next build) or `!rollback` (to the previous one).
+    Upgrade(Build, String),
+    /// An `!upgrade` or `!rollback` from a nick that is not an admin.
     Refuse(String, String),
+}
+
+/// The build an upgrade runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    /// The binary now on disk (`!upgrade`, `SIGUSR2`).
+    Next,
+    /// The build this process was upgraded from, from the handle mitosis
+    /// keeps (`!rollback`).
+    Previous,
+}
+
+impl Build {
+    fn options(self) -> mitosis::SplitOptions {
+        let mut options = mitosis::SplitOptions::new();
+        if self == Build::Previous {
+            options.previous_binary();
+        }
+        options
+    }
+
+    /// The command's name, for the log.
+    fn name(self) -> &'static str {
+        match self {
+            Build::Next => "upgrade",
+            Build::Previous => "rollback",
+        }
+    }
+
+    /// What the bot says as it starts.
+    fn starting(self) -> &'static str {
+        match self {
+            Build::Next => "upgrading…",
+            Build::Previous => "going back to the previous build…",
+        }
+    }
 }
 
 /// The command in a PRIVMSG, with where to reply: the channel, or the
@@ -424,30 +472,36 @@ fn command(state: &State, message: &Message<'_>) -> Option<Command> {
     } else {
         target
     };
-    match message.param(1).trim() {
-        "!status" => Some(Command::Status(reply_to.to_owned())),
-        "!upgrade" if state.is_admin(sender) => Some(Command::Upgrade(reply_to.to_owned())),
-        "!upgrade" => Some(Command::Refuse(reply_to.to_owned(), sender.to_owned())),
-        _ => None,
+    let build = match message.param(1).trim() {
+        "!status" => return Some(Command::Status(reply_to.to_owned())),
+        "!upgrade" => Build::Next,
+        "!rollback" => Build::Previous,
+        _ => return None,
+    };
+    match state.is_admin(sender) {
+        true => Some(Command::Upgrade(build, reply_to.to_owned())),
+        false => Some(Command::Refuse(reply_to.to_owned(), sender.to_owned())),
     }
 }
 
-/// Starts the binary now on disk, which sets itself up while this process
-/// goes on serving. `None` if no upgrade could start; the reason is said
-/// where the upgrade was asked for (`None`: by a signal; then logged).
+/// Starts `build` (the binary now on disk, or the previous build), which
+/// sets itself up while this process goes on serving. `None` if no upgrade
+/// could start (such as a rollback with no previous build); the reason is
+/// said where the upgrade was asked for (`None`: by a signal; then logged).
 fn prepare_upgrade(
     state: &mut State,
+    build: Build,
     reply_to: Option<String>,
 ) -> Result<Option<mitosis::Upgrade<State>>, Box<dyn Error>> {
     match &reply_to {
         Some(reply_to) => {
-            state.say(reply_to, "upgrading…")?;
-            log::info!("upgrading, asked in {reply_to}");
+            state.say(reply_to, build.starting())?;
+            log::info!("{}, asked in {reply_to}", build.name());
         }
-        None => log::info!("upgrading, asked by a signal"),
+        None => log::info!("{}, asked by a signal", build.name()),
     }
     state.upgrade_asked_in = reply_to;
-    match mitosis::prepare(&*state) {
+    match build.options().prepare(&*state) {
         Ok(prepared) => Ok(Some(prepared)),
         Err(error) => {
             state.upgrade_failed(&error)?;

@@ -272,6 +272,29 @@ impl Binaries {
         fs::rename(&staged, &self.installed).unwrap();
     }
 
+    /// Renames over the installed one a copy of `binary` of its own, so
+    /// that once another build is renamed over it, no file on disk holds
+    /// the build the bot started from: only the processes running it, and
+    /// the handles to it, do. `cp` writes the copy, so that it is open for
+    /// writing in that process alone, never in a fork by another test's
+    /// thread (which would make executing it fail with ETXTBSY; see
+    /// [`Binaries::replace_with`]).
+    pub fn replace_with_copy(&self, binary: &Path) {
+        let staged = self.dir.join("ircbot.new");
+        fs::remove_file(&staged).ok();
+        let status = Command::new("cp")
+            .arg(binary)
+            .arg(&staged)
+            .status()
+            .expect("run cp");
+        assert!(
+            status.success(),
+            "cp {} exited with {status}",
+            binary.display()
+        );
+        fs::rename(&staged, &self.installed).unwrap();
+    }
+
     /// Renames over the installed one a build that waits, before it
     /// starts, until the returned fifo is opened for writing: a slow start
     /// that the test ends when it chooses.
@@ -619,9 +642,22 @@ impl Client {
     /// `!upgrade`, expecting it to succeed; with the time from sending it to
     /// seeing the `upgraded` line.
     pub fn upgrade(&mut self) -> (Upgraded, Duration) {
+        self.new_generation("!upgrade", "upgrading…")
+    }
+
+    /// `!rollback`, expecting it to succeed: the new process, running the
+    /// previous build, reports as after an upgrade. With the time from
+    /// sending it to seeing the `upgraded` line.
+    pub fn rollback(&mut self) -> (Upgraded, Duration) {
+        self.new_generation("!rollback", "going back to the previous build…")
+    }
+
+    /// Says `command`, expects the bot to answer `starting`, then a new
+    /// generation to report.
+    fn new_generation(&mut self, command: &str, starting: &str) -> (Upgraded, Duration) {
         let asked = Instant::now();
-        self.say("!upgrade");
-        self.expect_bot_says("upgrading…");
+        self.say(command);
+        self.expect_bot_says(starting);
         let line = self.wait_for("the bot's next line", |line| line.source == BOT);
         let took = asked.elapsed();
         assert!(line.text.starts_with("upgraded "), "{line:?}");
