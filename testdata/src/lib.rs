@@ -530,6 +530,26 @@ fn child_env() -> io::Result<String> {
         .join(" "))
 }
 
+/// What the fds of a subprocess started now point at, sorted: a shell
+/// that lists its own (so it sees what crossed `exec`).
+fn child_fds() -> io::Result<String> {
+    let output = std::process::Command::new("sh")
+        .args(["-c", r#"for fd in /proc/$$/fd/*; do readlink "$fd"; done"#])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()?;
+    let mut targets: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    targets.sort();
+    Ok(["child-fds".to_owned()]
+        .into_iter()
+        .chain(targets)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// The faults that strike after `mitosis::arrive`, not before it.
 const AFTER_ARRIVAL: [&str; 4] = ["setup-sleep=", "no-commit-exit", "no-commit-hang", "refuse"];
 
@@ -840,6 +860,7 @@ impl App {
                 .collect::<Vec<_>>()
                 .join(" "),
             "child-env" => child_env()?,
+            "child-fds" => child_fds()?,
             "split" => return self.split(state, &args),
             "prepare" => match self.options(&args).prepare(&state) {
                 Ok(pending) => {

@@ -122,6 +122,51 @@ fn a_subprocess_of_a_threaded_new_process_sees_nothing_of_mitosis() {
     }
 }
 
+/// Each generation keeps its previous build's executable open, and passes
+/// it to no process but the next generation: a subprocess it starts
+/// inherits nothing of it.
+#[test]
+fn the_previous_build_is_kept_and_not_passed_to_subprocesses() {
+    let (_run, mut peer) = Spawn::new("previous-build-fd").start();
+    let handles = |answer: &str| {
+        answer
+            .split(' ')
+            .skip(1)
+            .filter(|target| target.ends_with("/testdata"))
+            .count()
+    };
+    assert_eq!(
+        handles(&peer.command("fds")),
+        0,
+        "a fresh process keeps none"
+    );
+    for generation in 2..=3 {
+        split_to(&mut peer, generation);
+        let own = peer.command("fds");
+        assert_eq!(handles(&own), 1, "generation {generation}: {own}");
+        let child = peer.command("child-fds");
+        assert!(child.starts_with("child-fds "), "{child}");
+        assert_eq!(handles(&child), 0, "generation {generation}: {child}");
+    }
+}
+
+/// An old process of protocol version 2 sends no LINEAGE: the new process
+/// keeps no previous build (it closes the handle that came with KEY), and
+/// takes over as before.
+#[test]
+fn from_a_version_2_old_process_there_is_no_previous_build() {
+    let (_run, mut peer) = Spawn::new("previous-build-v2")
+        .env("MITOSIS_MAX_VERSION", "old:2")
+        .start();
+    split_to(&mut peer, 2);
+    let own = peer.command("fds");
+    assert!(
+        !own.split(' ').any(|target| target.ends_with("/testdata")),
+        "{own}"
+    );
+    assert_eq!(peer.command("ping v2"), "pong v2");
+}
+
 /// When the old process stops answering, the new process's own error says
 /// so: it gives up, and nobody killed it.
 #[test]
