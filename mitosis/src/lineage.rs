@@ -23,21 +23,30 @@ struct Lineage {
     generation: u64,
     binary: PathBuf,
     previous: Option<OwnedFd>,
+    /// The path the previous build upgraded from, for a generation that
+    /// goes back to it to upgrade from again.
+    previous_binary: PathBuf,
 }
 
 static LINEAGE: OnceLock<Lineage> = OnceLock::new();
 
 /// In a new process, once the old one has said where it comes from: its
 /// generation plus one, and the path later upgrades run.
-pub(crate) fn arrived(generation: u64, binary: PathBuf, previous: Option<OwnedFd>) {
-    let binary = match binary.as_os_str().is_empty() {
+pub(crate) fn arrived(
+    generation: u64,
+    binary: PathBuf,
+    previous: Option<OwnedFd>,
+    previous_binary: PathBuf,
+) {
+    let or_start_path = |path: PathBuf| match path.as_os_str().is_empty() {
         true => env::start_path().to_path_buf(),
-        false => binary,
+        false => path,
     };
     let _ = LINEAGE.set(Lineage {
         generation,
-        binary,
+        binary: or_start_path(binary),
         previous,
+        previous_binary: or_start_path(previous_binary),
     });
 }
 
@@ -54,6 +63,16 @@ pub(crate) fn generation() -> u64 {
 pub(crate) fn binary() -> &'static Path {
     match LINEAGE.get() {
         Some(lineage) => &lineage.binary,
+        None => env::start_path(),
+    }
+}
+
+/// The path the previous build upgraded from: what a generation that goes
+/// back to it upgrades from in turn, so that going back after a run-again
+/// (`v3 --upgrade`) restores the program's path too.
+pub(crate) fn previous_binary() -> &'static Path {
+    match LINEAGE.get() {
+        Some(lineage) => &lineage.previous_binary,
         None => env::start_path(),
     }
 }

@@ -270,6 +270,8 @@ pub mod wire {
             generation: u64,
             /// The binary path.
             binary: std::path::PathBuf,
+            /// The previous build's binary path.
+            previous_binary: std::path::PathBuf,
         },
         /// END.
         End {
@@ -353,7 +355,15 @@ pub mod wire {
             }),
             Frame::BytesStart(size) => pair(real::BytesStart { size }),
             Frame::BytesPiped(size) => pair(real::BytesPiped { size }),
-            Frame::Lineage { generation, binary } => pair(real::Lineage { generation, binary }),
+            Frame::Lineage {
+                generation,
+                binary,
+                previous_binary,
+            } => pair(real::Lineage {
+                generation,
+                binary,
+                previous_binary,
+            }),
             Frame::End {
                 stream_bytes,
                 out_of_line_bytes,
@@ -421,6 +431,7 @@ pub mod wire {
                 Frame::Lineage {
                     generation: lineage.generation,
                     binary: lineage.binary,
+                    previous_binary: lineage.previous_binary,
                 }
             }
             Kind::End => {

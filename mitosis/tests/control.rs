@@ -99,10 +99,16 @@ fn a_directory_others_can_write_is_refused() {
 fn the_socket_is_0600_and_a_live_one_is_not_taken_over() {
     let dir = Dir::new(0o700);
     let path = dir.join("x.control");
-    let control = Control::bind(&path).unwrap();
+    let mut control = Control::bind(&path).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let error = Control::bind(&path).unwrap_err().to_string();
+    // The second program asks the first which pid serves.
+    let second = {
+        let path = path.clone();
+        thread::spawn(move || Control::bind(&path).unwrap_err().to_string())
+    };
+    assert!(serve_until(&mut control, || second.is_finished()).is_none());
+    let error = second.join().unwrap();
     assert!(
         error.contains(&format!(
             "(pid {}) listens there already",
@@ -111,6 +117,11 @@ fn the_socket_is_0600_and_a_live_one_is_not_taken_over() {
         "{error}"
     );
     drop(control);
+    // Silent: it still refuses, without a pid.
+    let silent = Control::bind(&path).unwrap();
+    let error = Control::bind(&path).unwrap_err().to_string();
+    assert!(error.contains("it does not say which pid"), "{error}");
+    drop(silent);
     // Left behind by a program that is gone: replaced.
     let again = Control::bind(&path).unwrap();
     assert_eq!(again.path(), path);

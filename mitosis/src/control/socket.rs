@@ -82,12 +82,10 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener, Error> {
     match std::fs::symlink_metadata(path) {
         Ok(existing) if existing.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(live) => {
-                let pid = rustix::net::sockopt::socket_peercred(&live)
-                    .map(|peer| peer.pid.as_raw_nonzero().get().to_string())
-                    .unwrap_or_else(|_| "unknown".into());
                 return Err(failed(format!(
-                    "a running program (pid {pid}) listens there already; stop it, or upgrade \
-                     it through this socket"
+                    "a running program ({}) listens there already; stop it, or upgrade it \
+                     through this socket",
+                    who_listens(live)
                 )));
             }
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
@@ -119,6 +117,23 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener, Error> {
         .set_nonblocking(true)
         .map_err(|error| failed(error.to_string()))?;
     Ok(listener)
+}
+
+/// Names the program that serves a live socket: its status says which pid
+/// serves now. The kernel's `SO_PEERCRED` names only the process that
+/// first listened, which upgrades have replaced since.
+fn who_listens(mut live: UnixStream) -> String {
+    use std::io::{Read, Write};
+    let serving = (|| {
+        live.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .ok()?;
+        live.write_all(b"status\n").ok()?;
+        let mut text = String::new();
+        live.take(64 * 1024).read_to_string(&mut text).ok()?;
+        let answer: super::Answer = text.parse().ok()?;
+        answer.field("pid").map(|pid| format!("pid {pid}"))
+    })();
+    serving.unwrap_or_else(|| "it does not say which pid; it may be busy".into())
 }
 
 /// The uid of the process at the other end of `stream`, as the kernel

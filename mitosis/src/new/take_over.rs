@@ -119,8 +119,12 @@ pub(super) fn arrive<S: Handover>(port: u16, fd_socket: &Path) -> Result<Session
     // Version 3: where this process comes from. Without it (an older old
     // process), it upgrades later from the path it was started as.
     if version >= wire::LINEAGE_VERSION {
-        let Lineage { generation, binary } = conn.recv(Step::Offer)?;
-        lineage::arrived(generation, binary, previous_build);
+        let Lineage {
+            generation,
+            binary,
+            previous_binary,
+        } = conn.recv(Step::Offer)?;
+        lineage::arrived(generation, binary, previous_build, previous_binary);
     }
     log::debug!("mitosis: step 4: schema {sent} agreed, protocol version {version}");
     Ok(Session {

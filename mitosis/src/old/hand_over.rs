@@ -82,14 +82,14 @@ impl Parent {
             .map_err(Error::io(STEP))
             .map_err(not_started)?;
         // The previous build runs from this process's handle; the new
-        // process then upgrades from this process's path, as it would
-        // have.
+        // process then upgrades from the path that build upgraded from, as
+        // it did, and goes back in turn to this one.
         let (binary, upgrades_from) = match (&options.binary, options.previous_binary) {
             (_, true) => (
                 lineage::previous_path()
                     .ok_or(Error::NoPreviousBinary)
                     .map_err(not_started)?,
-                lineage::binary().to_path_buf(),
+                lineage::previous_binary().to_path_buf(),
             ),
             (Some(binary), false) => (binary.clone(), binary.clone()),
             (None, false) => (
@@ -152,6 +152,7 @@ impl Parent {
             lineage: Lineage {
                 generation: lineage::generation() + 1,
                 binary: upgrades_from,
+                previous_binary: lineage::binary().to_path_buf(),
             },
             executable: lineage::own_executable(),
         })

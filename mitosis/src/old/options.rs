@@ -158,8 +158,8 @@ impl SplitOptions {
     /// Runs the build this process was upgraded from, to undo a bad
     /// upgrade, even after its file on disk has been replaced or deleted:
     /// every generation receives its predecessor's executable as an open
-    /// handle. The new process upgrades later from this process's path, as
-    /// it would have. A process that started fresh, or whose predecessor's
+    /// handle. The new process upgrades later from the path that build
+    /// upgraded from, as it did. A process that started fresh, or whose predecessor's
     /// build of mitosis sent no handle, has no previous build: the upgrade
     /// then fails with [`Error::NoPreviousBinary`](crate::Error::NoPreviousBinary).
     ///

@@ -248,25 +248,30 @@ impl Message for State {
 }
 
 /// LINEAGE (old → new, step 4, protocol version 3), right behind STATE:
-/// the new process's generation, and the binary path later upgrades run
-/// (empty: the one it was started from).
+/// the new process's generation, the binary path its later upgrades run,
+/// and the one its previous build's upgrades ran (empty: the path it was
+/// started from).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lineage {
     pub(crate) generation: u64,
     pub(crate) binary: std::path::PathBuf,
+    pub(crate) previous_binary: std::path::PathBuf,
 }
 
 impl Message for Lineage {
     const KIND: Kind = Kind::Lineage;
 
     fn write(&self, out: &mut Payload) {
-        out.u64(self.generation).path(&self.binary);
+        out.u64(self.generation)
+            .path(&self.binary)
+            .path(&self.previous_binary);
     }
 
     fn read(fields: &mut Fields<'_>) -> Result<Self, Error> {
         Ok(Lineage {
             generation: fields.u64()?,
             binary: fields.path()?,
+            previous_binary: fields.path()?,
         })
     }
 }
@@ -496,6 +501,7 @@ mod tests {
         round_trip(Lineage {
             generation: 7,
             binary: std::ffi::OsStr::from_bytes(b"/opt/bot/\xffbot").into(),
+            previous_binary: "".into(),
         });
         round_trip(BytesPiped { size: 1 << 30 });
         round_trip(End {
