@@ -524,7 +524,8 @@ fn mitosisctl_upgrade_to_a_broken_build_exits_1_and_the_old_pid_serves() {
 /// Run-again: with v1 serving, v2 installed under another name and run
 /// with `--upgrade` asks the running server to become it. It exits 0 and
 /// prints `done`; the server is now v2, running from v2's path, and a
-/// connection opened to v1 is served by v2.
+/// connection opened to v1 is served by v2. Going back makes it v1 again,
+/// upgrading from v1's path again.
 #[test]
 fn running_the_new_binary_upgrades_the_running_one() {
     if !can_run(
@@ -584,6 +585,31 @@ fn running_the_new_binary_upgrades_the_running_one() {
             v2.display().to_string().as_str(),
             v2.display().to_string().as_str(),
             v1.display().to_string().as_str(),
+        ),
+        "{status}"
+    );
+
+    // Going back to v1 restores its path too: plain upgrades run v1's
+    // path again, not v2's.
+    let ran = ctl(&socket, &["previous"]);
+    assert_eq!(ran.code, Some(0), "{ran}");
+    let back: u32 = Answer::parse(&ran.stdout)
+        .field("new-pid")
+        .parse()
+        .expect("a pid");
+    server.adopt(back);
+    assert_eq!(kept.version(), V1, "the connection opened to v1");
+    let status = server.status();
+    assert_eq!(
+        (
+            status.field("binary"),
+            status.field("upgrades-from"),
+            status.field("previous-binary"),
+        ),
+        (
+            v1.display().to_string().as_str(),
+            v1.display().to_string().as_str(),
+            v2.display().to_string().as_str(),
         ),
         "{status}"
     );
