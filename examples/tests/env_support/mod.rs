@@ -45,6 +45,30 @@ pub enum Need {
     Mitosisctl,
 }
 
+/// Everything loadgen counts as gone wrong, and `also`, as `key=value`
+/// words for one assertion against [`LOADGEN_CLEAN`] (a missing count
+/// shows as `u64::MAX`).
+pub fn loadgen_failures(result: &BTreeMap<String, u64>, also: &[&str]) -> String {
+    [
+        "failures",
+        "failed_connects",
+        "resets",
+        "timeouts",
+        "lost",
+        "duplicated",
+        "mismatched",
+    ]
+    .iter()
+    .chain(also)
+    .map(|key| format!("{key}={}", result.get(*key).copied().unwrap_or(u64::MAX)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// [`loadgen_failures`] of a run where nothing went wrong.
+pub const LOADGEN_CLEAN: &str =
+    "failures=0 failed_connects=0 resets=0 timeouts=0 lost=0 duplicated=0 mismatched=0";
+
 /// Where `cargo test --workspace` puts `mitosisctl`: next to the examples'
 /// binaries. A test that runs it says [`Need::Mitosisctl`].
 pub fn mitosisctl() -> PathBuf {
@@ -532,22 +556,10 @@ pub fn run_loadgen_with(port: u16, upgrades: u64, options: &[&str]) -> LoadRun {
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value.parse().unwrap_or(u64::MAX)))
         .collect();
-    let failures = [
-        "failures",
-        "failed_connects",
-        "resets",
-        "timeouts",
-        "lost",
-        "duplicated",
-        "mismatched",
-        "upgrades_failed",
-    ]
-    .map(|key| format!("{key}={}", result.get(key).copied().unwrap_or(u64::MAX)))
-    .join(" ");
+    let failures = loadgen_failures(&result, &["upgrades_failed"]);
     assert_eq!(
         failures,
-        "failures=0 failed_connects=0 resets=0 timeouts=0 lost=0 duplicated=0 mismatched=0 \
-         upgrades_failed=0",
+        format!("{LOADGEN_CLEAN} upgrades_failed=0"),
         "{context}"
     );
     assert_eq!(result["upgrades_done"], upgrades, "{context}");
