@@ -106,7 +106,7 @@ fn xor_onto(valid: &[u8], input: &[u8]) -> Vec<u8> {
     bytes
 }
 
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 14] = [
     Kind::Offer,
     Kind::State,
     Kind::Data,
@@ -120,6 +120,7 @@ const KINDS: [Kind; 13] = [
     Kind::Taken,
     Kind::Ready,
     Kind::BytesPiped,
+    Kind::Lineage,
 ];
 
 fn header(input: &[u8]) {

@@ -33,6 +33,13 @@
 //! program says [`supervisor::ready`] once at first start, and may upgrade
 //! on a signal with a [`supervisor::Trigger`].
 //!
+//! From outside, `mitosis::control` (feature `control`) lets an operator,
+//! a deploy script or systemd's `ExecReload=` start an upgrade, wait for
+//! its outcome and fail when it fails (`mitosisctl`), run the new binary
+//! to upgrade the running one, or go back to the previous build, which
+//! every generation keeps as an open handle
+//! ([`SplitOptions::previous_binary`]).
+//!
 //! # Example
 //!
 //! A server that upgrades itself when a client says so, keeping its

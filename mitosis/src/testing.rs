@@ -300,9 +300,10 @@ pub mod wire {
     }
 
     /// The frame kinds whose payloads [`decode`] reads.
-    pub const KINDS: [Kind; 11] = [
+    pub const KINDS: [Kind; 12] = [
         Kind::Offer,
         Kind::State,
+        Kind::Lineage,
         Kind::Reject,
         Kind::BytesStart,
         Kind::BytesPiped,

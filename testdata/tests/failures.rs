@@ -250,13 +250,13 @@ fn protocol_version_mismatch_parent_side() {
         &format!("split binary={}", fake.display()),
     );
     assert!(
-        line.contains("protocol version mismatch") && line.contains("3..=3"),
+        line.contains("protocol version mismatch") && line.contains("4..=4"),
         "the old process reports the mismatch and the child's versions: {line:?}"
     );
     let welcome = run.stderr.expect("fake-child:");
     assert_eq!(
-        welcome, "fake-child: welcome chosen=0 min=1 max=2 token=ok",
-        "the old process proved the secret and said it speaks 1..=2 only"
+        welcome, "fake-child: welcome chosen=0 min=1 max=3 token=ok",
+        "the old process proved the secret and said it speaks 1..=3 only"
     );
     still_serving(&run, &mut peer, "after the version mismatch");
 }

@@ -63,9 +63,10 @@ fn assert_took_over(run: &mut Run, peer: &mut Peer, child: u32, ready: &str, bef
         "the same stdio: {answer:?}"
     );
     assert_eq!(
-        non_stdio(&after),
+        non_stdio_but_previous_build(&after),
         non_stdio(&before.fds),
-        "the new process holds exactly the state's fds (the same sockets and files): {answer:?}"
+        "the new process holds exactly the state's fds (the same sockets and files) and the \
+         previous build's executable: {answer:?}"
     );
 
     let now = status(peer);

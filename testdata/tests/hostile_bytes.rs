@@ -252,9 +252,9 @@ fn check_hello(secret: &[u8; SECRET_LEN], received: &[u8]) {
     assert_eq!(got, hello_by_the_book(secret, received), "{received:02x?}");
     assert_eq!(stats.allocations, 0, "{stats:?}");
     if let Ok(Some(theirs)) = got {
-        // This build speaks 1..=2: the highest version both speak, if any.
+        // This build speaks 1..=3: the highest version both speak, if any.
         let low = theirs.0.max(1);
-        let high = theirs.1.min(2);
+        let high = theirs.1.min(3);
         assert_eq!(wire::choose_version(theirs), (low <= high).then_some(high));
     }
 }
@@ -303,7 +303,7 @@ fn welcome_by_the_book(secret: &[u8; SECRET_LEN], welcome: &[u8; WELCOME_LEN]) -
         WelcomeVerdict::WrongToken
     } else if u16_at(8) == 0 {
         WelcomeVerdict::NoSharedVersion((u16_at(10), u16_at(12)))
-    } else if !(1..=2).contains(&u16_at(8)) {
+    } else if !(1..=3).contains(&u16_at(8)) {
         WelcomeVerdict::NeverOffered(u16_at(8))
     } else {
         WelcomeVerdict::Chosen(u16_at(8))
@@ -357,9 +357,12 @@ fn a_welcome_is_checked_field_by_field() {
     assert_eq!(wire::parse_welcome(&secret, &chosen_two).unwrap(), 2);
     let mut chosen_three = welcome;
     chosen_three[8] = 3;
+    assert_eq!(wire::parse_welcome(&secret, &chosen_three).unwrap(), 3);
+    let mut chosen_four = welcome;
+    chosen_four[8] = 4;
     for bad in [
         other_token,
-        chosen_three,
+        chosen_four,
         wire::welcome(&secret, 0),
         [0; WELCOME_LEN],
     ] {
@@ -418,7 +421,7 @@ proptest! {
 // Frame headers.
 
 /// PROTOCOL.md's frame table: kind, name, largest payload.
-const KINDS: [(Kind, &str, u32); 13] = [
+const KINDS: [(Kind, &str, u32); 14] = [
     (Kind::Offer, "OFFER", 65_536),
     (Kind::State, "STATE", 65_536),
     (Kind::Data, "DATA", 1_048_576),
@@ -432,6 +435,7 @@ const KINDS: [(Kind, &str, u32); 13] = [
     (Kind::Taken, "TAKEN", 65_536),
     (Kind::Ready, "READY", 65_536),
     (Kind::BytesPiped, "BYTES_PIPED", 65_536),
+    (Kind::Lineage, "LINEAGE", 65_536),
 ];
 
 fn header(kind: u8, len: u32) -> [u8; HEADER_LEN] {
@@ -495,7 +499,7 @@ fn the_kinds_and_limits_are_the_protocols() {
             (kind, 0)
         );
     }
-    for unknown in [0, 14, 0x42, 0xff] {
+    for unknown in [0, 15, 0x42, 0xff] {
         assert!(check_header(header(unknown, 0), &[Kind::Offer]).is_err());
     }
 }

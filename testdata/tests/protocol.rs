@@ -90,7 +90,7 @@ impl FakeParent {
 fn protocol_version_mismatch_child_side() {
     let mut parent = FakeParent::start("version-child");
     let mut conn = parent.accept_hello();
-    conn.write_all(&wire::welcome(0, 3, 3, &parent.secret))
+    conn.write_all(&wire::welcome(0, 4, 4, &parent.secret))
         .expect("send the WELCOME");
     let (code, stderr) = parent.exit();
     assert_eq!(
@@ -101,11 +101,11 @@ fn protocol_version_mismatch_child_side() {
     let init = stderr.iter().find(|line| line.starts_with("init error:"));
     let init = init.unwrap_or_else(|| panic!("no init error on stderr: {stderr:#?}"));
     assert!(
-        init.starts_with("init error: protocol version mismatch") && init.contains("3..=3"),
+        init.starts_with("init error: protocol version mismatch") && init.contains("4..=4"),
         "the new process names the mismatch and the old process's versions: {init:?}"
     );
     assert!(
-        init.contains("1..=2"),
+        init.contains("1..=3"),
         "the new process names its own versions: {init:?}"
     );
     let stdout = parent.run.stdout.wait_eof();

@@ -1,9 +1,9 @@
-//! A fake new binary that speaks only protocol version 3, as a
+//! A fake new binary that speaks only protocol version 4, as a
 //! build of a future mitosis might.
 //!
 //! Started by a real `split` in place of the new program, it reads the
 //! secret from the fd channel's KEY, connects back, sends a HELLO claiming
-//! versions 3..=3 with the correct token, reads the
+//! versions 4..=4 with the correct token, reads the
 //! WELCOME, reports it on stderr as
 //! `fake-child: welcome chosen=<c> min=<a> max=<b> token=<ok|bad>`, and exits
 //! 0. This drives the old process's side of a version mismatch.
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let (mut conn, _channel, secret) = wire::connect_back_as_fake_child()?;
-    conn.write_all(&wire::hello(3, 3, &secret))
+    conn.write_all(&wire::hello(4, 4, &secret))
         .map_err(|e| format!("send HELLO: {e}"))?;
     let mut welcome = [0u8; wire::WELCOME_LEN];
     conn.read_exact(&mut welcome)
