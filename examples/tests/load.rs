@@ -136,7 +136,7 @@ fn broken_builds_are_refused_while_64_clients_notice_nothing() {
     let dir = scratch_dir("bad-builds");
     for build in ["crash", "hang-at-start", "hang-after-receive"] {
         let binary = dir.join(format!("echo-server-{build}"));
-        std::fs::copy(ECHO_SERVER, &binary).expect("copy echo-server");
+        env_support::install(&binary, Path::new(ECHO_SERVER));
         let mut server = Server::start_from(&binary, &["--start-timeout-ms", "1000"]);
         install_broken_build(&binary, build, &dir);
         let output = Command::new(LOADGEN)
@@ -199,7 +199,7 @@ fn broken_builds_are_refused_while_64_clients_notice_nothing() {
 fn install_broken_build(binary: &Path, build: &str, dir: &Path) {
     let real = dir.join("echo-server-real");
     if !real.exists() {
-        std::fs::copy(ECHO_SERVER, &real).expect("copy echo-server");
+        env_support::install(&real, Path::new(ECHO_SERVER));
     }
     let script = match build {
         "crash" => "#!/bin/sh\nexit 1\n".to_owned(),
@@ -209,11 +209,7 @@ fn install_broken_build(binary: &Path, build: &str, dir: &Path) {
             real.display()
         ),
     };
-    let staged = dir.join("staged");
-    std::fs::write(&staged, script).expect("write the broken build");
-    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("make it executable");
-    std::fs::rename(&staged, binary).expect("install the broken build");
+    env_support::install_script(binary, &script);
 }
 
 /// A fresh directory of this test's own.

@@ -177,21 +177,48 @@ pub fn echo_server_copy(dir: &Path) -> PathBuf {
 
 /// Puts a copy of `source` at `binary` as a deploy does: written beside
 /// it, then renamed over it (the running file is not touched).
+///
+/// The bytes are written by a child process (`cp`), never through an fd
+/// of the test process: another test thread that forks meanwhile would
+/// hold such an fd, open for writing, until its child execs, and exec of
+/// the copy would fail with ETXTBSY ("Text file busy").
 pub fn install(binary: &Path, source: &Path) {
     let staged = binary.with_extension("staged");
-    std::fs::copy(source, &staged).expect("copy the build");
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
-        .expect("make it executable");
-    std::fs::rename(&staged, binary).expect("install the build");
+    let copied = Command::new("cp")
+        .arg(source)
+        .arg(&staged)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp {source:?} {staged:?}: {copied}");
+    stage_executable(&staged, binary);
 }
 
-/// Puts a shell script at `binary`, as [`install`] does.
+/// Puts a shell script at `binary`, as [`install`] does (written by a
+/// child process too).
 pub fn install_script(binary: &Path, script: &str) {
     let staged = binary.with_extension("staged");
-    std::fs::write(&staged, script).expect("write the script");
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+    let mut writer = Command::new("sh")
+        .args(["-c", r#"cat > "$1""#, "sh"])
+        .arg(&staged)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    writer
+        .stdin
+        .take()
+        .expect("a pipe")
+        .write_all(script.as_bytes())
+        .expect("write the script");
+    let written = writer.wait().expect("wait for sh");
+    assert!(written.success(), "writing {staged:?}: {written}");
+    stage_executable(&staged, binary);
+}
+
+fn stage_executable(staged: &Path, binary: &Path) {
+    std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o755))
         .expect("make it executable");
-    std::fs::rename(&staged, binary).expect("install the script");
+    std::fs::rename(staged, binary).expect("install the build");
 }
 
 /// A broken build: it exits with status 1 at start.
