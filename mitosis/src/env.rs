@@ -322,8 +322,10 @@ pub(crate) fn start_path() -> &'static Path {
         if execfn.is_absolute() {
             return execfn.to_path_buf();
         }
+        // Without `.` components (`./bot` started in /srv/bot is
+        // /srv/bot/bot); `..` stays, since a symlink may precede it.
         match std::env::current_dir() {
-            Ok(cwd) => cwd.join(execfn),
+            Ok(cwd) => cwd.join(execfn).components().collect(),
             Err(_) => exe_without_deleted_suffix(),
         }
     })
