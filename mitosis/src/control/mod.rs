@@ -12,6 +12,9 @@
 //! the client then hears the outcome: `done` with the old and new pids and
 //! the generation, or `failed` with the error and its step.
 //!
+//! On tokio (with the `tokio` feature), `control.recv().await` waits for
+//! the next upgrade request in `select!`, serving the socket meanwhile.
+//!
 //! Only this user and root may connect (the socket is 0600, and each
 //! connection's `SO_PEERCRED` uid is checked); a path in a directory that
 //! others can write is refused at start.
@@ -87,6 +90,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most clients connected at once; one more is refused at once.
 const MAX_CLIENTS: usize = 64;
+
+/// The most rounds of events one call of `Control::request` serves.
+const MAX_PASSES: usize = 16;
 
 /// epoll tokens: the listener, the timer, then the clients.
 const LISTENER: u64 = 0;
@@ -216,34 +222,45 @@ impl Control {
     /// ```
     pub fn request(&mut self) -> Option<Request> {
         let mut found = None;
-        let mut ready = Vec::with_capacity(16);
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match epoll::wait(
-            &self.events.epoll,
-            rustix::buffer::spare_capacity(&mut ready),
-            Some(&zero),
-        ) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(error) => log::warn!("mitosis: control socket: epoll_wait: {error}"),
-        }
-        for event in &ready {
-            match event.data.u64() {
-                LISTENER => self.accept(),
-                TIMER => {
-                    let mut expirations = [0u8; 8];
-                    let _ = rustix::io::read(&self.events.timer, &mut expirations);
-                }
-                id => {
-                    if let Some(request) = self.read(id) {
-                        found = Some(request);
+        // Until nothing is left to do (bounded, for a listener that stays
+        // readable because the process is out of fds), so that an
+        // edge-triggered watcher of this fd (tokio's) misses nothing; an
+        // upgrade request ends the pass, and the next call goes on.
+        for _ in 0..MAX_PASSES {
+            let mut ready = Vec::with_capacity(16);
+            match epoll::wait(
+                &self.events.epoll,
+                rustix::buffer::spare_capacity(&mut ready),
+                Some(&Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                }),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(error) => log::warn!("mitosis: control socket: epoll_wait: {error}"),
+            }
+            if ready.is_empty() {
+                break;
+            }
+            for event in &ready {
+                match event.data.u64() {
+                    LISTENER => self.accept(),
+                    TIMER => {
+                        let mut expirations = [0u8; 8];
+                        let _ = rustix::io::read(&self.events.timer, &mut expirations);
+                    }
+                    id => {
+                        if let Some(request) = self.read(id) {
+                            found = Some(request);
+                        }
                     }
                 }
             }
+            self.expire();
+            if found.is_some() {
+                break;
+            }
         }
-        self.expire();
         found
     }
 

@@ -161,6 +161,55 @@ impl Trigger {
     }
 }
 
+#[cfg(feature = "control")]
+impl crate::control::Control {
+    /// Waits, without blocking the runtime, for the next upgrade request,
+    /// serving the socket meanwhile as [`request`](Self::request) does
+    /// (status, bad input, silent clients). With the `tokio` and `control`
+    /// features.
+    ///
+    /// Meant for `tokio::select!`; it is cancellation-safe: a request is
+    /// returned in the same poll that reads it, so a dropped future loses
+    /// none. `Err` means the runtime could not watch the socket's fd (the
+    /// process is out of fds).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with I/O enabled, as tokio's own sockets do.
+    ///
+    /// ```no_run
+    /// # async fn serve_one() {}
+    /// # async fn demo(mut control: mitosis::control::Control) -> std::io::Result<()> {
+    /// let state = 0u64;
+    /// loop {
+    ///     tokio::select! {
+    ///         request = control.recv() => {
+    ///             let upgrade = request?.prepare(&mitosis::SplitOptions::new(), &state);
+    ///             // serve while `upgrade.ready().await`, then hand over
+    ///         }
+    ///         () = serve_one() => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> io::Result<crate::control::Request> {
+        if let Some(request) = self.request() {
+            return Ok(request);
+        }
+        let events = watch(&*self)?;
+        loop {
+            let mut guard = events.readable().await?;
+            // Cleared before serving, never after: whatever arrives while
+            // `request` runs is either served by it or marks the fd ready
+            // again.
+            guard.clear_ready();
+            if let Some(request) = self.request() {
+                return Ok(request);
+            }
+        }
+    }
+}
+
 impl<S: Send + 'static> IntoFuture for Split<S> {
     type Output = Outcome<S>;
     type IntoFuture = SplitFuture<S>;

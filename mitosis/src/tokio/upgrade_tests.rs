@@ -213,3 +213,51 @@ fn a_dropped_hand_over_future_still_ends_the_handover() {
         }
     });
 }
+
+/// A control socket awaited in `select!`: a status request is answered
+/// while the future waits, and an upgrade request ends the wait; a future
+/// dropped before anything came loses nothing.
+#[cfg(feature = "control")]
+#[test]
+fn a_control_request_is_awaited() {
+    use crate::control::{Command, Control, Verdict, send};
+    in_both_flavours(|| async {
+        let dir = std::env::temp_dir().join(format!(
+            "mitosis-tokio-control-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
+        std::fs::set_permissions(&dir, private).unwrap();
+        let path = dir.join("t.control");
+        let _ = std::fs::remove_file(&path);
+        let mut control = Control::bind(&path).unwrap();
+        tokio::select! {
+            request = control.recv() => panic!("a request without a client: {request:?}"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        let client = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let status = send(&path, &Command::Status).unwrap();
+                let upgrade = send(&path, &Command::Previous).unwrap();
+                (status, upgrade)
+            })
+        };
+        let request = control.recv().await.unwrap();
+        assert_eq!(request.command(), &Command::Previous);
+        drop(request);
+        let (status, upgrade) = tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(status.verdict(), Verdict::Status);
+        assert_eq!(
+            status.field("pid"),
+            Some(std::process::id().to_string().as_str())
+        );
+        assert_eq!(upgrade.verdict(), Verdict::Error);
+        drop(control);
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
