@@ -12,6 +12,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 use super::accept::{Doors, abandoned, accept_child};
 use super::frames::DataFrames;
+use super::options::Target;
 use super::priority;
 use super::spawn::{Launch, without_panics};
 use super::{Outcome, SplitOptions};
@@ -63,7 +64,10 @@ pub(super) struct Parent {
 impl Parent {
     /// Step 1: listen, then start the new binary. Fails with the error and,
     /// if the new process had started, its pid.
-    pub(super) fn start(options: &SplitOptions) -> Result<Parent, (Error, Option<u32>)> {
+    pub(super) fn start(
+        options: &SplitOptions,
+        target: Target,
+    ) -> Result<Parent, (Error, Option<u32>)> {
         let not_started = |error| (error, None);
         const STEP: Step = Step::Spawn;
         let deadline = Deadline::after(options.start_timeout);
@@ -81,22 +85,10 @@ impl Parent {
         let secret = Secret::generate()
             .map_err(Error::io(STEP))
             .map_err(not_started)?;
-        // The previous build runs from this process's handle; the new
-        // process then upgrades from the path that build upgraded from, as
-        // it did, and goes back in turn to this one.
-        let (binary, upgrades_from) = match (&options.binary, options.previous_binary) {
-            (_, true) => (
-                lineage::previous_path()
-                    .ok_or(Error::NoPreviousBinary)
-                    .map_err(not_started)?,
-                lineage::previous_binary().to_path_buf(),
-            ),
-            (Some(binary), false) => (binary.clone(), binary.clone()),
-            (None, false) => (
-                lineage::binary().to_path_buf(),
-                lineage::binary().to_path_buf(),
-            ),
-        };
+        let binary = target
+            .run
+            .ok_or(Error::NoPreviousBinary)
+            .map_err(not_started)?;
         let launch = Launch {
             binary,
             args: options.args.as_deref(),
@@ -151,7 +143,7 @@ impl Parent {
             idle,
             lineage: Lineage {
                 generation: lineage::generation() + 1,
-                binary: upgrades_from,
+                binary: target.upgrades_from,
                 previous_binary: lineage::binary().to_path_buf(),
             },
             executable: lineage::own_executable(),

@@ -71,16 +71,7 @@ fn prepare_and_hand_over<S: Handover + Send + 'static>(
     options: &SplitOptions,
     state: S,
 ) -> Split<S> {
-    prepare_and_hand_over_reporting(options, state, None)
-}
-
-/// `split`, telling `listener` how it ended; see [`prepare_with`].
-pub(crate) fn prepare_and_hand_over_reporting<S: Handover + Send + 'static>(
-    options: &SplitOptions,
-    state: S,
-    listener: Option<Listener>,
-) -> Split<S> {
-    match prepare_with(options, &state, listener) {
+    match prepare_with(options, &state, None) {
         Ok(upgrade) => upgrade.hand_over(state),
         Err(error) => Split::failed(state, error),
     }
@@ -188,8 +179,9 @@ pub(crate) fn prepare_with<S: Handover + Send + 'static>(
     };
     drop(worker);
     let mut child = None;
-    let mut tracker = Tracker::new(options.binary_name(), listener);
-    let pid = match Parent::start(options) {
+    let target = options.target();
+    let mut tracker = Tracker::new(target.name.clone(), listener);
+    let pid = match Parent::start(options, target) {
         Ok(parent) => {
             let pid = parent.pid();
             child = parent.pidfd().try_clone_to_owned().ok();

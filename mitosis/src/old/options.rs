@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Split, Upgrade};
 use crate::env::{self, Limits};
 use crate::handover::Handover;
+use crate::lineage;
 
 /// Options for a [`split`](crate::split): timeouts, the binary, its arguments and its
 /// environment.
@@ -243,13 +244,39 @@ impl SplitOptions {
         super::prepare_with(self, state, None)
     }
 
-    /// The binary an upgrade with these options runs, as reports name it.
-    pub(super) fn binary_name(&self) -> PathBuf {
+    /// What an upgrade with these options runs, decided once: the path to
+    /// start (none when there is no previous build to go back to), the path
+    /// the new process upgrades from later, and the name reports give it.
+    /// The previous build runs from this process's handle; the new process
+    /// then upgrades from the path that build upgraded from, as it did, and
+    /// goes back in turn to this one.
+    pub(super) fn target(&self) -> Target {
         match (&self.binary, self.previous_binary) {
-            (_, true) => crate::lineage::previous_name()
-                .unwrap_or_else(|| PathBuf::from("(the previous build)")),
-            (Some(binary), false) => binary.clone(),
-            (None, false) => crate::lineage::binary().to_path_buf(),
+            (_, true) => Target {
+                run: lineage::previous_path(),
+                upgrades_from: lineage::previous_binary().to_path_buf(),
+                name: lineage::previous_name()
+                    .unwrap_or_else(|| PathBuf::from("(the previous build)")),
+            },
+            (Some(binary), false) => Target::path(binary),
+            (None, false) => Target::path(lineage::binary()),
+        }
+    }
+}
+
+/// See [`SplitOptions::target`].
+pub(super) struct Target {
+    pub(super) run: Option<PathBuf>,
+    pub(super) upgrades_from: PathBuf,
+    pub(super) name: PathBuf,
+}
+
+impl Target {
+    fn path(binary: &std::path::Path) -> Target {
+        Target {
+            run: Some(binary.to_path_buf()),
+            upgrades_from: binary.to_path_buf(),
+            name: binary.to_path_buf(),
         }
     }
 }
