@@ -242,8 +242,15 @@ pub(crate) fn send_key(
     executable: Option<BorrowedFd<'_>>,
     deadline: &Deadline,
 ) -> Result<(), Error> {
-    let fds: Vec<BorrowedFd<'_>> = executable.into_iter().collect();
-    send_message(channel, "KEY", &key.encode(), &fds, deadline)
+    let key = key.encode();
+    send_message(
+        channel,
+        Step::Connect,
+        "KEY",
+        &key,
+        executable.as_slice(),
+        deadline,
+    )
 }
 
 /// Step 2: sends ARRIVAL, the port the new process's TCP connection comes
@@ -253,19 +260,21 @@ pub(crate) fn send_arrival(
     arrival: Arrival,
     deadline: &Deadline,
 ) -> Result<(), Error> {
-    send_message(channel, "ARRIVAL", &arrival.encode(), &[], deadline)
+    let arrival = arrival.encode();
+    send_message(channel, Step::Connect, "ARRIVAL", &arrival, &[], deadline)
 }
 
-/// Sends one step-2 message whole, with `fds`, under the deadline.
-fn send_message(
+/// Sends one message of `step` whole, with at most one fd, under the
+/// deadline: KEY and ARRIVAL (step 2), PIPE (step 6).
+pub(crate) fn send_message(
     channel: BorrowedFd<'_>,
+    step: Step,
     name: &str,
     message: &[u8],
     fds: &[BorrowedFd<'_>],
     deadline: &Deadline,
 ) -> Result<(), Error> {
-    const STEP: Step = Step::Connect;
-    set_timeout(channel, sockopt::Timeout::Send, deadline, STEP)?;
+    set_timeout(channel, sockopt::Timeout::Send, deadline, step)?;
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
@@ -282,12 +291,12 @@ fn send_message(
             Ok(n) if n == message.len() => return Ok(()),
             Ok(n) => {
                 return Err(Error::protocol(
-                    STEP,
+                    step,
                     format!("{name}: sent {n} of {} bytes", message.len()),
                 ));
             }
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(deadline.io_error(STEP)(e.into())),
+            Err(e) => return Err(deadline.io_error(step)(e.into())),
         }
     }
 }
@@ -349,12 +358,7 @@ pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<(Key, Option<OwnedFd>)
             Err(e) => return Err(Error::io(STEP)(e.into())),
         }
     };
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
+    let mut fds = received_fds(&mut control);
     if received.bytes == 0 {
         return Err(Error::PeerGone { step: STEP });
     }
@@ -374,6 +378,18 @@ pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<(Key, Option<OwnedFd>)
         }
     };
     Ok((key, executable))
+}
+
+/// Takes every fd that came in `control`'s `SCM_RIGHTS` messages, so that
+/// each is closed on any error that follows.
+pub(crate) fn received_fds(control: &mut RecvAncillaryBuffer<'_>) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    fds
 }
 
 /// Sends `fds` in batches of at most [`MAX_FDS_PER_MESSAGE`].
@@ -504,12 +520,7 @@ pub(crate) fn recv_fds(
         };
         // Take ownership of whatever arrived first, so that every fd is
         // closed on any error below.
-        let mut batch = Vec::with_capacity(expected);
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = message {
-                batch.extend(fds);
-            }
-        }
+        let mut batch = received_fds(&mut control);
         if message.bytes == 0 && batch.is_empty() {
             return Err(Error::PeerGone { step: STEP });
         }
@@ -593,7 +604,7 @@ fn make_room(channel: BorrowedFd<'_>, count: u32) -> Result<(), Error> {
     }
 }
 
-fn set_timeout(
+pub(crate) fn set_timeout(
     channel: BorrowedFd<'_>,
     which: sockopt::Timeout,
     deadline: &Deadline,

@@ -22,20 +22,17 @@
 //! process did not. An empty pipe without a writer never refers to this
 //! process's memory again, however long the new process keeps its end.
 
-use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, recvmsg, sendmsg, sockopt,
-};
+use rustix::net::{RecvAncillaryBuffer, RecvFlags, ReturnFlags, recvmsg, sockopt};
 use rustix::pipe::{IoSliceRaw, PipeFlags, SpliceFlags};
 
 use crate::conn::{Conn, Deadline, timespec};
 use crate::error::{Error, Step};
+use crate::fd_channel;
 use crate::wire::{BytesPiped, Pipe};
 
 /// Byte buffers of this size or more come through the pipe. Below it, the
@@ -113,7 +110,15 @@ impl<'a> PipeSender<'a> {
             self.pipe = match rustix::pipe::pipe_with(PipeFlags::CLOEXEC) {
                 Ok((read, write)) => {
                     enlarge(&write);
-                    send_pipe(self.fd_channel, read.as_fd(), &conn.deadline())?;
+                    // PIPE, with the pipe's read end.
+                    fd_channel::send_message(
+                        self.fd_channel,
+                        STEP,
+                        "PIPE",
+                        &Pipe.encode(),
+                        &[read.as_fd()],
+                        &conn.deadline(),
+                    )?;
                     Setup::Open { read, write }
                 }
                 Err(error) => {
@@ -234,40 +239,6 @@ fn enlarge(write: &OwnedFd) {
         .unwrap_or(PIPE_BYTES);
     if let Err(error) = rustix::pipe::fcntl_setpipe_size(write, allowed.min(MAX_CAPACITY)) {
         log::debug!("mitosis: the byte pipe keeps its default size: {error}");
-    }
-}
-
-/// Sends PIPE, with the pipe's read end, on the fd channel.
-fn send_pipe(
-    channel: BorrowedFd<'_>,
-    read: BorrowedFd<'_>,
-    deadline: &Deadline,
-) -> Result<(), Error> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [read];
-    let pushed = control.push(SendAncillaryMessage::ScmRights(&fds));
-    debug_assert!(pushed, "control buffer sized for one fd");
-    set_timeout(channel, sockopt::Timeout::Send, deadline)?;
-    let message = Pipe.encode();
-    loop {
-        match sendmsg(
-            channel,
-            &[IoSlice::new(&message)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) if n == message.len() => return Ok(()),
-            Ok(n) => {
-                return Err(Error::protocol(
-                    STEP,
-                    format!("PIPE: sent {n} of {} bytes", message.len()),
-                ));
-            }
-            Err(Errno::INTR) => {}
-            Err(Errno::PIPE | Errno::CONNRESET) => return Err(Error::PeerGone { step: STEP }),
-            Err(error) => return Err(deadline.io_error(STEP)(error.into())),
-        }
     }
 }
 
@@ -400,7 +371,7 @@ fn recv_pipe(channel: BorrowedFd<'_>, deadline: &Deadline) -> Result<OwnedFd, Er
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut message = [0u8; Pipe::LEN + 1];
-    set_timeout(channel, sockopt::Timeout::Recv, deadline)?;
+    fd_channel::set_timeout(channel, sockopt::Timeout::Recv, deadline, STEP)?;
     let received = loop {
         match recvmsg(
             channel,
@@ -413,12 +384,7 @@ fn recv_pipe(channel: BorrowedFd<'_>, deadline: &Deadline) -> Result<OwnedFd, Er
             Err(error) => return Err(deadline.io_error(STEP)(error.into())),
         }
     };
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
+    let fds = fd_channel::received_fds(&mut control);
     if received.bytes == 0 && fds.is_empty() {
         return Err(Error::PeerGone { step: STEP });
     }
@@ -445,22 +411,18 @@ fn recv_pipe(channel: BorrowedFd<'_>, deadline: &Deadline) -> Result<OwnedFd, Er
     }
 }
 
-fn set_timeout(
-    channel: BorrowedFd<'_>,
-    which: sockopt::Timeout,
-    deadline: &Deadline,
-) -> Result<(), Error> {
-    let left = deadline.remaining(STEP)?;
-    sockopt::set_socket_timeout(channel, which, left).map_err(|e| Error::io(STEP)(e.into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
-    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    use std::io::IoSlice;
+
+    use rustix::net::{
+        AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
+        SocketType, sendmsg, socketpair,
+    };
 
     use crate::fault::Side;
     use crate::wire::{Kind, Message};
