@@ -685,21 +685,10 @@ impl Request {
     ///     mitosis::Outcome::Failed { state, .. } => { /* serve on */ }
     /// }
     /// ```
-    pub fn split<S: Handover + Send + 'static>(
-        mut self,
-        options: &SplitOptions,
-        state: S,
-    ) -> Split<S> {
-        let options = self.options(options);
-        match old::prepare_with(&options, &state, Some(self.listener())) {
-            Ok(upgrade) => {
-                self.reply = None;
-                upgrade.hand_over(state)
-            }
-            Err(error) => {
-                self.refused(&error);
-                Split::failed(state, error)
-            }
+    pub fn split<S: Handover + Send + 'static>(self, options: &SplitOptions, state: S) -> Split<S> {
+        match self.prepare(options, &state) {
+            Ok(upgrade) => upgrade.hand_over(state),
+            Err(error) => Split::failed(state, error),
         }
     }
 
