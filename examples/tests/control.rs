@@ -601,6 +601,69 @@ fn running_the_new_binary_upgrades_the_running_one() {
     );
 }
 
+/// The server as PID 1 of a PID namespace (a container), its control
+/// socket used from outside, as `docker exec`-less operators and host
+/// systemd units do: the kernel reports such a peer's pid as 0, and its
+/// uid still decides. `status`, `upgrade` and `previous` answer, and a
+/// connection opened before serves throughout.
+#[test]
+fn the_control_socket_answers_from_outside_a_pid_namespace() {
+    if !can_run(
+        "the_control_socket_answers_from_outside_a_pid_namespace",
+        &[Need::Root, Need::PidNamespaces, Need::Mitosisctl],
+    ) {
+        return;
+    }
+    let dir = env_support::scratch_dir("control-pid-namespace");
+    let binary = echo_server_copy(&dir);
+    let socket = control_dir(&dir, 0o700).join("echo.control");
+    let mut unshare = clean_command("unshare")
+        // --kill-child: if the test dies, so does the namespace.
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(&binary)
+        .args(["--listen", "127.0.0.1:0", "--control"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("start unshare");
+    let stdout = env_support::lines_of(unshare.0.stdout.take().unwrap());
+    relay(unshare.0.stderr.take().unwrap(), "  [container] ");
+    let port = listening_port(&stdout);
+    let mut kept = Conn::connect(port, "kept");
+    kept.echo(1);
+
+    let ran = ctl(&socket, &["status"]);
+    assert_eq!(ran.code, Some(0), "{ran}");
+    let status = Answer::parse(&ran.stdout);
+    // Pids as the namespace sees them: the keeper is 1, the server its
+    // child.
+    let first = status.field("pid").to_owned();
+    assert_eq!(
+        (status.verdict.as_str(), status.field("generation")),
+        ("status", "1"),
+        "{ran}"
+    );
+
+    let ran = ctl(&socket, &["upgrade"]);
+    assert_eq!(ran.code, Some(0), "{ran}");
+    let done = Answer::parse(&ran.stdout);
+    assert_eq!(
+        (done.field("old-pid"), done.field("generation")),
+        (first.as_str(), "2"),
+        "{ran}"
+    );
+    kept.echo(2);
+
+    let ran = ctl(&socket, &["previous"]);
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert_eq!(Answer::parse(&ran.stdout).field("generation"), "3", "{ran}");
+    kept.echo(3);
+    assert_eq!(kept.version(), V1);
+}
+
 /// Going back: v1 serves, v2 is renamed over v1's file, and `upgrade`
 /// makes the server v2. `previous` then runs v1 again from the handle
 /// kept open, although its file is gone: v1 answers on the connection

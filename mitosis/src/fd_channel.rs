@@ -91,15 +91,15 @@ impl FdListener {
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
                 Err(e) => return Err(Error::io(STEP)(e.into())),
             };
-            let peer = sockopt::socket_peercred(&conn).map_err(|e| Error::io(STEP)(e.into()))?;
-            if peer.pid == child {
+            let peer = peer_credentials(conn.as_fd()).map_err(Error::io(STEP))?;
+            if peer.pid == child.as_raw_pid() {
                 return Ok(Some(conn));
             }
             log::warn!(
-                "mitosis: closed an fd channel connection from pid {} (uid {}); only the new \
-                 process, pid {}, may connect",
-                peer.pid.as_raw_nonzero(),
-                peer.uid.as_raw(),
+                "mitosis: closed an fd channel connection from pid {} (uid {}; pid 0 is \
+                 outside this PID namespace); only the new process, pid {}, may connect",
+                peer.pid,
+                peer.uid,
                 child.as_raw_nonzero(),
             );
         }
@@ -378,6 +378,45 @@ pub(crate) fn recv_key(channel: BorrowedFd<'_>) -> Result<(Key, Option<OwnedFd>)
         }
     };
     Ok((key, executable))
+}
+
+/// Who is at the other end of a Unix socket, as the kernel recorded it at
+/// connect (`SO_PEERCRED`): pid 0 for a peer outside this process's PID
+/// namespace.
+pub(crate) struct Peer {
+    pub(crate) pid: i32,
+    pub(crate) uid: u32,
+}
+
+/// `SO_PEERCRED`, through `getsockopt` itself: rustix's `socket_peercred`
+/// fails on the pid 0 of a peer outside this PID namespace (`mitosisctl`
+/// on the host, a program that is a container's PID 1), which must be
+/// told apart, not be an error.
+pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<Peer> {
+    let mut peer = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket, borrowed; the kernel writes at most
+    // `len` bytes, the size of `peer`, into `peer`.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut peer).cast(),
+            &mut len,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: peer.pid,
+        uid: peer.uid,
+    })
 }
 
 /// Takes every fd that came in `control`'s `SCM_RIGHTS` messages, so that

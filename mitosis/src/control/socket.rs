@@ -2,6 +2,7 @@
 //! at start, and the peer's uid on each connection.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -139,5 +140,5 @@ fn who_listens(mut live: UnixStream) -> String {
 /// The uid of the process at the other end of `stream`, as the kernel
 /// recorded it when it connected.
 pub(super) fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    Ok(rustix::net::sockopt::socket_peercred(stream)?.uid.as_raw())
+    crate::fd_channel::peer_credentials(stream.as_fd()).map(|peer| peer.uid)
 }

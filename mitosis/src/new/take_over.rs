@@ -232,9 +232,8 @@ impl Session {
         fault::at(Side::New, Point::Done);
         log::debug!("mitosis: step 9: took over");
         let now = Instant::now();
-        let old_pid = sockopt::socket_peercred(&self.fd_channel)
-            .map(|peer| peer.pid.as_raw_nonzero().get() as u32)
-            .unwrap_or(0);
+        let old_pid =
+            fd_channel::peer_credentials(self.fd_channel.as_fd()).map_or(0, |peer| peer.pid as u32);
         report::took_over(
             old_pid,
             self.ready.unwrap_or(now) - self.arrived,
